@@ -1,0 +1,57 @@
+package v1alpha1
+
+// Condition types. A CustomerMasterKey carries exactly these two.
+const (
+	// ConditionReady is True when the key is usable and matches the spec.
+	ConditionReady = "Ready"
+	// ConditionSynced is True when the last reconcile reached the KMS without error.
+	ConditionSynced = "Synced"
+)
+
+// Reasons of the Ready condition.
+const (
+	// ReasonAvailable: the key is enabled, as the spec asks (Ready=True).
+	ReasonAvailable = "Available"
+	// ReasonCreating: the key is being created in the KMS.
+	ReasonCreating = "Creating"
+	// ReasonProgressing: the key is moving toward the spec; another reconcile follows at once.
+	ReasonProgressing = "Progressing"
+	// ReasonKeyDisabled: the key is disabled, as the spec asks.
+	ReasonKeyDisabled = "KeyDisabled"
+	// ReasonPendingDeletion: the key is scheduled for deletion, as the spec asks.
+	ReasonPendingDeletion = "PendingDeletion"
+	// ReasonPendingImport: the key has no material yet and cannot be enabled until material is imported.
+	ReasonPendingImport = "PendingImport"
+	// ReasonKeyDeleted: the KMS deleted the key; it is never recreated.
+	ReasonKeyDeleted = "KeyDeleted"
+	// ReasonNotCreated: no key is created while the spec asks for its deletion.
+	ReasonNotCreated = "NotCreated"
+)
+
+// Reasons of the Synced condition.
+const (
+	// ReasonReconcileSuccess: the last reconcile reached the KMS without error (Synced=True).
+	ReasonReconcileSuccess = "ReconcileSuccess"
+	// ReasonReconcileError: a KMS call failed; it is retried with backoff.
+	ReasonReconcileError = "ReconcileError"
+	// ReasonUnsupported: the configured KMS provider cannot serve this spec; nothing is retried
+	// until the spec changes.
+	ReasonUnsupported = "Unsupported"
+	// ReasonRejected: the KMS refused the request for good (for example an alias already in use);
+	// nothing is retried until the spec changes.
+	ReasonRejected = "Rejected"
+)
+
+// Event reasons, one per kind of change the operator makes or sees.
+const (
+	EventCreated           = "Created"
+	EventEnabled           = "Enabled"
+	EventDisabled          = "Disabled"
+	EventDeletionScheduled = "DeletionScheduled"
+	EventDeletionCanceled  = "DeletionCanceled"
+	EventMaterialImported  = "MaterialImported"
+	EventDeleted           = "Deleted"
+	EventDriftDetected     = "DriftDetected"
+	EventRetained          = "Retained"
+	EventFailed            = "Failed"
+)

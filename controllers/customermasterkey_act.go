@@ -1,0 +1,95 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/planner"
+)
+
+// act makes the one KMS call the planner chose, reports it as an event, and reads the key back:
+// the outcome of a call (cancel gives Disabled or PendingImport) is never assumed.
+func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, key *kms.Key, action planner.Action) (*kms.Key, error) {
+	id := cmk.Status.KeyID
+	switch action {
+	case planner.Create:
+		created, err := r.KMS.Create(ctx, createRequest(cmk))
+		if err != nil {
+			return nil, err
+		}
+		// Recorded at once: even if this reconcile fails from here on, the status written
+		// with it names the key, and Create with the same UID returns the same key anyway.
+		cmk.Status.KeyID = created.ID
+		r.event(cmk, "Normal", v1alpha1.EventCreated, "CreateKey", "Created key %s (%s, origin %s)", created.ID, created.KeySpec, created.Origin)
+		return r.readBack(ctx, created.ID)
+	case planner.Enable:
+		if err := r.KMS.Enable(ctx, id); err != nil {
+			return nil, err
+		}
+		r.event(cmk, "Normal", v1alpha1.EventEnabled, "EnableKey", "Enabled key %s", id)
+	case planner.Disable:
+		if err := r.KMS.Disable(ctx, id); err != nil {
+			return nil, err
+		}
+		r.event(cmk, "Normal", v1alpha1.EventDisabled, "DisableKey", "Disabled key %s", id)
+	case planner.ScheduleDeletion:
+		if err := r.KMS.ScheduleDeletion(ctx, id, int(cmk.Spec.PendingDays)); err != nil {
+			return nil, err
+		}
+		r.event(cmk, "Normal", v1alpha1.EventDeletionScheduled, "ScheduleKeyDeletion", "Scheduled deletion of key %s in %d days", id, cmk.Spec.PendingDays)
+	case planner.CancelDeletion:
+		if err := r.KMS.CancelDeletion(ctx, id); err != nil {
+			return nil, err
+		}
+		after, err := r.readBack(ctx, id)
+		if err == nil && after != nil {
+			r.event(cmk, "Normal", v1alpha1.EventDeletionCanceled, "CancelKeyDeletion", "Canceled deletion of key %s; it is now %s", id, after.State)
+		}
+		return after, err
+	case planner.SetDescription:
+		if err := r.KMS.SetDescription(ctx, id, cmk.Spec.Description); err != nil {
+			return nil, err
+		}
+	default:
+		return key, nil
+	}
+	return r.readBack(ctx, id)
+}
+
+func (r *CustomerMasterKeyReconciler) readBack(ctx context.Context, keyID string) (*kms.Key, error) {
+	key, err := r.observe(ctx, keyID)
+	if err != nil {
+		return nil, fmt.Errorf("reading key %s back: %w", keyID, err)
+	}
+	return key, nil
+}
+
+func createRequest(cmk *v1alpha1.CustomerMasterKey) kms.CreateRequest {
+	return kms.CreateRequest{
+		Alias:       Alias(cmk),
+		Description: cmk.Spec.Description,
+		KeySpec:     string(cmk.Spec.KeySpec),
+		KeyUsage:    string(cmk.Spec.KeyUsage),
+		Origin:      string(cmk.Spec.Origin),
+		Token:       string(cmk.UID),
+		Tags: map[string]string{
+			"kms.cmk.io/namespace": cmk.Namespace,
+			"kms.cmk.io/name":      cmk.Name,
+			"kms.cmk.io/uid":       string(cmk.UID),
+		},
+	}
+}
+
+var aliasUnsafe = regexp.MustCompile(`[^a-zA-Z0-9:/_-]`)
+
+// Alias is the key's alias: spec.alias, or one derived from the resource's namespace and name
+// ("k8s/<namespace>/<name>", with characters an alias cannot hold, such as '.', as '_').
+func Alias(cmk *v1alpha1.CustomerMasterKey) string {
+	if cmk.Spec.Alias != "" {
+		return cmk.Spec.Alias
+	}
+	return aliasUnsafe.ReplaceAllString("k8s/"+cmk.Namespace+"/"+cmk.Name, "_")
+}

@@ -1,0 +1,310 @@
+// Package embedded is a software KMS that keeps its keys in Kubernetes Secrets, so the operator
+// runs with no cloud account. Material is real (crypto/rand, crypto/rsa, crypto/ecdsa) and is
+// stored only sealed under a root key; the root key itself sits in a Secret, so this is not an
+// HSM: whoever reads Secrets in the KMS namespace can read the keys.
+package embedded
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+)
+
+// Name selects this provider with --kms-provider.
+const Name = "embedded"
+
+var rootKeyFile string
+
+func init() {
+	kms.Register(kms.Registration{
+		Name: Name,
+		AddFlags: func(fs *flag.FlagSet) {
+			fs.StringVar(&rootKeyFile, "embedded-root-key-file", "",
+				"File holding the embedded KMS root key (32 bytes, raw or base64). "+
+					"Without it the root key is kept in a Secret in the KMS namespace, made on first start.")
+		},
+		New: func(ctx context.Context, env kms.Env) (kms.Provider, error) {
+			return New(ctx, env, Options{RootKeyFile: rootKeyFile})
+		},
+	})
+}
+
+// Options tune the embedded provider.
+type Options struct {
+	// RootKeyFile, when set, holds the root key; otherwise it is kept in a Secret.
+	RootKeyFile string
+	// ReapInterval bounds how long the reaper sleeps between looks at keys pending deletion,
+	// to catch keys whose deletion another process scheduled. Default one minute.
+	ReapInterval time.Duration
+}
+
+// Provider is the embedded KMS. It also runs, in the manager, the task that deletes keys at
+// their deletion date (see reaper.go).
+type Provider struct {
+	client       client.Client
+	namespace    string
+	clock        clock.WithTicker
+	log          logr.Logger
+	sealer       *sealer
+	reapInterval time.Duration
+
+	// wake tells the reaper that a deletion date was set, so it can look again.
+	wake chan struct{}
+	// changes carries the IDs of keys the reaper deleted.
+	changes chan string
+}
+
+var (
+	_ kms.Provider = (*Provider)(nil)
+	_ kms.Notifier = (*Provider)(nil)
+)
+
+// New builds an embedded provider, creating its root key on first use.
+func New(ctx context.Context, env kms.Env, opts Options) (*Provider, error) {
+	if env.Clock == nil {
+		env.Clock = clock.RealClock{}
+	}
+	if opts.ReapInterval <= 0 {
+		opts.ReapInterval = time.Minute
+	}
+	root, err := loadRootKey(ctx, env.Client, env.Namespace, opts.RootKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	s, err := newSealer(root)
+	if err != nil {
+		return nil, err
+	}
+	return &Provider{
+		client:       env.Client,
+		namespace:    env.Namespace,
+		clock:        env.Clock,
+		log:          env.Log,
+		sealer:       s,
+		reapInterval: opts.ReapInterval,
+		wake:         make(chan struct{}, 1),
+		changes:      make(chan string, 1024),
+	}, nil
+}
+
+// Changes delivers the IDs of keys the reaper deleted.
+func (p *Provider) Changes() <-chan string { return p.changes }
+
+// Observe reports the key with this ID.
+func (p *Provider) Observe(ctx context.Context, keyID string) (kms.Key, error) {
+	_, r, err := p.get(ctx, keyID)
+	if err != nil {
+		return kms.Key{}, err
+	}
+	return r.key(), nil
+}
+
+// Create makes a key, or returns the one an earlier Create with the same token made.
+func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, error) {
+	if req.Token == "" {
+		return kms.Key{}, fmt.Errorf("creating key %q: a creation token is required", req.Alias)
+	}
+	id := keyIDFor(req.Token)
+	if _, r, err := p.get(ctx, id); err == nil {
+		return r.key(), nil
+	} else if !kms.IsNotFound(err) {
+		return kms.Key{}, err
+	}
+	if err := checkSupported(req.KeySpec); err != nil {
+		return kms.Key{}, err
+	}
+	if err := p.checkAliasFree(ctx, req.Alias); err != nil {
+		return kms.Key{}, err
+	}
+
+	r := &record{
+		ID:          id,
+		Alias:       req.Alias,
+		Description: req.Description,
+		KeySpec:     req.KeySpec,
+		KeyUsage:    req.KeyUsage,
+		Origin:      req.Origin,
+		State:       kms.StatePendingImport,
+		CreatedAt:   p.clock.Now().UTC(),
+		Token:       req.Token,
+		Tags:        req.Tags,
+	}
+	var sealed []byte
+	if req.Origin != kms.OriginExternal {
+		material, err := generateMaterial(req.KeySpec)
+		if err != nil {
+			return kms.Key{}, err
+		}
+		sealed, err = p.sealer.seal(id, material)
+		clear(material)
+		if err != nil {
+			return kms.Key{}, err
+		}
+		r.State, r.HasMaterial = kms.StateEnabled, true
+	}
+	secret, err := newSecret(p.namespace, r, sealed)
+	if err != nil {
+		return kms.Key{}, err
+	}
+	if err := p.client.Create(ctx, secret); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			// A concurrent Create with the same token won; report its key.
+			return p.Observe(ctx, id)
+		}
+		return kms.Key{}, fmt.Errorf("creating key %s: %w", id, err)
+	}
+	return r.key(), nil
+}
+
+// checkAliasFree refuses an alias that a key not yet deleted already has, as a cloud KMS does.
+func (p *Provider) checkAliasFree(ctx context.Context, alias string) error {
+	var list corev1.SecretList
+	if err := p.client.List(ctx, &list, client.InNamespace(p.namespace),
+		client.MatchingLabels{labelKey: "true", labelAliasHash: aliasHash(alias)}); err != nil {
+		return fmt.Errorf("looking up alias %q: %w", alias, err)
+	}
+	for i := range list.Items {
+		if r, err := readRecord(&list.Items[i]); err == nil && r.Alias == alias && r.State != kms.StateDeleted {
+			return &kms.RejectedError{Reason: fmt.Sprintf(
+				"alias %q is already used by key %s: choose another spec.alias", alias, r.ID)}
+		}
+	}
+	return nil
+}
+
+// Enable moves a Disabled key to Enabled.
+func (p *Provider) Enable(ctx context.Context, keyID string) error {
+	return p.transition(ctx, keyID, "enable", func(r *record) (bool, error) {
+		switch r.State {
+		case kms.StateEnabled:
+			return false, nil
+		case kms.StateDisabled:
+			r.State = kms.StateEnabled
+			return true, nil
+		}
+		return false, &kms.StateError{KeyID: keyID, Call: "enable", State: r.State}
+	})
+}
+
+// Disable moves an Enabled key to Disabled.
+func (p *Provider) Disable(ctx context.Context, keyID string) error {
+	return p.transition(ctx, keyID, "disable", func(r *record) (bool, error) {
+		switch r.State {
+		case kms.StateDisabled:
+			return false, nil
+		case kms.StateEnabled:
+			r.State = kms.StateDisabled
+			return true, nil
+		}
+		return false, &kms.StateError{KeyID: keyID, Call: "disable", State: r.State}
+	})
+}
+
+// ScheduleDeletion sets the key's deletion date pendingDays from now.
+func (p *Provider) ScheduleDeletion(ctx context.Context, keyID string, pendingDays int) error {
+	if pendingDays < 7 || pendingDays > 1096 {
+		return &kms.RejectedError{Reason: fmt.Sprintf("pendingDays must be 7 to 1096, not %d", pendingDays)}
+	}
+	err := p.transition(ctx, keyID, "schedule deletion of", func(r *record) (bool, error) {
+		switch r.State {
+		case kms.StatePendingDeletion:
+			return false, nil
+		case kms.StateEnabled, kms.StateDisabled, kms.StatePendingImport:
+			date := p.clock.Now().UTC().Add(time.Duration(pendingDays) * 24 * time.Hour).Truncate(time.Second)
+			r.State, r.DeletionDate = kms.StatePendingDeletion, &date
+			return true, nil
+		}
+		return false, &kms.StateError{KeyID: keyID, Call: "schedule deletion of", State: r.State}
+	})
+	if err == nil {
+		p.wakeReaper()
+	}
+	return err
+}
+
+// CancelDeletion leaves a key pending deletion Disabled, or PendingImport when it is an
+// External key that never received material, as the KMS does.
+func (p *Provider) CancelDeletion(ctx context.Context, keyID string) error {
+	return p.transition(ctx, keyID, "cancel deletion of", func(r *record) (bool, error) {
+		switch r.State {
+		case kms.StateEnabled, kms.StateDisabled, kms.StatePendingImport:
+			return false, nil
+		case kms.StatePendingDeletion:
+			r.State, r.DeletionDate = kms.StateDisabled, nil
+			if !r.HasMaterial {
+				r.State = kms.StatePendingImport
+			}
+			return true, nil
+		}
+		return false, &kms.StateError{KeyID: keyID, Call: "cancel deletion of", State: r.State}
+	})
+}
+
+// SetDescription changes the key's description.
+func (p *Provider) SetDescription(ctx context.Context, keyID, description string) error {
+	return p.transition(ctx, keyID, "describe", func(r *record) (bool, error) {
+		if r.State == kms.StateDeleted {
+			return false, &kms.StateError{KeyID: keyID, Call: "describe", State: r.State}
+		}
+		if r.Description == description {
+			return false, nil
+		}
+		r.Description = description
+		return true, nil
+	})
+}
+
+func (p *Provider) get(ctx context.Context, keyID string) (*corev1.Secret, *record, error) {
+	s := &corev1.Secret{}
+	if err := p.client.Get(ctx, client.ObjectKey{Namespace: p.namespace, Name: secretName(keyID)}, s); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil, &kms.NotFoundError{KeyID: keyID}
+		}
+		return nil, nil, fmt.Errorf("reading key %s: %w", keyID, err)
+	}
+	r, err := readRecord(s)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, r, nil
+}
+
+// transition applies change to the key's record and writes the Secret once, only when
+// change reports that something changed. The update carries the resourceVersion read, so two
+// writers never both win.
+func (p *Provider) transition(ctx context.Context, keyID, call string, change func(*record) (bool, error)) error {
+	s, r, err := p.get(ctx, keyID)
+	if err != nil {
+		return err
+	}
+	changed, err := change(r)
+	if err != nil || !changed {
+		return err
+	}
+	if r.State == kms.StateDeleted {
+		delete(s.Data, materialField)
+	}
+	if err := writeRecord(s, r); err != nil {
+		return err
+	}
+	if err := p.client.Update(ctx, s); err != nil {
+		return fmt.Errorf("%s key %s: %w", call, keyID, err)
+	}
+	return nil
+}
+
+func (p *Provider) wakeReaper() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}

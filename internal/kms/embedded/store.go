@@ -1,0 +1,126 @@
+package embedded
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+)
+
+// Each key lives in one Secret in the KMS namespace: its record in plain JSON (no secrets in
+// it), and its material sealed under the root key. Labels let the reaper list only the keys
+// pending deletion, and Create find a key by alias, without reading every Secret.
+const (
+	secretType     corev1.SecretType = "kms.cmk.io/embedded-key"
+	secretPrefix                     = "cmk-"
+	recordField                      = "key.json"
+	materialField                    = "material"
+	labelManagedBy                   = "app.kubernetes.io/managed-by"
+	managedByValue                   = "cmk-operator-embedded-kms"
+	labelKey                         = "kms.cmk.io/embedded-key"
+	labelState                       = "kms.cmk.io/state"
+	labelAliasHash                   = "kms.cmk.io/alias-hash"
+)
+
+// record is a key's metadata as stored. It never holds material.
+type record struct {
+	ID           string            `json:"id"`
+	Alias        string            `json:"alias"`
+	Description  string            `json:"description,omitempty"`
+	KeySpec      string            `json:"keySpec"`
+	KeyUsage     string            `json:"keyUsage"`
+	Origin       string            `json:"origin"`
+	State        kms.State         `json:"state"`
+	CreatedAt    time.Time         `json:"createdAt"`
+	DeletionDate *time.Time        `json:"deletionDate,omitempty"`
+	DeletedAt    *time.Time        `json:"deletedAt,omitempty"`
+	HasMaterial  bool              `json:"hasMaterial"`
+	Token        string            `json:"token"`
+	Tags         map[string]string `json:"tags,omitempty"`
+}
+
+func (r *record) key() kms.Key {
+	k := kms.Key{
+		ID:          r.ID,
+		Alias:       r.Alias,
+		Description: r.Description,
+		KeySpec:     r.KeySpec,
+		KeyUsage:    r.KeyUsage,
+		Origin:      r.Origin,
+		State:       r.State,
+		HasMaterial: r.HasMaterial,
+	}
+	if r.State == kms.StatePendingDeletion && r.DeletionDate != nil {
+		k.DeletionDate = *r.DeletionDate
+	}
+	return k
+}
+
+// keyIDFor derives a key's ID from its creation token, so that Create is idempotent without a
+// lookup table: the same token always names the same Secret. It is shaped like a UUID, as
+// cloud KMS key IDs are.
+func keyIDFor(token string) string {
+	sum := sha256.Sum256([]byte("cmk-operator/embedded-kms/key-id/" + token))
+	h := hex.EncodeToString(sum[:16])
+	return fmt.Sprintf("%s-%s-%s-%s-%s", h[0:8], h[8:12], h[12:16], h[16:20], h[20:32])
+}
+
+func secretName(keyID string) string { return secretPrefix + keyID }
+
+// aliasHash fits an alias, which may hold ':' and '/', into a label value.
+func aliasHash(alias string) string {
+	sum := sha256.Sum256([]byte(alias))
+	return hex.EncodeToString(sum[:20])
+}
+
+func newSecret(namespace string, r *record, sealedMaterial []byte) (*corev1.Secret, error) {
+	s := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: secretName(r.ID), Namespace: namespace},
+		Type:       secretType,
+	}
+	if err := writeRecord(s, r); err != nil {
+		return nil, err
+	}
+	if sealedMaterial != nil {
+		s.Data[materialField] = sealedMaterial
+	}
+	return s, nil
+}
+
+// writeRecord stores r in s and keeps the labels in step with it.
+func writeRecord(s *corev1.Secret, r *record) error {
+	raw, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encoding key %s: %w", r.ID, err)
+	}
+	if s.Data == nil {
+		s.Data = map[string][]byte{}
+	}
+	s.Data[recordField] = raw
+	if s.Labels == nil {
+		s.Labels = map[string]string{}
+	}
+	s.Labels[labelManagedBy] = managedByValue
+	s.Labels[labelKey] = "true"
+	s.Labels[labelState] = string(r.State)
+	s.Labels[labelAliasHash] = aliasHash(r.Alias)
+	return nil
+}
+
+func readRecord(s *corev1.Secret) (*record, error) {
+	raw, ok := s.Data[recordField]
+	if !ok {
+		return nil, fmt.Errorf("secret %s/%s holds no embedded key record", s.Namespace, s.Name)
+	}
+	r := &record{}
+	if err := json.Unmarshal(raw, r); err != nil {
+		return nil, fmt.Errorf("decoding secret %s/%s: %w", s.Namespace, s.Name, err)
+	}
+	return r, nil
+}

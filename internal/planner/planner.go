@@ -1,0 +1,192 @@
+// Package planner decides, from what the user asks for and what the KMS reports, the one next
+// thing to do to a key. It is pure: no clients, no clock of its own, so every state × spec
+// combination is a table test.
+package planner
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+)
+
+// Action is one call to make to the KMS, or none.
+type Action string
+
+// Actions.
+const (
+	// None: the key matches the spec, or waits for something no call can bring about.
+	None             Action = "None"
+	Create           Action = "Create"
+	Enable           Action = "Enable"
+	Disable          Action = "Disable"
+	ScheduleDeletion Action = "ScheduleDeletion"
+	CancelDeletion   Action = "CancelDeletion"
+	SetDescription   Action = "SetDescription"
+	// Release: the resource is being deleted and its key needs nothing more; drop the finalizer.
+	Release Action = "Release"
+)
+
+// Short waits for states the KMS leaves on its own.
+const (
+	// CreatingRecheck is how soon a key still being created is looked at again.
+	CreatingRecheck = 5 * time.Second
+	// OverdueRecheck is how soon a key past its deletion date, that the KMS has not deleted
+	// yet, is looked at again.
+	OverdueRecheck = time.Minute
+)
+
+// Input is everything a decision depends on.
+type Input struct {
+	Spec v1alpha1.CustomerMasterKeySpec
+	// KeyID is the ID recorded in status; empty until the key is created.
+	KeyID string
+	// Key is what the KMS reports; nil when it has no key with KeyID (or KeyID is empty).
+	Key *kms.Key
+	// Deleting is true once the resource has a deletion timestamp.
+	Deleting bool
+	Now      time.Time
+}
+
+// Decision is the next action and, when none is due, when to look again.
+type Decision struct {
+	Action Action
+	// RecheckAt is when the key should be looked at again because the KMS changes it by then
+	// (a deletion date, a key being created); zero means the slow resync is enough.
+	RecheckAt time.Time
+}
+
+// Next returns the one next action for a key.
+func Next(in Input) Decision {
+	if in.Deleting {
+		return nextOnDelete(in)
+	}
+	if in.Key == nil {
+		if in.KeyID == "" && !in.Spec.DeletionScheduled {
+			return Decision{Action: Create}
+		}
+		// Either the spec asks for a key's deletion before it exists, or the KMS lost the key
+		// we made. Neither is fixed by creating one: a replaced key would silently orphan
+		// everything encrypted with the old one.
+		return Decision{Action: None}
+	}
+	k := in.Key
+	switch k.State {
+	case kms.StateDeleted:
+		return Decision{Action: None}
+	case kms.StateCreating:
+		return Decision{Action: None, RecheckAt: in.Now.Add(CreatingRecheck)}
+	case kms.StatePendingDeletion:
+		if !in.Spec.DeletionScheduled {
+			return Decision{Action: CancelDeletion}
+		}
+		return Decision{Action: None, RecheckAt: deletionRecheck(k.DeletionDate, in.Now)}
+	}
+	// Enabled, Disabled or PendingImport.
+	if in.Spec.DeletionScheduled {
+		return Decision{Action: ScheduleDeletion}
+	}
+	switch {
+	case k.State == kms.StateEnabled && !in.Spec.Enabled:
+		return Decision{Action: Disable}
+	case k.State == kms.StateDisabled && in.Spec.Enabled:
+		return Decision{Action: Enable}
+	case k.Description != in.Spec.Description:
+		return Decision{Action: SetDescription}
+	}
+	// Matches the spec, or PendingImport with enabled: true, which only imported material
+	// can move on.
+	return Decision{Action: None}
+}
+
+func nextOnDelete(in Input) Decision {
+	if in.Key == nil {
+		return Decision{Action: Release}
+	}
+	switch in.Key.State {
+	case kms.StateDeleted, kms.StatePendingDeletion:
+		// Already going or gone: the resource does not wait out the deletion window.
+		return Decision{Action: Release}
+	case kms.StateCreating:
+		return Decision{Action: None, RecheckAt: in.Now.Add(CreatingRecheck)}
+	}
+	if in.Spec.DeletionPolicy == v1alpha1.DeletionPolicyDelete {
+		return Decision{Action: ScheduleDeletion}
+	}
+	return Decision{Action: Release}
+}
+
+func deletionRecheck(date, now time.Time) time.Time {
+	if date.IsZero() || !date.After(now) {
+		return now.Add(OverdueRecheck)
+	}
+	return date
+}
+
+// Readiness is the Ready condition for a key in a given state under a given spec.
+type Readiness struct {
+	Ready   bool
+	Reason  string
+	Message string
+}
+
+// Ready says whether the key is usable and matches the spec and, when not, what it waits for
+// in words a person can act on. keyID is the ID in status, empty before creation.
+func Ready(spec v1alpha1.CustomerMasterKeySpec, keyID string, key *kms.Key) Readiness {
+	if key == nil {
+		if keyID == "" && spec.DeletionScheduled {
+			return Readiness{Reason: v1alpha1.ReasonNotCreated,
+				Message: "No key is created while spec.deletionScheduled is true; set it to false to create the key"}
+		}
+		if keyID == "" {
+			return Readiness{Reason: v1alpha1.ReasonCreating, Message: "The key is being created"}
+		}
+		return Readiness{Reason: v1alpha1.ReasonKeyDeleted, Message: fmt.Sprintf(
+			"The KMS has no key %s any more; it is never recreated. Delete this resource, or create a new one for a new key", keyID)}
+	}
+	switch key.State {
+	case kms.StateDeleted:
+		return Readiness{Reason: v1alpha1.ReasonKeyDeleted, Message: fmt.Sprintf(
+			"Key %s was deleted by the KMS at its deletion date; it is never recreated. Delete this resource, or create a new one for a new key", key.ID)}
+	case kms.StateCreating:
+		return Readiness{Reason: v1alpha1.ReasonCreating, Message: "The KMS is still creating the key"}
+	case kms.StatePendingDeletion:
+		if !spec.DeletionScheduled {
+			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Canceling the scheduled deletion"}
+		}
+		return Readiness{Reason: v1alpha1.ReasonPendingDeletion,
+			Message: "The key is scheduled for deletion; set spec.deletionScheduled to false before the deletion date to cancel it"}
+	case kms.StatePendingImport:
+		if spec.DeletionScheduled {
+			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Scheduling the key's deletion"}
+		}
+		return Readiness{Reason: v1alpha1.ReasonPendingImport,
+			Message: "The key has no key material; import material to make it usable"}
+	case kms.StateDisabled:
+		if spec.Enabled || spec.DeletionScheduled {
+			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Moving the key to the state the spec asks for"}
+		}
+		return Readiness{Reason: v1alpha1.ReasonKeyDisabled,
+			Message: "The key is disabled as spec.enabled asks; set spec.enabled to true to use it"}
+	case kms.StateEnabled:
+		if !spec.Enabled || spec.DeletionScheduled || key.Description != spec.Description {
+			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Moving the key to the state the spec asks for"}
+		}
+		return Readiness{Ready: true, Reason: v1alpha1.ReasonAvailable, Message: "The key is enabled and matches the spec"}
+	}
+	return Readiness{Reason: v1alpha1.ReasonProgressing, Message: fmt.Sprintf("The KMS reports state %q", key.State)}
+}
+
+// Drift reports whether the key left the state the status last recorded without the spec
+// changing, that is, someone changed it outside Kubernetes, and the decision puts it back.
+func Drift(lastPhase v1alpha1.Phase, specChanged bool, key *kms.Key, d Decision) bool {
+	if specChanged || lastPhase == "" || key == nil || string(lastPhase) == string(key.State) {
+		return false
+	}
+	switch d.Action {
+	case Enable, Disable, ScheduleDeletion, CancelDeletion:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,134 @@
+// Command manager runs the cmk-operator: the CustomerMasterKey controller and the KMS provider
+// chosen with --kms-provider.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/controllers"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+	_ "github.com/cmk-operator/cmk-operator/internal/kms/embedded" // registers the "embedded" provider
+)
+
+var scheme = runtime.NewScheme()
+
+func init() {
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(v1alpha1.AddToScheme(scheme))
+}
+
+func main() {
+	var (
+		metricsAddr  string
+		probeAddr    string
+		leaderElect  bool
+		providerName string
+		kmsNamespace string
+		syncPeriod   time.Duration
+	)
+	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "The address the metrics endpoint binds to, e.g. :8080; 0 disables it.")
+	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "The address the health probe endpoint binds to.")
+	flag.BoolVar(&leaderElect, "leader-elect", false, "Enable leader election, so that only one manager acts at a time.")
+	flag.StringVar(&providerName, "kms-provider", "embedded", fmt.Sprintf("The KMS provider to drive, one of %v.", kms.Names()))
+	flag.StringVar(&kmsNamespace, "kms-namespace", defaultKMSNamespace(), "The namespace where the KMS provider keeps its state and credentials; $POD_NAMESPACE when that is set.")
+	flag.DurationVar(&syncPeriod, "sync-period", controllers.DefaultSyncPeriod, "How often a settled key is checked against the KMS, to correct changes made outside Kubernetes.")
+	kms.AddFlags(flag.CommandLine)
+	opts := zap.Options{}
+	opts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+
+	if err := run(ctrl.SetupSignalHandler(), managerConfig{
+		metricsAddr: metricsAddr, probeAddr: probeAddr, leaderElect: leaderElect,
+		provider: providerName, kmsNamespace: kmsNamespace, syncPeriod: syncPeriod,
+	}); err != nil {
+		ctrl.Log.Error(err, "Manager stopped")
+		os.Exit(1)
+	}
+}
+
+type managerConfig struct {
+	metricsAddr, probeAddr string
+	leaderElect            bool
+	provider, kmsNamespace string
+	syncPeriod             time.Duration
+}
+
+func run(ctx context.Context, cfg managerConfig) error {
+	log := ctrl.Log.WithName("setup")
+	restConfig := ctrl.GetConfigOrDie()
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+		Scheme:                  scheme,
+		Metrics:                 metricsserver.Options{BindAddress: cfg.metricsAddr},
+		HealthProbeBindAddress:  cfg.probeAddr,
+		LeaderElection:          cfg.leaderElect,
+		LeaderElectionID:        "cmk-operator.kms.cmk.io",
+		LeaderElectionNamespace: cfg.kmsNamespace,
+	})
+	if err != nil {
+		return fmt.Errorf("creating manager: %w", err)
+	}
+
+	// The provider reads and writes its own objects without a cache, so it always sees its
+	// own last write, and no Secret informer is started.
+	direct, err := client.New(restConfig, client.Options{Scheme: scheme})
+	if err != nil {
+		return fmt.Errorf("creating KMS client: %w", err)
+	}
+	provider, err := kms.New(ctx, cfg.provider, kms.Env{
+		Client:    direct,
+		Namespace: cfg.kmsNamespace,
+		Clock:     clock.RealClock{},
+		Log:       ctrl.Log.WithName("kms").WithName(cfg.provider),
+	})
+	if err != nil {
+		return fmt.Errorf("starting KMS provider %q: %w", cfg.provider, err)
+	}
+	if task, ok := provider.(manager.Runnable); ok {
+		if err := mgr.Add(task); err != nil {
+			return err
+		}
+	}
+
+	if err := (&controllers.CustomerMasterKeyReconciler{
+		Client:     mgr.GetClient(),
+		KMS:        provider,
+		Recorder:   mgr.GetEventRecorder("cmk-operator"),
+		Clock:      clock.RealClock{},
+		SyncPeriod: cfg.syncPeriod,
+	}).SetupWithManager(ctx, mgr, controller.Options{}); err != nil {
+		return fmt.Errorf("setting up controller: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	log.Info("Starting manager", "kmsProvider", cfg.provider, "kmsNamespace", cfg.kmsNamespace, "syncPeriod", cfg.syncPeriod)
+	return mgr.Start(ctx)
+}
+
+func defaultKMSNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	return "cmk-system"
+}
