@@ -122,7 +122,7 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 	if err := checkSupported(req.KeySpec); err != nil {
 		return kms.Key{}, err
 	}
-	if err := p.checkAliasFree(ctx, req.Alias); err != nil {
+	if err := p.checkAliasFree(ctx, req.Alias, id); err != nil {
 		return kms.Key{}, err
 	}
 
@@ -165,15 +165,16 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 	return r.key(), nil
 }
 
-// checkAliasFree refuses an alias that a key not yet deleted already has, as a cloud KMS does.
-func (p *Provider) checkAliasFree(ctx context.Context, alias string) error {
+// checkAliasFree refuses an alias that another key, not yet deleted, already has, as a cloud
+// KMS does. The key being created (a concurrent Create with the same token) does not count.
+func (p *Provider) checkAliasFree(ctx context.Context, alias, id string) error {
 	var list corev1.SecretList
 	if err := p.client.List(ctx, &list, client.InNamespace(p.namespace),
 		client.MatchingLabels{labelKey: "true", labelAliasHash: aliasHash(alias)}); err != nil {
 		return fmt.Errorf("looking up alias %q: %w", alias, err)
 	}
 	for i := range list.Items {
-		if r, err := readRecord(&list.Items[i]); err == nil && r.Alias == alias && r.State != kms.StateDeleted {
+		if r, err := readRecord(&list.Items[i]); err == nil && r.ID != id && r.Alias == alias && r.State != kms.StateDeleted {
 			return &kms.RejectedError{Reason: fmt.Sprintf(
 				"alias %q is already used by key %s: choose another spec.alias", alias, r.ID)}
 		}

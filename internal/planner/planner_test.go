@@ -1,0 +1,285 @@
+package planner
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+)
+
+var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+
+func spec(enabled, scheduled bool) v1alpha1.CustomerMasterKeySpec {
+	return v1alpha1.CustomerMasterKeySpec{
+		KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt, Origin: v1alpha1.OriginKMS,
+		Enabled: enabled, DeletionScheduled: scheduled, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain,
+	}
+}
+
+func key(state kms.State) *kms.Key {
+	k := &kms.Key{ID: "k1", State: state, HasMaterial: true}
+	if state == kms.StatePendingDeletion {
+		k.DeletionDate = now.Add(7 * 24 * time.Hour)
+	}
+	return k
+}
+
+func TestNext(t *testing.T) {
+	overdue := key(kms.StatePendingDeletion)
+	overdue.DeletionDate = now.Add(-time.Second)
+	described := key(kms.StateEnabled)
+	described.Description = "old"
+	withPolicy := func(s v1alpha1.CustomerMasterKeySpec, p v1alpha1.DeletionPolicy) v1alpha1.CustomerMasterKeySpec {
+		s.DeletionPolicy = p
+		return s
+	}
+
+	cases := map[string]struct {
+		reason string
+		in     Input
+		want   Decision
+	}{
+		"NewKey": {
+			reason: "A resource with no key ID gets a key.",
+			in:     Input{Spec: spec(true, false)},
+			want:   Decision{Action: Create},
+		},
+		"NewKeyScheduledForDeletion": {
+			reason: "A key is never created only to be deleted.",
+			in:     Input{Spec: spec(false, true)},
+			want:   Decision{Action: None},
+		},
+		"KeyGoneFromKMS": {
+			reason: "A key the KMS no longer has is never replaced by a new one.",
+			in:     Input{Spec: spec(true, false), KeyID: "k1"},
+			want:   Decision{Action: None},
+		},
+		"Deleted": {
+			reason: "Deleted is terminal, whatever the spec says.",
+			in:     Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateDeleted)},
+			want:   Decision{Action: None},
+		},
+		"Creating": {
+			reason: "A key still being created is looked at again soon.",
+			in:     Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateCreating)},
+			want:   Decision{Action: None, RecheckAt: now.Add(CreatingRecheck)},
+		},
+		"EnabledMatches": {
+			in:   Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateEnabled)},
+			want: Decision{Action: None},
+		},
+		"EnabledWantDisabled": {
+			in:   Input{Spec: spec(false, false), KeyID: "k1", Key: key(kms.StateEnabled)},
+			want: Decision{Action: Disable},
+		},
+		"DisabledWantEnabled": {
+			reason: "Enabling after a cancel is the spec's explicit step.",
+			in:     Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateDisabled)},
+			want:   Decision{Action: Enable},
+		},
+		"DisabledMatches": {
+			in:   Input{Spec: spec(false, false), KeyID: "k1", Key: key(kms.StateDisabled)},
+			want: Decision{Action: None},
+		},
+		"EnabledScheduleDeletion": {
+			reason: "The KMS schedules deletion from Enabled directly.",
+			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StateEnabled)},
+			want:   Decision{Action: ScheduleDeletion},
+		},
+		"DisabledScheduleDeletion": {
+			in:   Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StateDisabled)},
+			want: Decision{Action: ScheduleDeletion},
+		},
+		"PendingImportScheduleDeletion": {
+			in:   Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingImport)},
+			want: Decision{Action: ScheduleDeletion},
+		},
+		"PendingDeletionWaitsForDate": {
+			reason: "A key pending deletion is looked at again at its deletion date, not polled.",
+			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), Now: now},
+			want:   Decision{Action: None, RecheckAt: now.Add(7 * 24 * time.Hour)},
+		},
+		"PendingDeletionOverdue": {
+			reason: "Past the date the KMS has not deleted it yet: look again shortly.",
+			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: overdue, Now: now},
+			want:   Decision{Action: None, RecheckAt: now.Add(OverdueRecheck)},
+		},
+		"PendingDeletionCancel": {
+			reason: "Clearing deletionScheduled cancels the deletion (the seed).",
+			in:     Input{Spec: spec(false, false), KeyID: "k1", Key: key(kms.StatePendingDeletion)},
+			want:   Decision{Action: CancelDeletion},
+		},
+		"PendingDeletionCancelThenEnable": {
+			reason: "Cancel comes first; enabling is a later, separate action.",
+			in:     Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StatePendingDeletion)},
+			want:   Decision{Action: CancelDeletion},
+		},
+		"PendingImportWantEnabled": {
+			reason: "Only imported material moves a PendingImport key on; no call is made.",
+			in:     Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StatePendingImport)},
+			want:   Decision{Action: None},
+		},
+		"DescriptionChanged": {
+			in:   Input{Spec: spec(true, false), KeyID: "k1", Key: described},
+			want: Decision{Action: SetDescription},
+		},
+		"DeleteRetain": {
+			in:   Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateEnabled), Deleting: true},
+			want: Decision{Action: Release},
+		},
+		"DeletePolicyDelete": {
+			in:   Input{Spec: withPolicy(spec(true, false), v1alpha1.DeletionPolicyDelete), KeyID: "k1", Key: key(kms.StateEnabled), Deleting: true},
+			want: Decision{Action: ScheduleDeletion},
+		},
+		"DeletePolicyDeleteAlreadyPending": {
+			reason: "The resource does not wait out the deletion window.",
+			in:     Input{Spec: withPolicy(spec(false, true), v1alpha1.DeletionPolicyDelete), KeyID: "k1", Key: key(kms.StatePendingDeletion), Deleting: true},
+			want:   Decision{Action: Release},
+		},
+		"DeleteNeverCreated": {
+			in:   Input{Spec: withPolicy(spec(true, false), v1alpha1.DeletionPolicyDelete), Deleting: true},
+			want: Decision{Action: Release},
+		},
+		"DeleteDeletedKey": {
+			in:   Input{Spec: withPolicy(spec(true, false), v1alpha1.DeletionPolicyDelete), KeyID: "k1", Key: key(kms.StateDeleted), Deleting: true},
+			want: Decision{Action: Release},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if tc.in.Now.IsZero() {
+				tc.in.Now = now
+			}
+			if diff := cmp.Diff(tc.want, Next(tc.in)); diff != "" {
+				t.Errorf("%s\nNext(...): -want, +got:\n%s", tc.reason, diff)
+			}
+		})
+	}
+}
+
+// allowed is the lifecycle table of API.md: the calls each state permits.
+var allowed = map[kms.State][]Action{
+	kms.StateEnabled:         {Disable, ScheduleDeletion, SetDescription},
+	kms.StateDisabled:        {Enable, ScheduleDeletion, SetDescription},
+	kms.StatePendingImport:   {ScheduleDeletion, SetDescription},
+	kms.StatePendingDeletion: {CancelDeletion},
+	kms.StateDeleted:         {},
+	kms.StateCreating:        {},
+}
+
+// TestNextOnlyAllowedCalls walks every state × spec combination and checks that the planner
+// only asks for calls the state allows, never recreates a key, and always settles.
+func TestNextOnlyAllowedCalls(t *testing.T) {
+	states := []kms.State{kms.StateCreating, kms.StateEnabled, kms.StateDisabled, kms.StatePendingDeletion, kms.StatePendingImport, kms.StateDeleted}
+	for _, state := range states {
+		for _, enabled := range []bool{true, false} {
+			for _, scheduled := range []bool{true, false} {
+				for _, deleting := range []bool{true, false} {
+					for _, policy := range []v1alpha1.DeletionPolicy{v1alpha1.DeletionPolicyRetain, v1alpha1.DeletionPolicyDelete} {
+						s := spec(enabled, scheduled)
+						s.DeletionPolicy = policy
+						in := Input{Spec: s, KeyID: "k1", Key: key(state), Deleting: deleting, Now: now}
+						d := Next(in)
+						switch d.Action {
+						case None, Release:
+							continue
+						case Create:
+							t.Errorf("%s %+v: Create for a key that exists", state, in)
+							continue
+						}
+						ok := false
+						for _, a := range allowed[state] {
+							ok = ok || a == d.Action
+						}
+						if !ok {
+							t.Errorf("state %s, enabled=%v scheduled=%v deleting=%v policy=%s: %s is not allowed from %s",
+								state, enabled, scheduled, deleting, policy, d.Action, state)
+						}
+						if settled := settle(t, in); settled > 3 {
+							t.Errorf("state %s, enabled=%v scheduled=%v: took %d actions to settle", state, enabled, scheduled, settled)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// settle applies the planner's actions to a model of the KMS until it asks for none, and
+// returns how many it took.
+func settle(t *testing.T, in Input) int {
+	t.Helper()
+	k := *in.Key
+	for n := 0; n < 10; n++ {
+		in.Key = &k
+		switch Next(in).Action {
+		case None, Release:
+			return n
+		case Enable:
+			k.State = kms.StateEnabled
+		case Disable:
+			k.State = kms.StateDisabled
+		case ScheduleDeletion:
+			k.State, k.DeletionDate = kms.StatePendingDeletion, now.Add(time.Hour)
+		case CancelDeletion:
+			k.State = kms.StateDisabled
+		case SetDescription:
+			k.Description = in.Spec.Description
+		}
+	}
+	t.Fatalf("no settled state after 10 actions from %+v", in)
+	return 0
+}
+
+func TestReady(t *testing.T) {
+	cases := map[string]struct {
+		spec  v1alpha1.CustomerMasterKeySpec
+		keyID string
+		key   *kms.Key
+		ready bool
+		want  string
+	}{
+		"Enabled":                {spec(true, false), "k1", key(kms.StateEnabled), true, v1alpha1.ReasonAvailable},
+		"DisabledAsAsked":        {spec(false, false), "k1", key(kms.StateDisabled), false, v1alpha1.ReasonKeyDisabled},
+		"DisabledWantEnabled":    {spec(true, false), "k1", key(kms.StateDisabled), false, v1alpha1.ReasonProgressing},
+		"PendingDeletion":        {spec(false, true), "k1", key(kms.StatePendingDeletion), false, v1alpha1.ReasonPendingDeletion},
+		"PendingImport":          {spec(true, false), "k1", key(kms.StatePendingImport), false, v1alpha1.ReasonPendingImport},
+		"Deleted":                {spec(true, false), "k1", key(kms.StateDeleted), false, v1alpha1.ReasonKeyDeleted},
+		"Gone":                   {spec(true, false), "k1", nil, false, v1alpha1.ReasonKeyDeleted},
+		"NotCreatedWhileDeleted": {spec(false, true), "", nil, false, v1alpha1.ReasonNotCreated},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			got := Ready(tc.spec, tc.keyID, tc.key)
+			if got.Ready != tc.ready || got.Reason != tc.want || got.Message == "" {
+				t.Errorf("Ready(...) = %+v, want ready=%v reason %s with a message", got, tc.ready, tc.want)
+			}
+		})
+	}
+}
+
+func TestDrift(t *testing.T) {
+	cases := map[string]struct {
+		last        v1alpha1.Phase
+		specChanged bool
+		key         *kms.Key
+		action      Action
+		want        bool
+	}{
+		"DisabledOutsideKubernetes":  {v1alpha1.PhaseEnabled, false, key(kms.StateDisabled), Enable, true},
+		"ScheduledOutsideKubernetes": {v1alpha1.PhaseEnabled, false, key(kms.StatePendingDeletion), CancelDeletion, true},
+		"SpecChanged":                {v1alpha1.PhaseEnabled, true, key(kms.StateEnabled), Disable, false},
+		"DeletedAtDate":              {v1alpha1.PhasePendingDeletion, false, key(kms.StateDeleted), None, false},
+		"FirstLook":                  {"", false, key(kms.StateEnabled), None, false},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := Drift(tc.last, tc.specChanged, tc.key, Decision{Action: tc.action}); got != tc.want {
+				t.Errorf("Drift(...) = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
