@@ -1,0 +1,262 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/uuid"
+	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/kms/embedded"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
+)
+
+// Every test here runs against a real kube-apiserver and etcd (see internal/testenv).
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	var err error
+	if env, err = testenv.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = env.Stop()
+	os.Exit(code)
+}
+
+const timeout = 30 * time.Second
+
+// harness is one test's world: a namespace for its resources, a KMS namespace for its
+// embedded provider, a fake clock both share, and optionally a running manager.
+type harness struct {
+	t     *testing.T
+	ns    string
+	kmsNS string
+	clock *clocktesting.FakeClock
+	kms   *embedded.Provider
+	stop  func()
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	suffix := string(uuid.NewUUID())[:8]
+	h := &harness{
+		t:     t,
+		ns:    "test-" + suffix,
+		kmsNS: "kms-" + suffix,
+		clock: clocktesting.NewFakeClock(time.Now().UTC().Truncate(time.Second)),
+	}
+	for _, ns := range []string{h.ns, h.kmsNS} {
+		if err := env.CreateNamespace(context.Background(), ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.kms = h.newProvider(env.Client)
+	return h
+}
+
+func (h *harness) newProvider(c client.Client) *embedded.Provider {
+	h.t.Helper()
+	p, err := embedded.New(context.Background(), kms.Env{Client: c, Namespace: h.kmsNS, Clock: h.clock, Log: logr.Discard()}, embedded.Options{})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return p
+}
+
+// managerOptions change how a harness runs its manager.
+type managerOptions struct {
+	syncPeriod time.Duration
+	// client, when set, wraps the manager's client (to inject failures).
+	wrap func(client.Client) client.Client
+}
+
+// start runs a manager with the reconciler and the harness's provider until the test ends or
+// stopManager is called. Its cache sees only the test's namespace.
+func (h *harness) start(opts managerOptions) {
+	h.t.Helper()
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+		Scheme:                 testenv.Scheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{h.ns: {}}},
+		Logger:                 logr.Discard(),
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	c := mgr.GetClient()
+	if opts.wrap != nil {
+		c = opts.wrap(c)
+	}
+	if err := mgr.Add(h.kms); err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &CustomerMasterKeyReconciler{
+		Client: c, KMS: h.kms, Recorder: mgr.GetEventRecorder("cmk-operator"), Clock: h.clock, SyncPeriod: opts.syncPeriod,
+	}
+	if err := r.SetupWithManager(ctx, mgr, controller.Options{SkipNameValidation: ptr.To(true)}); err != nil {
+		h.t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	h.stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			h.t.Errorf("manager: %v", err)
+		}
+		h.stop = nil
+	}
+	h.t.Cleanup(func() {
+		if h.stop != nil {
+			h.stop()
+		}
+	})
+}
+
+func (h *harness) stopManager() { h.stop() }
+
+// cmk returns a resource with every default the apiserver would set, as a Go client must.
+func (h *harness) cmk(name string, mutate ...func(*v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {
+	c := &v1alpha1.CustomerMasterKey{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: h.ns},
+		Spec: v1alpha1.CustomerMasterKeySpec{
+			KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt, Origin: v1alpha1.OriginKMS,
+			Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain,
+		},
+	}
+	for _, m := range mutate {
+		m(c)
+	}
+	return c
+}
+
+func external(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal }
+
+func (h *harness) create(objs ...*v1alpha1.CustomerMasterKey) {
+	h.t.Helper()
+	for _, o := range objs {
+		if err := env.Client.Create(context.Background(), o); err != nil {
+			h.t.Fatalf("creating %s: %v", o.Name, err)
+		}
+	}
+}
+
+func (h *harness) get(name string) *v1alpha1.CustomerMasterKey {
+	h.t.Helper()
+	c := &v1alpha1.CustomerMasterKey{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: name}, c); err != nil {
+		h.t.Fatal(err)
+	}
+	return c
+}
+
+// patch applies a JSON merge patch to the spec, as `kubectl patch --type merge` does.
+func (h *harness) patch(name string, spec map[string]any) {
+	h.t.Helper()
+	raw := mustJSON(h.t, map[string]any{"spec": spec})
+	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: h.ns}}
+	if err := env.Client.Patch(context.Background(), c, client.RawPatch("application/merge-patch+json", raw)); err != nil {
+		h.t.Fatalf("patching %s with %s: %v", name, raw, err)
+	}
+}
+
+var (
+	schedule = map[string]any{"enabled": false, "deletionScheduled": true}
+	cancel   = map[string]any{"deletionScheduled": false}
+	enable   = map[string]any{"enabled": true}
+)
+
+// eventually waits until the resource satisfies check.
+func (h *harness) eventually(name string, check func(g Gomega, c *v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {
+	h.t.Helper()
+	var got *v1alpha1.CustomerMasterKey
+	NewWithT(h.t).Eventually(func(g Gomega) {
+		c := &v1alpha1.CustomerMasterKey{}
+		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: name}, c)).To(Succeed())
+		check(g, c)
+		got = c
+	}).WithTimeout(timeout).WithPolling(20 * time.Millisecond).Should(Succeed())
+	return got
+}
+
+// waitPhase waits until the resource reports phase for its current generation.
+func (h *harness) waitPhase(name string, phase v1alpha1.Phase) *v1alpha1.CustomerMasterKey {
+	h.t.Helper()
+	return h.eventually(name, func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+		g.Expect(c.Status.ObservedGeneration).To(Equal(c.Generation), "observedGeneration")
+		g.Expect(c.Status.Phase).To(Equal(phase), "phase")
+	})
+}
+
+func condition(c *v1alpha1.CustomerMasterKey, typ string) metav1.Condition {
+	if cond := meta.FindStatusCondition(c.Status.Conditions, typ); cond != nil {
+		return *cond
+	}
+	return metav1.Condition{}
+}
+
+// keySecrets counts the keys in the harness's KMS.
+func (h *harness) keySecrets() int {
+	h.t.Helper()
+	var list corev1.SecretList
+	if err := env.Client.List(context.Background(), &list, client.InNamespace(h.kmsNS), client.HasLabels{"kms.cmk.io/embedded-key"}); err != nil {
+		h.t.Fatal(err)
+	}
+	return len(list.Items)
+}
+
+// events returns the reasons of the events about a resource, oldest first.
+func (h *harness) events(name string) []string {
+	h.t.Helper()
+	var list eventsv1.EventList
+	if err := env.Client.List(context.Background(), &list, client.InNamespace(h.ns)); err != nil {
+		h.t.Fatal(err)
+	}
+	var reasons []string
+	for _, e := range list.Items {
+		if e.Regarding.Name == name {
+			reasons = append(reasons, e.Reason)
+		}
+	}
+	return reasons
+}
+
+// kmsState is the key's state straight from the KMS.
+func (h *harness) kmsState(keyID string) kms.State {
+	h.t.Helper()
+	k, err := h.kms.Observe(context.Background(), keyID)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return k.State
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	raw, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}

@@ -1,0 +1,128 @@
+package controllers
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+)
+
+// These tests send bad input where a user sends it, to the apiserver, and check that the CRD's
+// rules refuse it with a message that says what to do. No manager runs: the apiserver alone
+// enforces them.
+
+func unstructuredCMK(ns, name string, spec map[string]any) *unstructured.Unstructured {
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "kms.cmk.io/v1alpha1",
+		"kind":       "CustomerMasterKey",
+		"metadata":   map[string]any{"name": name, "namespace": ns},
+	}}
+	if spec != nil {
+		u.Object["spec"] = spec
+	}
+	return u
+}
+
+func TestCreateRules(t *testing.T) {
+	h := newHarness(t)
+	cases := map[string]struct {
+		spec map[string]any
+		want string // a fragment of the refusal; "" means accepted
+	}{
+		"Defaults":              {map[string]any{}, ""},
+		"NoSpec":                {nil, "spec: Required value"},
+		"ScheduledWhileEnabled": {map[string]any{"deletionScheduled": true}, `deletionScheduled: true requires enabled: false`},
+		"ScheduledAndDisabled":  {map[string]any{"deletionScheduled": true, "enabled": false}, ""},
+		"SymmetricSigning":      {map[string]any{"keySpec": "AES_256", "keyUsage": "SIGN_VERIFY"}, "symmetric keys (AES_256, SM4) only encrypt and decrypt"},
+		"SM4Signing":            {map[string]any{"keySpec": "SM4", "keyUsage": "SIGN_VERIFY"}, "symmetric keys (AES_256, SM4) only encrypt and decrypt"},
+		"ECEncrypting":          {map[string]any{"keySpec": "EC_P384"}, "EC_P256 and EC_P384 keys only sign and verify: set keyUsage: SIGN_VERIFY"},
+		"RSASigning":            {map[string]any{"keySpec": "RSA_4096", "keyUsage": "SIGN_VERIFY"}, ""},
+		"BadAlias":              {map[string]any{"alias": "my key!"}, "alias must be 1 to 255 letters, digits"},
+		"EmptyAlias":            {map[string]any{"alias": ""}, "alias must be 1 to 255 letters, digits"},
+		"LongAlias":             {map[string]any{"alias": strings.Repeat("a", 256)}, "spec.alias: Too long"},
+		"DefaultAlias":          {map[string]any{"alias": "team/default"}, "aliases ending in /default are reserved"},
+		"LongDescription":       {map[string]any{"description": strings.Repeat("d", 256)}, "description must be at most 255 characters"},
+		"UnknownKeySpec":        {map[string]any{"keySpec": "AES_128"}, `Unsupported value: "AES_128"`},
+		"UnknownOrigin":         {map[string]any{"origin": "BYOK"}, `Unsupported value: "BYOK"`},
+		"UnknownPolicy":         {map[string]any{"deletionPolicy": "Orphan"}, `Unsupported value: "Orphan"`},
+		"PendingDaysLow":        {map[string]any{"pendingDays": 6}, "should be greater than or equal to 7"},
+		"PendingDaysHigh":       {map[string]any{"pendingDays": 1097}, "should be less than or equal to 1096"},
+		"PendingDaysEdges":      {map[string]any{"pendingDays": 1096, "alias": "edge:ok/_-1"}, ""},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			err := env.Client.Create(context.Background(), unstructuredCMK(h.ns, strings.ToLower(name), tc.spec))
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("refused valid input: %v", err)
+			case tc.want != "" && err == nil:
+				t.Errorf("accepted bad input, want refusal %q", tc.want)
+			case tc.want != "" && !strings.Contains(err.Error(), tc.want):
+				t.Errorf("refusal %q does not say %q", err, tc.want)
+			}
+		})
+	}
+
+	got := h.get("defaults").Spec
+	want := v1alpha1.CustomerMasterKeySpec{
+		KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt, Origin: v1alpha1.OriginKMS,
+		Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("defaults of spec: {}: -want, +got:\n%s", diff)
+	}
+}
+
+func TestUpdateRules(t *testing.T) {
+	h := newHarness(t)
+	base := map[string]any{"alias": "team/app", "description": "app key", "enabled": false, "deletionScheduled": true, "pendingDays": 10}
+	cases := map[string]struct {
+		patch map[string]any
+		want  string
+	}{
+		"KeySpecImmutable":          {map[string]any{"keySpec": "RSA_2048"}, "keySpec is immutable"},
+		"KeyUsageImmutable":         {map[string]any{"keyUsage": "SIGN_VERIFY"}, "keyUsage is immutable"},
+		"OriginImmutable":           {map[string]any{"origin": "External"}, "origin is immutable"},
+		"AliasImmutable":            {map[string]any{"alias": "team/other"}, "alias is immutable"},
+		"AliasRemoved":              {map[string]any{"alias": nil}, "alias cannot be added or removed after creation"},
+		"PendingDaysWhileScheduled": {map[string]any{"pendingDays": 30}, "pendingDays cannot change while deletionScheduled stays true"},
+		"EnableWhileScheduled":      {map[string]any{"enabled": true}, "deletionScheduled: true requires enabled: false"},
+		"CancelAndChangeDays":       {map[string]any{"deletionScheduled": false, "pendingDays": 30}, ""},
+		"CancelAndEnable":           {map[string]any{"deletionScheduled": false, "enabled": true}, ""},
+		"DescriptionMutable":        {map[string]any{"description": "still the app key"}, ""},
+		"PolicyMutable":             {map[string]any{"deletionPolicy": "Delete"}, ""},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			obj := unstructuredCMK(h.ns, strings.ToLower(name), base)
+			if err := env.Client.Create(context.Background(), obj); err != nil {
+				t.Fatal(err)
+			}
+			raw := mustJSON(t, map[string]any{"spec": tc.patch})
+			err := env.Client.Patch(context.Background(), obj, client.RawPatch("application/merge-patch+json", raw))
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("refused valid change: %v", err)
+			case tc.want != "" && err == nil:
+				t.Errorf("accepted bad change, want refusal %q", tc.want)
+			case tc.want != "" && !strings.Contains(err.Error(), tc.want):
+				t.Errorf("refusal %q does not say %q", err, tc.want)
+			}
+		})
+	}
+
+	// An alias cannot be added later either, since the key was created under the derived one.
+	plain := unstructuredCMK(h.ns, "derived-alias", map[string]any{})
+	if err := env.Client.Create(context.Background(), plain); err != nil {
+		t.Fatal(err)
+	}
+	err := env.Client.Patch(context.Background(), plain, client.RawPatch("application/merge-patch+json", mustJSON(t, map[string]any{"spec": map[string]any{"alias": "late"}})))
+	if err == nil || !strings.Contains(err.Error(), "alias cannot be added or removed") {
+		t.Errorf("adding an alias after creation: %v", err)
+	}
+}

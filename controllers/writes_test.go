@@ -1,0 +1,125 @@
+package controllers
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+)
+
+// writes counts what a reconcile writes: status patches, other writes to resources, and
+// writes to the embedded KMS's Secrets.
+type writes struct {
+	status, object, secret atomic.Int64
+}
+
+func (w *writes) reset() { w.status.Store(0); w.object.Store(0); w.secret.Store(0) }
+
+func (w *writes) get() [3]int64 { return [3]int64{w.status.Load(), w.object.Load(), w.secret.Load()} }
+
+func (w *writes) count(o client.Object) {
+	if _, ok := o.(*corev1.Secret); ok {
+		w.secret.Add(1)
+	} else {
+		w.object.Add(1)
+	}
+}
+
+func (w *writes) client() client.WithWatch {
+	return interceptor.NewClient(env.Client, interceptor.Funcs{
+		Create: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.CreateOption) error {
+			w.count(o)
+			return c.Create(ctx, o, opts...)
+		},
+		Update: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.UpdateOption) error {
+			w.count(o)
+			return c.Update(ctx, o, opts...)
+		},
+		Patch: func(ctx context.Context, c client.WithWatch, o client.Object, p client.Patch, opts ...client.PatchOption) error {
+			w.count(o)
+			return c.Patch(ctx, o, p, opts...)
+		},
+		SubResourcePatch: func(ctx context.Context, c client.Client, sub string, o client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
+			w.status.Add(1)
+			return c.SubResource(sub).Patch(ctx, o, p, opts...)
+		},
+		SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, o client.Object, opts ...client.SubResourceUpdateOption) error {
+			w.status.Add(1)
+			return c.SubResource(sub).Update(ctx, o, opts...)
+		},
+	})
+}
+
+// directReconciler is a reconciler with no manager, whose every write is counted.
+func directReconciler(h *harness) (*CustomerMasterKeyReconciler, *writes) {
+	w := &writes{}
+	c := w.client()
+	h.kms = h.newProvider(c)
+	return &CustomerMasterKeyReconciler{Client: c, KMS: h.kms, Clock: h.clock, SyncPeriod: DefaultSyncPeriod}, w
+}
+
+// TestWritesPerReconcile checks the write budget: one status write per transition, one Secret
+// write per KMS state change, and nothing at all for a reconcile that finds nothing new.
+func TestWritesPerReconcile(t *testing.T) {
+	h := newHarness(t)
+	r, w := directReconciler(h)
+	h.create(h.cmk("counted"))
+	req := reconcile.Request{NamespacedName: client.ObjectKey{Namespace: h.ns, Name: "counted"}}
+	step := func(what string, want [3]int64) reconcile.Result {
+		t.Helper()
+		w.reset()
+		res, err := r.Reconcile(context.Background(), req)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if got := w.get(); got != want {
+			t.Errorf("%s: wrote [status, object, secret] = %v, want %v", what, got, want)
+		}
+		return res
+	}
+
+	// The first reconcile adds the finalizer, creates the key and records it.
+	step("create", [3]int64{1, 1, 1})
+	res := step("no-op after create", [3]int64{0, 0, 0})
+	if res.RequeueAfter < 9*time.Minute {
+		t.Errorf("a settled key requeues after %v, want the slow resync", res.RequeueAfter)
+	}
+
+	for _, tc := range []struct {
+		spec  map[string]any
+		phase v1alpha1.Phase
+	}{
+		{map[string]any{"enabled": false}, v1alpha1.PhaseDisabled},
+		{map[string]any{"deletionScheduled": true}, v1alpha1.PhasePendingDeletion},
+		{map[string]any{"deletionScheduled": false}, v1alpha1.PhaseDisabled},
+		{map[string]any{"enabled": true}, v1alpha1.PhaseEnabled},
+		{map[string]any{"description": "now described"}, v1alpha1.PhaseEnabled},
+	} {
+		h.patch("counted", tc.spec)
+		step(string(tc.phase)+" transition", [3]int64{1, 0, 1})
+		if got := h.get("counted"); got.Status.Phase != tc.phase || got.Status.ObservedGeneration != got.Generation {
+			t.Errorf("after %v: phase %s at generation %d/%d", tc.spec, got.Status.Phase, got.Status.ObservedGeneration, got.Generation)
+		}
+		step(string(tc.phase)+" no-op", [3]int64{0, 0, 0})
+	}
+
+	// While pending deletion, the key is looked at again at its deletion date, not polled.
+	h.patch("counted", map[string]any{"enabled": false, "deletionScheduled": true})
+	step("schedule", [3]int64{1, 0, 1})
+	res = step("pending no-op", [3]int64{0, 0, 0})
+	if res.RequeueAfter < 9*time.Minute || res.RequeueAfter > 11*time.Minute {
+		t.Errorf("a week before the deletion date, requeue after %v, want the slow resync", res.RequeueAfter)
+	}
+	h.clock.Step(7*24*time.Hour - time.Minute)
+	res = step("pending no-op near the date", [3]int64{0, 0, 0})
+	if res.RequeueAfter != time.Minute {
+		t.Errorf("a minute before the deletion date, requeue after %v, want 1m", res.RequeueAfter)
+	}
+}
