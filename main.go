@@ -27,6 +27,9 @@ import (
 	_ "github.com/cmk-operator/cmk-operator/internal/kms/embedded" // registers the "embedded" provider
 )
 
+// Leader election keeps its Lease in the operator's own namespace.
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=cmk-system,resources=leases,verbs=get;list;watch;create;update;patch;delete
+
 var scheme = runtime.NewScheme()
 
 func init() {

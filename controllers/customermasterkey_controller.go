@@ -45,8 +45,8 @@ type CustomerMasterKeyReconciler struct {
 	SyncPeriod time.Duration
 }
 
-// +kubebuilder:rbac:groups=kms.cmk.io,resources=customermasterkeys,verbs=get;list;watch;update;patch
-// +kubebuilder:rbac:groups=kms.cmk.io,resources=customermasterkeys/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=kms.cmk.io,resources=customermasterkeys,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=kms.cmk.io,resources=customermasterkeys/status,verbs=get;patch
 // +kubebuilder:rbac:groups=kms.cmk.io,resources=customermasterkeys/finalizers,verbs=update
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch

@@ -19,6 +19,10 @@ import (
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 )
 
+// The embedded KMS reads and writes Secrets only in its own namespace; config/default deploys
+// the operator, and so the KMS, to cmk-system. It lists them (by label) but never watches them.
+// +kubebuilder:rbac:groups="",namespace=cmk-system,resources=secrets,verbs=get;list;create;update
+
 // Name selects this provider with --kms-provider.
 const Name = "embedded"
 
