@@ -65,12 +65,16 @@ build: ## Build the manager binary.
 run: manifests generate ## Run the manager against the cluster in KUBECONFIG.
 	$(GO) run . --kms-namespace=cmk-system
 
+.PHONY: controlplane
+controlplane: ## Build the local control plane launcher used by dev and demo.
+	$(GO) build -o bin/controlplane ./hack/controlplane
+
 .PHONY: dev
-dev: build envtest-assets ## Start a local control plane and the manager in the foreground.
+dev: build controlplane envtest-assets ## Start a local control plane and the manager in the foreground.
 	hack/dev.sh
 
 .PHONY: demo
-demo: build envtest-assets ## Walk through the seed: schedule and cancel deletions, one key and many.
+demo: build controlplane envtest-assets ## Walk through the seed: schedule and cancel deletions, one key and many.
 	hack/demo.sh
 
 .PHONY: docker-build
