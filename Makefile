@@ -47,7 +47,7 @@ test: manifests generate vet envtest-assets ## Run every test against a real kub
 
 .PHONY: bench
 bench: envtest-assets ## Run the benchmarks (writes per transition, reconcile cost against a baseline).
-	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./test/bench/... -run '^$$' -bench . -benchtime 20x -count 1
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./controllers/ -run '^$$' -bench . -benchtime 30x -count 1
 
 .PHONY: envtest-assets
 envtest-assets: $(ENVTEST_ASSETS)/kube-apiserver ## Build kube-apiserver and etcd from the Go module proxy into bin/k8s.

@@ -98,7 +98,17 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 		}
 		decision = planner.Next(r.input(cmk, key))
 	}
+	before := cmk.Status.Phase
 	r.setObserved(cmk, key)
+	if before != "" && before != v1alpha1.PhaseDeleted && cmk.Status.Phase == v1alpha1.PhaseDeleted {
+		// Expected at the end of a scheduled deletion; a warning when the key vanished otherwise.
+		eventType := "Normal"
+		if before != v1alpha1.PhasePendingDeletion {
+			eventType = "Warning"
+		}
+		r.event(cmk, eventType, v1alpha1.EventDeleted, "Observe",
+			"Key %s is deleted in the KMS (it was %s); it is never recreated", cmk.Status.KeyID, before)
+	}
 	return r.requeue(decision), nil
 }
 

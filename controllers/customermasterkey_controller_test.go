@@ -220,6 +220,7 @@ func TestDeletionDateReached(t *testing.T) {
 	if c.Status.DeletionDate != nil {
 		t.Errorf("deletionDate %v kept on a deleted key", c.Status.DeletionDate)
 	}
+	NewWithT(t).Eventually(func() []string { return h.events("doomed") }).WithTimeout(timeout).Should(ContainElement(v1alpha1.EventDeleted))
 
 	// Too late to cancel, and asking to enable changes nothing: Deleted is terminal.
 	h.patch("doomed", map[string]any{"deletionScheduled": false, "enabled": true})

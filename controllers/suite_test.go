@@ -48,7 +48,7 @@ const timeout = 30 * time.Second
 // harness is one test's world: a namespace for its resources, a KMS namespace for its
 // embedded provider, a fake clock both share, and optionally a running manager.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	ns    string
 	kmsNS string
 	clock *clocktesting.FakeClock
@@ -56,7 +56,7 @@ type harness struct {
 	stop  func()
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	suffix := string(uuid.NewUUID())[:8]
 	h := &harness{
@@ -252,7 +252,7 @@ func (h *harness) kmsState(keyID string) kms.State {
 	return k.State
 }
 
-func mustJSON(t *testing.T, v any) []byte {
+func mustJSON(t testing.TB, v any) []byte {
 	t.Helper()
 	raw, err := json.Marshal(v)
 	if err != nil {

@@ -16,8 +16,9 @@ cache=$cache_root/k8s-${KUBE_VERSION}-etcd-${ETCD_VERSION}-${goos}-${goarch}
 
 log() { printf 'envtest-assets: %s\n' "$*" >&2; }
 
-build_apiserver() {
-  local work out=$1
+# build_kubernetes_cmd builds one command of k8s.io/kubernetes (cmd/kube-apiserver, cmd/kubectl).
+build_kubernetes_cmd() {
+  local work cmd=$1 out=$2
   work=$(mktemp -d)
   trap 'rm -rf "$work"' RETURN
   # k8s.io/kubernetes cannot be built with "go install pkg@version": its go.mod points every
@@ -39,9 +40,9 @@ build_apiserver() {
     sed -n "s#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\t\1 => \1 v0.${KUBE_VERSION#1.}#p" "$gomod"
     echo ")"
   } >"$work/go.mod"
-  printf 'package tools\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' >"$work/tools.go"
+  printf 'package tools\n\nimport _ "k8s.io/kubernetes/%s"\n' "$cmd" >"$work/tools.go"
   (cd "$work" && GOFLAGS=-mod=mod go mod tidy >/dev/null 2>&1 || true)
-  (cd "$work" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -o "$out" k8s.io/kubernetes/cmd/kube-apiserver)
+  (cd "$work" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -o "$out" "k8s.io/kubernetes/$cmd")
 }
 
 build_etcd() {
@@ -59,7 +60,7 @@ build_etcd() {
 mkdir -p "$cache"
 if [ ! -x "$cache/kube-apiserver" ]; then
   log "building kube-apiserver v${KUBE_VERSION} from the Go module proxy (a few minutes the first time)"
-  build_apiserver "$cache/kube-apiserver.tmp"
+  build_kubernetes_cmd cmd/kube-apiserver "$cache/kube-apiserver.tmp"
   mv "$cache/kube-apiserver.tmp" "$cache/kube-apiserver"
 fi
 if [ ! -x "$cache/etcd" ]; then
@@ -68,8 +69,17 @@ if [ ! -x "$cache/etcd" ]; then
   mv "$cache/etcd.tmp" "$cache/etcd"
 fi
 
+# The machine's kubectl is used as it is; where there is none, one of the same release as the
+# apiserver is built the same way.
 kubectl_bin=$(command -v kubectl || true)
-[ -n "$kubectl_bin" ] || { log "kubectl is not on PATH; install it (the control plane tests drive kubectl)"; exit 1; }
+if [ -z "$kubectl_bin" ]; then
+  kubectl_bin=$cache/kubectl
+  if [ ! -x "$kubectl_bin" ]; then
+    log "no kubectl on PATH: building kubectl v${KUBE_VERSION} from the Go module proxy"
+    build_kubernetes_cmd cmd/kubectl "$cache/kubectl.tmp"
+    mv "$cache/kubectl.tmp" "$kubectl_bin"
+  fi
+fi
 
 mkdir -p "$dest"
 ln -sfn "$cache/kube-apiserver" "$dest/kube-apiserver"
