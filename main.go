@@ -45,6 +45,7 @@ func main() {
 		providerName string
 		kmsNamespace string
 		syncPeriod   time.Duration
+		workers      int
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "The address the metrics endpoint binds to, e.g. :8080; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "The address the health probe endpoint binds to.")
@@ -52,6 +53,7 @@ func main() {
 	flag.StringVar(&providerName, "kms-provider", "embedded", fmt.Sprintf("The KMS provider to drive, one of %v.", kms.Names()))
 	flag.StringVar(&kmsNamespace, "kms-namespace", defaultKMSNamespace(), "The namespace where the KMS provider keeps its state and credentials; $POD_NAMESPACE when that is set.")
 	flag.DurationVar(&syncPeriod, "sync-period", controllers.DefaultSyncPeriod, "How often a settled key is checked against the KMS, to correct changes made outside Kubernetes.")
+	flag.IntVar(&workers, "max-concurrent-reconciles", 4, "How many keys are reconciled at once.")
 	kms.AddFlags(flag.CommandLine)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -60,7 +62,7 @@ func main() {
 
 	if err := run(ctrl.SetupSignalHandler(), managerConfig{
 		metricsAddr: metricsAddr, probeAddr: probeAddr, leaderElect: leaderElect,
-		provider: providerName, kmsNamespace: kmsNamespace, syncPeriod: syncPeriod,
+		provider: providerName, kmsNamespace: kmsNamespace, syncPeriod: syncPeriod, workers: workers,
 	}); err != nil {
 		ctrl.Log.Error(err, "Manager stopped")
 		os.Exit(1)
@@ -72,6 +74,7 @@ type managerConfig struct {
 	leaderElect            bool
 	provider, kmsNamespace string
 	syncPeriod             time.Duration
+	workers                int
 }
 
 func run(ctx context.Context, cfg managerConfig) error {
@@ -116,7 +119,7 @@ func run(ctx context.Context, cfg managerConfig) error {
 		Recorder:   mgr.GetEventRecorder("cmk-operator"),
 		Clock:      clock.RealClock{},
 		SyncPeriod: cfg.syncPeriod,
-	}).SetupWithManager(ctx, mgr, controller.Options{}); err != nil {
+	}).SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: cfg.workers}); err != nil {
 		return fmt.Errorf("setting up controller: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
@@ -88,6 +89,7 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 			"Key %s is %s outside Kubernetes (status said %s); returning it to the spec: %s", key.ID, key.State, cmk.Status.Phase, decision.Action)
 	}
 	if decision.Action != planner.None {
+		log.FromContext(ctx).Info("Acting on key", "action", decision.Action, "keyID", cmk.Status.KeyID)
 		key, err = r.act(ctx, cmk, key, decision.Action)
 		if err != nil {
 			if kms.IsTerminal(err) {
