@@ -100,18 +100,24 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 		}
 		decision = planner.Next(r.input(cmk, key))
 	}
-	before := cmk.Status.Phase
+	lastPhase := cmk.Status.Phase
 	r.setObserved(cmk, key)
-	if before != "" && before != v1alpha1.PhaseDeleted && cmk.Status.Phase == v1alpha1.PhaseDeleted {
-		// Expected at the end of a scheduled deletion; a warning when the key vanished otherwise.
-		eventType := "Normal"
-		if before != v1alpha1.PhasePendingDeletion {
-			eventType = "Warning"
-		}
-		r.event(cmk, eventType, v1alpha1.EventDeleted, "Observe",
-			"Key %s is deleted in the KMS (it was %s); it is never recreated", cmk.Status.KeyID, before)
-	}
+	r.reportDeletion(cmk, lastPhase)
 	return r.requeue(decision), nil
+}
+
+// reportDeletion records the moment a key is found deleted: expected at the end of a scheduled
+// deletion, a warning when the key vanished from any other state.
+func (r *CustomerMasterKeyReconciler) reportDeletion(cmk *v1alpha1.CustomerMasterKey, lastPhase v1alpha1.Phase) {
+	if lastPhase == "" || lastPhase == v1alpha1.PhaseDeleted || cmk.Status.Phase != v1alpha1.PhaseDeleted {
+		return
+	}
+	eventType := "Normal"
+	if lastPhase != v1alpha1.PhasePendingDeletion {
+		eventType = "Warning"
+	}
+	r.event(cmk, eventType, v1alpha1.EventDeleted, "Observe",
+		"Key %s is deleted in the KMS (it was %s); it is never recreated", cmk.Status.KeyID, lastPhase)
 }
 
 func (r *CustomerMasterKeyReconciler) input(cmk *v1alpha1.CustomerMasterKey, key *kms.Key) planner.Input {

@@ -139,6 +139,7 @@ func TestRestartLosesNothing(t *testing.T) {
 	h.start(managerOptions{})
 	h.create(h.cmk("a"), h.cmk("b"), h.cmk("c", external))
 	h.waitPhase("a", v1alpha1.PhaseEnabled)
+	h.waitPhase("b", v1alpha1.PhaseEnabled)
 	h.waitPhase("c", v1alpha1.PhasePendingImport)
 	h.patch("b", schedule)
 	h.patch("c", schedule)
@@ -364,6 +365,7 @@ func TestKeyGoneFromKMS(t *testing.T) {
 	if c.Status.KeyID != id || condition(c, v1alpha1.ConditionReady).Reason != v1alpha1.ReasonKeyDeleted {
 		t.Errorf("status after the key vanished: %+v", c.Status)
 	}
+	NewWithT(t).Eventually(func() []string { return h.events("vanishing") }).WithTimeout(timeout).Should(ContainElement(v1alpha1.EventDeleted))
 	time.Sleep(time.Second)
 	if n := h.keySecrets(); n != 0 {
 		t.Errorf("%d keys made after the key vanished, want 0", n)

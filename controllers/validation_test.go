@@ -28,6 +28,20 @@ func unstructuredCMK(ns, name string, spec map[string]any) *unstructured.Unstruc
 	return u
 }
 
+// checkRefusal checks that the apiserver refused with a message saying want, or accepted when
+// want is empty.
+func checkRefusal(t *testing.T, err error, want string) {
+	t.Helper()
+	switch {
+	case want == "" && err != nil:
+		t.Errorf("refused valid input: %v", err)
+	case want != "" && err == nil:
+		t.Errorf("accepted bad input, want refusal %q", want)
+	case want != "" && !strings.Contains(err.Error(), want):
+		t.Errorf("refusal %q does not say %q", err, want)
+	}
+}
+
 func TestCreateRules(t *testing.T) {
 	h := newHarness(t)
 	cases := map[string]struct {
@@ -57,14 +71,7 @@ func TestCreateRules(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			err := env.Client.Create(context.Background(), unstructuredCMK(h.ns, strings.ToLower(name), tc.spec))
-			switch {
-			case tc.want == "" && err != nil:
-				t.Errorf("refused valid input: %v", err)
-			case tc.want != "" && err == nil:
-				t.Errorf("accepted bad input, want refusal %q", tc.want)
-			case tc.want != "" && !strings.Contains(err.Error(), tc.want):
-				t.Errorf("refusal %q does not say %q", err, tc.want)
-			}
+			checkRefusal(t, err, tc.want)
 		})
 	}
 
@@ -105,14 +112,7 @@ func TestUpdateRules(t *testing.T) {
 			}
 			raw := mustJSON(t, map[string]any{"spec": tc.patch})
 			err := env.Client.Patch(context.Background(), obj, client.RawPatch("application/merge-patch+json", raw))
-			switch {
-			case tc.want == "" && err != nil:
-				t.Errorf("refused valid change: %v", err)
-			case tc.want != "" && err == nil:
-				t.Errorf("accepted bad change, want refusal %q", tc.want)
-			case tc.want != "" && !strings.Contains(err.Error(), tc.want):
-				t.Errorf("refusal %q does not say %q", err, tc.want)
-			}
+			checkRefusal(t, err, tc.want)
 		})
 	}
 

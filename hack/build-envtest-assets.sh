@@ -12,7 +12,7 @@ dest=${1:?usage: build-envtest-assets.sh DEST_DIR}
 goos=$(go env GOOS)
 goarch=$(go env GOARCH)
 cache_root=${XDG_CACHE_HOME:-$HOME/.cache}/cmk-operator/envtest
-cache=$cache_root/k8s-${KUBE_VERSION}-etcd-${ETCD_VERSION}-${goos}-${goarch}
+cache=$cache_root/kube-${KUBE_VERSION}-etcd-${ETCD_VERSION}-${goos}-${goarch}
 
 log() { printf 'envtest-assets: %s\n' "$*" >&2; }
 
@@ -42,7 +42,13 @@ build_kubernetes_cmd() {
   } >"$work/go.mod"
   printf 'package tools\n\nimport _ "k8s.io/kubernetes/%s"\n' "$cmd" >"$work/tools.go"
   (cd "$work" && GOFLAGS=-mod=mod go mod tidy >/dev/null 2>&1 || true)
-  (cd "$work" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -o "$out" "k8s.io/kubernetes/$cmd")
+  # Stamp the release, as the Kubernetes build does, so the binaries report v${KUBE_VERSION}.
+  local minor=${KUBE_VERSION#*.}
+  minor=${minor%%.*}
+  local ldflags="-X k8s.io/component-base/version.gitVersion=v${KUBE_VERSION}"
+  ldflags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor}"
+  ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=v${KUBE_VERSION}"
+  (cd "$work" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out" "k8s.io/kubernetes/$cmd")
 }
 
 build_etcd() {

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"testing"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -18,6 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 )
@@ -70,6 +73,23 @@ func Start() (*Env, error) {
 		return nil, err
 	}
 	return &Env{Config: cfg, Client: c, env: env, Root: root}, nil
+}
+
+// Main starts the control plane for a package's tests, runs them, stops it and exits; call it
+// from TestMain. It fails, never skips, when the binaries are missing.
+func Main(m *testing.M, env **Env) {
+	// Tests log through their own loggers; this silences controller-runtime's warning that
+	// no global logger was set.
+	ctrllog.SetLogger(logr.Discard())
+	e, err := Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*env = e
+	code := m.Run()
+	_ = e.Stop()
+	os.Exit(code)
 }
 
 // Stop stops the control plane.
