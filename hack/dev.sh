@@ -11,7 +11,7 @@ cat <<MSG
 Control plane is up, with the CustomerMasterKey CRD installed. From another shell:
 
     export KUBECONFIG=$KUBECONFIG
-    kubectl apply -f config/samples/
+    kubectl apply -k config/samples/
     kubectl get cmk -o wide
 
 The manager runs below with the embedded KMS (Ctrl-C stops everything).
