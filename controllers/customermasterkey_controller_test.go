@@ -111,10 +111,7 @@ func TestManyKeysByLabel(t *testing.T) {
 	if err := env.KubeConfig(kubeconfig); err != nil {
 		t.Fatal(err)
 	}
-	kubectl := filepath.Join(os.Getenv("KUBEBUILDER_ASSETS"), "kubectl")
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		kubectl = filepath.Join(env.Root, "bin", "k8s", "kubectl")
-	}
+	kubectl := filepath.Join(env.Assets, "kubectl")
 	script := fmt.Sprintf(`%[1]s get cmk -n %[2]s -l team=payments -o name | xargs %[1]s patch -n %[2]s --type merge -p '{"spec":{"deletionScheduled":false}}'`, kubectl, h.ns)
 	cmd := exec.Command("bash", "-c", script)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)

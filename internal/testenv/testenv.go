@@ -39,8 +39,8 @@ type Env struct {
 	// Client talks to the apiserver directly; it can be wrapped with interceptor.NewClient.
 	Client client.WithWatch
 	env    *envtest.Environment
-	// Root is the module's root directory.
-	Root string
+	// Assets is the directory holding kube-apiserver, etcd and kubectl.
+	Assets string
 }
 
 // Start starts kube-apiserver and etcd from $KUBEBUILDER_ASSETS, else from bin/k8s at the
@@ -72,7 +72,7 @@ func Start() (*Env, error) {
 		_ = env.Stop()
 		return nil, err
 	}
-	return &Env{Config: cfg, Client: c, env: env, Root: root}, nil
+	return &Env{Config: cfg, Client: c, env: env, Assets: assets}, nil
 }
 
 // Main starts the control plane for a package's tests, runs them, stops it and exits; call it
