@@ -65,6 +65,8 @@ const (
 // +kubebuilder:validation:XValidation:rule="!(self.keySpec in ['EC_P256', 'EC_P384']) || self.keyUsage == 'SIGN_VERIFY'",message="EC_P256 and EC_P384 keys only sign and verify: set keyUsage: SIGN_VERIFY"
 // +kubebuilder:validation:XValidation:rule="has(self.alias) == has(oldSelf.alias)",message="alias cannot be added or removed after creation: it names the key in the KMS; create a new CustomerMasterKey for another alias"
 // +kubebuilder:validation:XValidation:rule="!(oldSelf.deletionScheduled && self.deletionScheduled) || self.pendingDays == oldSelf.pendingDays",message="pendingDays cannot change while deletionScheduled stays true: the deletion date is already set; cancel with deletionScheduled: false, then schedule again with the new pendingDays"
+// +kubebuilder:validation:XValidation:rule="!has(self.keyMaterial) || self.origin == 'External'",message="keyMaterial is only for keys with origin: External; a KMS key has material the KMS made"
+// +kubebuilder:validation:XValidation:rule="!has(self.keyMaterial) || !has(self.keyMaterial.expiresAt) || self.keySpec in ['AES_256', 'SM4']",message="keyMaterial.expiresAt is only for symmetric keys (AES_256, SM4): remove it, imported key pairs do not expire"
 type CustomerMasterKeySpec struct {
 	// Alias is the key's unique name in the KMS region. Defaults to one derived from the
 	// resource's namespace and name. It cannot change after creation.
@@ -119,6 +121,55 @@ type CustomerMasterKeySpec struct {
 	// deletion: Retain leaves it in the KMS, Delete schedules its deletion after PendingDays.
 	// +kubebuilder:default=Retain
 	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
+
+	// KeyMaterial is the user's own key material for an External key, wrapped with the public
+	// key in status.importParameters. Only with origin: External.
+	// +optional
+	KeyMaterial *KeyMaterial `json:"keyMaterial,omitempty"`
+}
+
+// KeyMaterial points at wrapped key material to import.
+type KeyMaterial struct {
+	// SecretRef names a Secret in the resource's namespace with two keys: encryptedKeyMaterial
+	// (the material wrapped with status.importParameters.publicKey, raw bytes) and importToken
+	// (status.importParameters.importToken of the parameters used to wrap it).
+	SecretRef LocalSecretReference `json:"secretRef"`
+
+	// ExpiresAt is when the KMS deletes the imported material, returning the key to
+	// PendingImport (RFC 3339; symmetric keys only). It must be in the future when the material
+	// is imported. Unset: the material does not expire.
+	// +optional
+	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
+}
+
+// LocalSecretReference names a Secret in the resource's own namespace.
+type LocalSecretReference struct {
+	// Name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+}
+
+// Secret keys of a KeyMaterial Secret.
+const (
+	SecretKeyEncryptedKeyMaterial = "encryptedKeyMaterial"
+	SecretKeyImportToken          = "importToken"
+)
+
+// WrappingAlgorithmRSAESOAEPSHA256 is RSA-OAEP with SHA-256 (and MGF1 with SHA-256), the
+// algorithm material must be wrapped with.
+const WrappingAlgorithmRSAESOAEPSHA256 = "RSAES_OAEP_SHA_256"
+
+// ImportParameters are what a user needs to wrap key material for this key.
+type ImportParameters struct {
+	// WrappingAlgorithm is how to wrap the material: RSAES_OAEP_SHA_256.
+	WrappingAlgorithm string `json:"wrappingAlgorithm"`
+	// PublicKey is the base64 of the DER SubjectPublicKeyInfo of the RSA 2048 wrapping key.
+	PublicKey string `json:"publicKey"`
+	// ImportToken goes, with the wrapped material, into the keyMaterial Secret.
+	ImportToken string `json:"importToken"`
+	// ExpiresAt is when these parameters stop being accepted; fresh ones are published before.
+	ExpiresAt metav1.Time `json:"expiresAt"`
 }
 
 // Phase is the key's state as the KMS last reported it.
@@ -149,6 +200,16 @@ type CustomerMasterKeyStatus struct {
 	// DeletionDate is when the KMS will delete the key; set only while the key is PendingDeletion.
 	// +optional
 	DeletionDate *metav1.Time `json:"deletionDate,omitempty"`
+
+	// ImportParameters are published while the key is PendingImport: wrap the key material
+	// with them, then point spec.keyMaterial at it.
+	// +optional
+	ImportParameters *ImportParameters `json:"importParameters,omitempty"`
+
+	// MaterialExpiresAt is when the imported material expires; set once material with an
+	// expiry is imported.
+	// +optional
+	MaterialExpiresAt *metav1.Time `json:"materialExpiresAt,omitempty"`
 
 	// ObservedGeneration is the spec generation this status describes.
 	// +optional

@@ -43,8 +43,11 @@ type Key struct {
 	State       State
 	// DeletionDate is when the KMS deletes the key; zero unless State is PendingDeletion.
 	DeletionDate time.Time
-	// HasMaterial is false for an External key that never received material.
+	// HasMaterial is false for an External key that never received material, or whose
+	// imported material expired.
 	HasMaterial bool
+	// MaterialExpiresAt is when imported material expires; zero when it does not.
+	MaterialExpiresAt time.Time
 }
 
 // CreateRequest describes a key to create.
@@ -85,9 +88,13 @@ type Provider interface {
 	SetDescription(ctx context.Context, keyID, description string) error
 }
 
+// WrappingAlgorithm is the one wrapping algorithm the import seam speaks: RSA-OAEP with SHA-256
+// for both the digest and MGF1, under an RSA 2048 public key.
+const WrappingAlgorithm = "RSAES_OAEP_SHA_256"
+
 // ImportParameters are what a caller needs to wrap key material for one key.
 type ImportParameters struct {
-	// PublicKey is the DER-encoded public key to wrap the material with.
+	// PublicKey is the DER SubjectPublicKeyInfo of the RSA 2048 key to wrap the material with.
 	PublicKey []byte
 	// ImportToken must accompany the wrapped material.
 	ImportToken string
@@ -97,11 +104,46 @@ type ImportParameters struct {
 
 // Importer is implemented by providers that take External key material (bring your own key).
 type Importer interface {
-	// ImportParameters returns a wrapping key and token for a PendingImport key.
+	// ImportParameters issues a fresh wrapping key and token for a PendingImport External key.
+	// Earlier tokens for the key stop being accepted.
 	ImportParameters(ctx context.Context, keyID string) (ImportParameters, error)
-	// ImportMaterial imports wrapped material into a PendingImport key, which becomes Enabled.
-	// expiresAt is zero for material that does not expire.
+	// ImportMaterial imports material wrapped under the parameters of importToken into a
+	// PendingImport key, which becomes Enabled. expiresAt is zero for material that does not
+	// expire. Material the key had before may only come back the same. Refusals of the token
+	// or the material are *ImportError.
 	ImportMaterial(ctx context.Context, keyID, importToken string, wrappedMaterial []byte, expiresAt time.Time) error
+}
+
+// ImportErrorCode says why the KMS refused imported material.
+type ImportErrorCode string
+
+// Import refusals. Each is fixed by the user, not by retrying the same call.
+const (
+	// ImportTokenInvalid: the token expired, was superseded by newer parameters, or belongs to
+	// another key. Wrap the material again with fresh parameters.
+	ImportTokenInvalid ImportErrorCode = "ImportTokenInvalid"
+	// ImportMaterialInvalid: the material does not unwrap with the token's wrapping key, or is
+	// not the right length for the key spec.
+	ImportMaterialInvalid ImportErrorCode = "MaterialInvalid"
+	// ImportMaterialMismatch: the key had other material before; only the same may be imported.
+	ImportMaterialMismatch ImportErrorCode = "MaterialMismatch"
+)
+
+// ImportError is a refusal of imported material. Its reason never contains material.
+type ImportError struct {
+	Code   ImportErrorCode
+	Reason string
+}
+
+func (e *ImportError) Error() string { return e.Reason }
+
+// AsImportError returns err as an *ImportError, or nil.
+func AsImportError(err error) *ImportError {
+	var ie *ImportError
+	if errors.As(err, &ie) {
+		return ie
+	}
+	return nil
 }
 
 // Notifier is implemented by providers that change keys on their own (an embedded KMS deleting

@@ -287,16 +287,21 @@ func (p *Provider) get(ctx context.Context, keyID string) (*corev1.Secret, *reco
 // change reports that something changed. The update carries the resourceVersion read, so two
 // writers never both win.
 func (p *Provider) transition(ctx context.Context, keyID, call string, change func(*record) (bool, error)) error {
+	return p.transitionSecret(ctx, keyID, call, func(r *record, _ *corev1.Secret) (bool, error) { return change(r) })
+}
+
+// transitionSecret is transition for changes that also set sealed fields of the Secret.
+func (p *Provider) transitionSecret(ctx context.Context, keyID, call string, change func(*record, *corev1.Secret) (bool, error)) error {
 	s, r, err := p.get(ctx, keyID)
 	if err != nil {
 		return err
 	}
-	changed, err := change(r)
+	if s.Data == nil {
+		s.Data = map[string][]byte{}
+	}
+	changed, err := change(r, s)
 	if err != nil || !changed {
 		return err
-	}
-	if r.State == kms.StateDeleted {
-		delete(s.Data, materialField)
 	}
 	if err := writeRecord(s, r); err != nil {
 		return err

@@ -206,7 +206,7 @@ func TestDeletedRefusesEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.clock.Step(7*24*time.Hour + time.Second)
-	if _, err := f.p.DeleteDue(context.Background()); err != nil {
+	if _, err := f.p.ReapDue(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []call{enable, disable, schedule, cancel} {
@@ -420,7 +420,7 @@ func TestCanceledBeforeDateSurvives(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.clock.Step(2 * 24 * time.Hour)
-	if _, err := f.p.DeleteDue(context.Background()); err != nil {
+	if _, err := f.p.ReapDue(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if got := f.state(t, k.ID); got != kms.StateDisabled {

@@ -5,8 +5,10 @@ import (
 	"crypto/cipher"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -73,8 +75,12 @@ func randomBytes(n int) ([]byte, error) {
 }
 
 // sealer encrypts key material under the root key with AES-256-GCM. The key ID is bound in as
-// additional data, so sealed material copied into another key's Secret does not open.
-type sealer struct{ aead cipher.AEAD }
+// additional data, so sealed material copied into another key's Secret does not open. It also
+// keys the hash that recognises imported material again (see materialHash).
+type sealer struct {
+	aead   cipher.AEAD
+	macKey []byte
+}
 
 func newSealer(rootKey []byte) (*sealer, error) {
 	if len(rootKey) != rootKeySize {
@@ -88,7 +94,21 @@ func newSealer(rootKey []byte) (*sealer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &sealer{aead: aead}, nil
+	// A separate key for the hash, derived from the root key, so the hash reveals nothing
+	// about the encryption key.
+	mac := hmac.New(sha256.New, rootKey)
+	mac.Write([]byte("cmk-operator/embedded-kms/material-hash"))
+	return &sealer{aead: aead, macKey: mac.Sum(nil)}, nil
+}
+
+// materialHash is a keyed hash of a key's material: equal for the same material of the same
+// key, and useless to anyone without the root key.
+func (s *sealer) materialHash(keyID string, material []byte) []byte {
+	mac := hmac.New(sha256.New, s.macKey)
+	mac.Write([]byte(keyID))
+	mac.Write([]byte{0})
+	mac.Write(material)
+	return mac.Sum(nil)
 }
 
 // seal returns nonce || ciphertext.

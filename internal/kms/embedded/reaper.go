@@ -12,15 +12,16 @@ import (
 )
 
 // Start runs the reaper until ctx ends: at each key's deletion date it destroys the key's
-// material and marks it Deleted, whether or not any resource still refers to the key. The
-// manager runs it only on the leader.
+// material and marks it Deleted, and when imported material expires it destroys the material
+// and returns the key to PendingImport, whether or not any resource still refers to the key.
+// The manager runs it only on the leader.
 func (p *Provider) Start(ctx context.Context) error {
 	log := p.log.WithName("reaper")
 	for {
-		next, err := p.DeleteDue(ctx)
+		next, err := p.ReapDue(ctx)
 		wait := p.reapInterval
 		if err != nil {
-			log.Error(err, "Deleting keys past their deletion date")
+			log.Error(err, "Acting on keys past their deletion date or material expiry")
 		} else if !next.IsZero() {
 			wait = min(wait, next.Sub(p.clock.Now()))
 		}
@@ -36,31 +37,35 @@ func (p *Provider) Start(ctx context.Context) error {
 	}
 }
 
-// DeleteDue deletes every key whose deletion date has come, and returns the earliest deletion
-// date still ahead (zero when none is).
-func (p *Provider) DeleteDue(ctx context.Context) (time.Time, error) {
+// ReapDue deletes every key whose deletion date has come and expires every imported material
+// whose time has come, and returns the earliest such time still ahead (zero when none is).
+func (p *Provider) ReapDue(ctx context.Context) (time.Time, error) {
 	var list corev1.SecretList
 	if err := p.client.List(ctx, &list, client.InNamespace(p.namespace),
-		client.MatchingLabels{labelKey: "true", labelState: string(kms.StatePendingDeletion)}); err != nil {
-		return time.Time{}, fmt.Errorf("listing keys pending deletion: %w", err)
+		client.MatchingLabels{labelKey: "true", labelDue: "true"}); err != nil {
+		return time.Time{}, fmt.Errorf("listing keys with a deletion date or material expiry: %w", err)
 	}
 	now := p.clock.Now()
 	var next time.Time
 	for i := range list.Items {
 		r, err := readRecord(&list.Items[i])
-		if err != nil || r.State != kms.StatePendingDeletion || r.DeletionDate == nil {
+		if err != nil {
 			continue
 		}
-		if r.DeletionDate.After(now) {
-			if next.IsZero() || r.DeletionDate.Before(next) {
-				next = *r.DeletionDate
+		due, ok := r.nextDue()
+		if !ok {
+			continue
+		}
+		if due.After(now) {
+			if next.IsZero() || due.Before(next) {
+				next = due
 			}
 			continue
 		}
-		if err := p.destroy(ctx, r.ID); err != nil {
+		if err := p.transition(ctx, r.ID, "reap", p.reap); err != nil {
 			return next, err
 		}
-		p.log.Info("Deleted key at its deletion date", "keyID", r.ID)
+		p.log.Info("Key reached its deletion date or material expiry", "keyID", r.ID)
 		select {
 		case p.changes <- r.ID:
 		default:
@@ -70,15 +75,22 @@ func (p *Provider) DeleteDue(ctx context.Context) (time.Time, error) {
 	return next, nil
 }
 
-// destroy removes the key's material and marks it Deleted, in one write, if its deletion date
-// has come. The check runs again on the fresh read, so a deletion canceled meanwhile stands.
-func (p *Provider) destroy(ctx context.Context, keyID string) error {
-	return p.transition(ctx, keyID, "delete", func(r *record) (bool, error) {
-		now := p.clock.Now().UTC()
-		if r.State != kms.StatePendingDeletion || r.DeletionDate == nil || r.DeletionDate.After(now) {
-			return false, nil
-		}
-		r.State, r.HasMaterial, r.DeletedAt = kms.StateDeleted, false, &now
+// reap applies what is due to a key, on a fresh read, so a deletion canceled meanwhile stands:
+// at the deletion date the key is Deleted and its material destroyed; at the material's expiry
+// the material is destroyed and an Enabled or Disabled key returns to PendingImport.
+func (p *Provider) reap(r *record) (bool, error) {
+	now := p.clock.Now().UTC()
+	due, ok := r.nextDue()
+	if !ok || due.After(now) {
+		return false, nil
+	}
+	if r.State == kms.StatePendingDeletion {
+		r.State, r.HasMaterial, r.Import, r.DeletedAt = kms.StateDeleted, false, nil, &now
 		return true, nil
-	})
+	}
+	r.HasMaterial, r.MaterialExpiresAt = false, nil
+	if r.State == kms.StateEnabled || r.State == kms.StateDisabled {
+		r.State = kms.StatePendingImport
+	}
+	return true, nil
 }

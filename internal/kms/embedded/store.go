@@ -21,11 +21,14 @@ const (
 	secretPrefix                     = "cmk-"
 	recordField                      = "key.json"
 	materialField                    = "material"
+	wrappingKeyField                 = "wrapping-key"
 	labelManagedBy                   = "app.kubernetes.io/managed-by"
 	managedByValue                   = "cmk-operator-embedded-kms"
 	labelKey                         = "kms.cmk.io/embedded-key"
 	labelState                       = "kms.cmk.io/state"
 	labelAliasHash                   = "kms.cmk.io/alias-hash"
+	// labelDue marks keys the reaper must act on at a time: a deletion date or material expiry.
+	labelDue = "kms.cmk.io/due"
 )
 
 // record is a key's metadata as stored. It never holds material.
@@ -43,6 +46,31 @@ type record struct {
 	HasMaterial  bool              `json:"hasMaterial"`
 	Token        string            `json:"token"`
 	Tags         map[string]string `json:"tags,omitempty"`
+
+	// Bring your own key. MaterialHash is a keyed hash of the first material imported, so that
+	// a re-import can be checked to be the same without keeping the plaintext anywhere else.
+	MaterialHash      []byte        `json:"materialHash,omitempty"`
+	MaterialExpiresAt *time.Time    `json:"materialExpiresAt,omitempty"`
+	Import            *importRecord `json:"import,omitempty"`
+}
+
+// importRecord is the latest import parameters issued for a key; the wrapping private key is
+// sealed in the Secret's wrapping-key field.
+type importRecord struct {
+	Token     string    `json:"token"`
+	PublicKey []byte    `json:"publicKey"`
+	ExpiresAt time.Time `json:"expiresAt"`
+}
+
+// nextDue is when the reaper must next act on the key, if ever.
+func (r *record) nextDue() (time.Time, bool) {
+	if r.State == kms.StatePendingDeletion && r.DeletionDate != nil {
+		return *r.DeletionDate, true
+	}
+	if r.HasMaterial && r.MaterialExpiresAt != nil {
+		return *r.MaterialExpiresAt, true
+	}
+	return time.Time{}, false
 }
 
 func (r *record) key() kms.Key {
@@ -58,6 +86,9 @@ func (r *record) key() kms.Key {
 	}
 	if r.State == kms.StatePendingDeletion && r.DeletionDate != nil {
 		k.DeletionDate = *r.DeletionDate
+	}
+	if r.HasMaterial && r.MaterialExpiresAt != nil {
+		k.MaterialExpiresAt = *r.MaterialExpiresAt
 	}
 	return k
 }
@@ -110,6 +141,19 @@ func writeRecord(s *corev1.Secret, r *record) error {
 	s.Labels[labelKey] = "true"
 	s.Labels[labelState] = string(r.State)
 	s.Labels[labelAliasHash] = aliasHash(r.Alias)
+	if _, due := r.nextDue(); due {
+		s.Labels[labelDue] = "true"
+	} else {
+		delete(s.Labels, labelDue)
+	}
+	// Secret data follows the record: no material without HasMaterial, no wrapping key
+	// without outstanding import parameters.
+	if !r.HasMaterial {
+		delete(s.Data, materialField)
+	}
+	if r.Import == nil {
+		delete(s.Data, wrappingKeyField)
+	}
 	return nil
 }
 
