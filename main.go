@@ -114,11 +114,12 @@ func run(ctx context.Context, cfg managerConfig) error {
 	}
 
 	if err := (&controllers.CustomerMasterKeyReconciler{
-		Client:     mgr.GetClient(),
-		KMS:        provider,
-		Recorder:   mgr.GetEventRecorder("cmk-operator"),
-		Clock:      clock.RealClock{},
-		SyncPeriod: cfg.syncPeriod,
+		Client:       mgr.GetClient(),
+		KMS:          provider,
+		SecretReader: mgr.GetAPIReader(),
+		Recorder:     mgr.GetEventRecorder("cmk-operator"),
+		Clock:        clock.RealClock{},
+		SyncPeriod:   cfg.syncPeriod,
 	}).SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: cfg.workers}); err != nil {
 		return fmt.Errorf("setting up controller: %w", err)
 	}

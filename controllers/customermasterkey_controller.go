@@ -40,10 +40,15 @@ type CustomerMasterKeyReconciler struct {
 	client.Client
 	KMS      kms.Provider
 	Recorder events.EventRecorder
+	// SecretReader reads keyMaterial Secrets directly, without a cache (the manager's API
+	// reader); nil means the client.
+	SecretReader client.Reader
 	// Clock is the time source; tests pass a fake one.
 	Clock clock.PassiveClock
 	// SyncPeriod is the slow resync of settled keys.
 	SyncPeriod time.Duration
+	// ImportRetry is how soon a refused import is tried again.
+	ImportRetry time.Duration
 }
 
 // +kubebuilder:rbac:groups=kms.cmk.io,resources=customermasterkeys,verbs=get;list;watch;patch
@@ -90,14 +95,20 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 	}
 	if decision.Action != planner.None {
 		log.FromContext(ctx).Info("Acting on key", "action", decision.Action, "keyID", cmk.Status.KeyID)
-		key, err = r.act(ctx, cmk, key, decision.Action)
-		if err != nil {
-			if kms.IsTerminal(err) {
-				r.setTerminal(cmk, err)
-				return ctrl.Result{}, nil
-			}
+		after, err := r.act(ctx, cmk, key, decision.Action)
+		var refused *importFailure
+		switch {
+		case errors.As(err, &refused):
+			r.setObserved(cmk, key)
+			r.setImportFailure(cmk, refused)
+			return ctrl.Result{RequeueAfter: r.ImportRetry}, nil
+		case kms.IsTerminal(err):
+			r.setTerminal(cmk, err)
+			return ctrl.Result{}, nil
+		case err != nil:
 			return ctrl.Result{}, r.failed(cmk, string(decision.Action), err)
 		}
+		key = after
 		decision = planner.Next(r.input(cmk, key))
 	}
 	lastPhase := cmk.Status.Phase
@@ -121,13 +132,17 @@ func (r *CustomerMasterKeyReconciler) reportDeletion(cmk *v1alpha1.CustomerMaste
 }
 
 func (r *CustomerMasterKeyReconciler) input(cmk *v1alpha1.CustomerMasterKey, key *kms.Key) planner.Input {
-	return planner.Input{
+	in := planner.Input{
 		Spec:     cmk.Spec,
 		KeyID:    cmk.Status.KeyID,
 		Key:      key,
 		Deleting: !cmk.DeletionTimestamp.IsZero(),
 		Now:      r.Clock.Now(),
 	}
+	if p := cmk.Status.ImportParameters; p != nil {
+		in.ImportParametersExpireAt = p.ExpiresAt.Time
+	}
+	return in
 }
 
 // observe reads the key from the KMS; nil when there is none yet or the KMS no longer has it.
@@ -196,6 +211,9 @@ func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr 
 	}
 	if r.SyncPeriod <= 0 {
 		r.SyncPeriod = DefaultSyncPeriod
+	}
+	if r.ImportRetry <= 0 {
+		r.ImportRetry = DefaultImportRetry
 	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("customermasterkey").

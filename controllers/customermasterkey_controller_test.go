@@ -33,11 +33,11 @@ func TestSeedOutcomes(t *testing.T) {
 	h.create(h.cmk("generated"), h.cmk("byok", external))
 
 	gen := h.waitPhase("generated", v1alpha1.PhaseEnabled)
-	if c := condition(gen, v1alpha1.ConditionReady); c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonAvailable {
+	if c := cond(gen, v1alpha1.ConditionReady); c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonAvailable {
 		t.Errorf("Ready of an enabled key: %+v", c)
 	}
 	byok := h.waitPhase("byok", v1alpha1.PhasePendingImport)
-	if c := condition(byok, v1alpha1.ConditionReady); c.Status != metav1.ConditionFalse || c.Reason != v1alpha1.ReasonPendingImport {
+	if c := cond(byok, v1alpha1.ConditionReady); c.Status != metav1.ConditionFalse || c.Reason != v1alpha1.ReasonPendingImport {
 		t.Errorf("Ready of a key without material: %+v", c)
 	}
 
@@ -48,7 +48,7 @@ func TestSeedOutcomes(t *testing.T) {
 		if c.Status.DeletionDate == nil || c.Status.DeletionDate.Sub(want).Abs() > time.Second {
 			t.Errorf("%s: deletionDate %v, want %v", name, c.Status.DeletionDate, want)
 		}
-		if r := condition(c, v1alpha1.ConditionReady); r.Reason != v1alpha1.ReasonPendingDeletion {
+		if r := cond(c, v1alpha1.ConditionReady); r.Reason != v1alpha1.ReasonPendingDeletion {
 			t.Errorf("%s: Ready reason %s, want PendingDeletion", name, r.Reason)
 		}
 		h.patch(name, cancel)
@@ -71,7 +71,7 @@ func TestSeedOutcomes(t *testing.T) {
 	h.patch("byok", enable)
 	h.waitPhase("generated", v1alpha1.PhaseEnabled)
 	byok = h.waitPhase("byok", v1alpha1.PhasePendingImport)
-	if r, s := condition(byok, v1alpha1.ConditionReady), condition(byok, v1alpha1.ConditionSynced); r.Reason != v1alpha1.ReasonPendingImport || s.Status != metav1.ConditionTrue {
+	if r, s := cond(byok, v1alpha1.ConditionReady), cond(byok, v1alpha1.ConditionSynced); r.Reason != v1alpha1.ReasonPendingImport || s.Status != metav1.ConditionTrue {
 		t.Errorf("enabled: true on a key without material: Ready %+v, Synced %+v; want a wait, not an error", r, s)
 	}
 }
@@ -212,7 +212,7 @@ func TestDeletionDateReached(t *testing.T) {
 
 	h.clock.Step(7*24*time.Hour + time.Second)
 	c := h.waitPhase("doomed", v1alpha1.PhaseDeleted)
-	if r := condition(c, v1alpha1.ConditionReady); r.Reason != v1alpha1.ReasonKeyDeleted {
+	if r := cond(c, v1alpha1.ConditionReady); r.Reason != v1alpha1.ReasonKeyDeleted {
 		t.Errorf("Ready after deletion: %+v", r)
 	}
 	if c.Status.DeletionDate != nil {
@@ -328,12 +328,12 @@ func TestTerminalFailures(t *testing.T) {
 
 	for name, reason := range map[string]string{"sm2": v1alpha1.ReasonUnsupported, "second": v1alpha1.ReasonRejected} {
 		c := h.eventually(name, func(g Gomega, c *v1alpha1.CustomerMasterKey) {
-			g.Expect(condition(c, v1alpha1.ConditionSynced).Reason).To(Equal(reason))
+			g.Expect(cond(c, v1alpha1.ConditionSynced).Reason).To(Equal(reason))
 		})
-		if c.Status.ObservedGeneration != c.Generation || condition(c, v1alpha1.ConditionReady).Status != metav1.ConditionFalse {
+		if c.Status.ObservedGeneration != c.Generation || cond(c, v1alpha1.ConditionReady).Status != metav1.ConditionFalse {
 			t.Errorf("%s: %+v", name, c.Status)
 		}
-		t.Logf("%s: %s", name, condition(c, v1alpha1.ConditionSynced).Message)
+		t.Logf("%s: %s", name, cond(c, v1alpha1.ConditionSynced).Message)
 		rv := c.ResourceVersion
 		time.Sleep(2 * time.Second)
 		if now := h.get(name); now.ResourceVersion != rv {
@@ -359,7 +359,7 @@ func TestKeyGoneFromKMS(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := h.waitPhase("vanishing", v1alpha1.PhaseDeleted)
-	if c.Status.KeyID != id || condition(c, v1alpha1.ConditionReady).Reason != v1alpha1.ReasonKeyDeleted {
+	if c.Status.KeyID != id || cond(c, v1alpha1.ConditionReady).Reason != v1alpha1.ReasonKeyDeleted {
 		t.Errorf("status after the key vanished: %+v", c.Status)
 	}
 	NewWithT(t).Eventually(func() []string { return h.events("vanishing") }).WithTimeout(timeout).Should(ContainElement(v1alpha1.EventDeleted))

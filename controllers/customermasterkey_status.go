@@ -29,6 +29,14 @@ func (r *CustomerMasterKeyReconciler) setObserved(cmk *v1alpha1.CustomerMasterKe
 	if key != nil && key.State == kms.StatePendingDeletion && !key.DeletionDate.IsZero() {
 		st.DeletionDate = &metav1.Time{Time: key.DeletionDate}
 	}
+	st.MaterialExpiresAt = nil
+	if key != nil && !key.MaterialExpiresAt.IsZero() {
+		st.MaterialExpiresAt = &metav1.Time{Time: key.MaterialExpiresAt}
+	}
+	if st.Phase != v1alpha1.PhasePendingImport {
+		// Parameters only mean something while the key waits for material.
+		st.ImportParameters = nil
+	}
 	ready := planner.Ready(cmk.Spec, st.KeyID, key)
 	r.setCondition(cmk, v1alpha1.ConditionReady, ready.Ready, ready.Reason, ready.Message)
 	r.setCondition(cmk, v1alpha1.ConditionSynced, true, v1alpha1.ReasonReconcileSuccess, "The last reconcile reached the KMS without error")
@@ -57,6 +65,10 @@ func (r *CustomerMasterKeyReconciler) failed(cmk *v1alpha1.CustomerMasterKey, do
 		return fmt.Errorf("%s key for %s/%s: %w", doing, cmk.Namespace, cmk.Name, err)
 	}
 	return fmt.Errorf("%s key %s: %w", doing, cmk.Status.KeyID, err)
+}
+
+func condition(cmk *v1alpha1.CustomerMasterKey, typ string) *metav1.Condition {
+	return meta.FindStatusCondition(cmk.Status.Conditions, typ)
 }
 
 func (r *CustomerMasterKeyReconciler) setCondition(cmk *v1alpha1.CustomerMasterKey, typ string, ok bool, reason, msg string) {

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"testing"
 	"time"
 
@@ -10,7 +11,6 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
@@ -74,21 +75,28 @@ func (h *harness) newProvider(c client.Client) *embedded.Provider {
 
 // managerOptions change how a harness runs its manager.
 type managerOptions struct {
-	syncPeriod time.Duration
+	syncPeriod  time.Duration
+	importRetry time.Duration
 	// client, when set, wraps the manager's client (to inject failures).
 	wrap func(client.Client) client.Client
+	// logs, when set, receives the manager's and reconciler's logs.
+	logs io.Writer
 }
 
 // start runs a manager with the reconciler and the harness's provider until the test ends or
 // stopManager is called. Its cache sees only the test's namespace.
 func (h *harness) start(opts managerOptions) {
 	h.t.Helper()
+	logger := logr.Discard()
+	if opts.logs != nil {
+		logger = zap.New(zap.WriteTo(opts.logs), zap.UseDevMode(true))
+	}
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:                 testenv.Scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{h.ns: {}}},
-		Logger:                 logr.Discard(),
+		Logger:                 logger,
 	})
 	if err != nil {
 		h.t.Fatal(err)
@@ -102,9 +110,10 @@ func (h *harness) start(opts managerOptions) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &CustomerMasterKeyReconciler{
-		Client: c, KMS: h.kms, Recorder: mgr.GetEventRecorder("cmk-operator"), Clock: h.clock, SyncPeriod: opts.syncPeriod,
+		Client: c, KMS: h.kms, Recorder: mgr.GetEventRecorder("cmk-operator"), Clock: h.clock,
+		SyncPeriod: opts.syncPeriod, ImportRetry: opts.importRetry, SecretReader: mgr.GetAPIReader(),
 	}
-	if err := r.SetupWithManager(ctx, mgr, controller.Options{SkipNameValidation: ptr.To(true)}); err != nil {
+	if err := r.SetupWithManager(ctx, mgr, controller.Options{SkipNameValidation: ptr.To(true), Logger: logger}); err != nil {
 		h.t.Fatal(err)
 	}
 	done := make(chan error, 1)
@@ -198,9 +207,10 @@ func (h *harness) waitPhase(name string, phase v1alpha1.Phase) *v1alpha1.Custome
 	})
 }
 
-func condition(c *v1alpha1.CustomerMasterKey, typ string) metav1.Condition {
-	if cond := meta.FindStatusCondition(c.Status.Conditions, typ); cond != nil {
-		return *cond
+// cond returns a condition by type, or a zero one.
+func cond(c *v1alpha1.CustomerMasterKey, typ string) metav1.Condition {
+	if found := condition(c, typ); found != nil {
+		return *found
 	}
 	return metav1.Condition{}
 }

@@ -67,6 +67,13 @@ func TestCreateRules(t *testing.T) {
 		"PendingDaysLow":        {map[string]any{"pendingDays": 6}, "should be greater than or equal to 7"},
 		"PendingDaysHigh":       {map[string]any{"pendingDays": 1097}, "should be less than or equal to 1096"},
 		"PendingDaysEdges":      {map[string]any{"pendingDays": 1096, "alias": "edge:ok/_-1"}, ""},
+		"MaterialForKMSKey":     {map[string]any{"keyMaterial": map[string]any{"secretRef": map[string]any{"name": "m"}}}, "keyMaterial is only for keys with origin: External"},
+		"MaterialExternal":      {map[string]any{"origin": "External", "keyMaterial": map[string]any{"secretRef": map[string]any{"name": "m"}, "expiresAt": "2030-01-01T00:00:00Z"}}, ""},
+		"MaterialNoSecretName":  {map[string]any{"origin": "External", "keyMaterial": map[string]any{"secretRef": map[string]any{}}}, "spec.keyMaterial.secretRef.name: Required value"},
+		"ExpiryForKeyPair": {map[string]any{"origin": "External", "keySpec": "RSA_2048", "keyMaterial": map[string]any{
+			"secretRef": map[string]any{"name": "m"}, "expiresAt": "2030-01-01T00:00:00Z"}}, "keyMaterial.expiresAt is only for symmetric keys"},
+		"ExpiryNotATime": {map[string]any{"origin": "External", "keyMaterial": map[string]any{
+			"secretRef": map[string]any{"name": "m"}, "expiresAt": "tomorrow"}}, "spec.keyMaterial.expiresAt"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -62,7 +62,7 @@ func directReconciler(h *harness) (*CustomerMasterKeyReconciler, *writes) {
 	w := &writes{}
 	c := w.client()
 	h.kms = h.newProvider(c)
-	return &CustomerMasterKeyReconciler{Client: c, KMS: h.kms, Clock: h.clock, SyncPeriod: DefaultSyncPeriod}, w
+	return &CustomerMasterKeyReconciler{Client: c, KMS: h.kms, Clock: h.clock, SyncPeriod: DefaultSyncPeriod, ImportRetry: DefaultImportRetry}, w
 }
 
 // TestWritesPerReconcile checks the write budget: one status write per transition, one Secret

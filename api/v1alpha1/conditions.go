@@ -28,6 +28,24 @@ const (
 	ReasonNotCreated = "NotCreated"
 )
 
+// Reasons of both conditions when key material cannot be imported. Each message says what to
+// change; the import is tried again every half minute and whenever the spec changes.
+const (
+	// ReasonSecretNotFound: spec.keyMaterial.secretRef names a Secret that does not exist.
+	ReasonSecretNotFound = "KeyMaterialSecretNotFound"
+	// ReasonSecretInvalid: the Secret lacks encryptedKeyMaterial or importToken.
+	ReasonSecretInvalid = "KeyMaterialSecretInvalid"
+	// ReasonImportTokenInvalid: the token expired, was superseded, or is another key's; fresh
+	// import parameters are published, to wrap the material again.
+	ReasonImportTokenInvalid = "ImportTokenInvalid"
+	// ReasonMaterialInvalid: the material does not unwrap, or has the wrong length.
+	ReasonMaterialInvalid = "KeyMaterialInvalid"
+	// ReasonMaterialMismatch: the key had other material before; only that may be imported.
+	ReasonMaterialMismatch = "KeyMaterialMismatch"
+	// ReasonExpiryPassed: spec.keyMaterial.expiresAt is not in the future.
+	ReasonExpiryPassed = "KeyMaterialExpiryPassed"
+)
+
 // Reasons of the Synced condition.
 const (
 	// ReasonReconcileSuccess: the last reconcile reached the KMS without error (Synced=True).
@@ -50,6 +68,8 @@ const (
 	EventDeletionScheduled = "DeletionScheduled"
 	EventDeletionCanceled  = "DeletionCanceled"
 	EventMaterialImported  = "MaterialImported"
+	EventImportParameters  = "ImportParametersIssued"
+	EventImportFailed      = "ImportFailed"
 	EventDeleted           = "Deleted"
 	EventDriftDetected     = "DriftDetected"
 	EventRetained          = "Retained"

@@ -24,6 +24,10 @@ const (
 	ScheduleDeletion Action = "ScheduleDeletion"
 	CancelDeletion   Action = "CancelDeletion"
 	SetDescription   Action = "SetDescription"
+	// IssueImportParameters publishes fresh parameters to wrap material with.
+	IssueImportParameters Action = "IssueImportParameters"
+	// ImportMaterial imports the material spec.keyMaterial points at.
+	ImportMaterial Action = "ImportMaterial"
 	// Release: the resource is being deleted and its key needs nothing more; drop the finalizer.
 	Release Action = "Release"
 )
@@ -35,6 +39,9 @@ const (
 	// OverdueRecheck is how soon a key past its deletion date, that the KMS has not deleted
 	// yet, is looked at again.
 	OverdueRecheck = time.Minute
+	// ImportParametersRefresh is how long before they expire import parameters are replaced,
+	// so a user always has time to wrap material with the published ones.
+	ImportParametersRefresh = time.Hour
 )
 
 // Input is everything a decision depends on.
@@ -46,7 +53,10 @@ type Input struct {
 	Key *kms.Key
 	// Deleting is true once the resource has a deletion timestamp.
 	Deleting bool
-	Now      time.Time
+	// ImportParametersExpireAt is when the import parameters in status expire; zero when none
+	// are published.
+	ImportParametersExpireAt time.Time
+	Now                      time.Time
 }
 
 // Decision is the next action and, when none is due, when to look again.
@@ -87,6 +97,11 @@ func Next(in Input) Decision {
 	if in.Spec.DeletionScheduled {
 		return Decision{Action: ScheduleDeletion}
 	}
+	if k.State == kms.StatePendingImport && in.Spec.Origin == v1alpha1.OriginExternal {
+		if d, ok := nextImport(in); ok {
+			return d
+		}
+	}
 	switch {
 	case k.State == kms.StateEnabled && !in.Spec.Enabled:
 		return Decision{Action: Disable}
@@ -94,10 +109,24 @@ func Next(in Input) Decision {
 		return Decision{Action: Enable}
 	case k.Description != in.Spec.Description:
 		return Decision{Action: SetDescription}
+	case k.State == kms.StatePendingImport && !in.ImportParametersExpireAt.IsZero():
+		// Waiting for the user to bring material; the parameters are replaced before they expire.
+		return Decision{Action: None, RecheckAt: in.ImportParametersExpireAt.Add(-ImportParametersRefresh)}
 	}
-	// Matches the spec, or PendingImport with enabled: true, which only imported material
-	// can move on.
-	return Decision{Action: None}
+	// Matches the spec; imported material that expires is looked at again then.
+	return Decision{Action: None, RecheckAt: k.MaterialExpiresAt}
+}
+
+// nextImport moves an External key without material toward having it: import what the spec
+// points at, else make sure usable import parameters are published.
+func nextImport(in Input) (Decision, bool) {
+	if in.Spec.KeyMaterial != nil {
+		return Decision{Action: ImportMaterial}, true
+	}
+	if in.ImportParametersExpireAt.IsZero() || !in.Now.Before(in.ImportParametersExpireAt.Add(-ImportParametersRefresh)) {
+		return Decision{Action: IssueImportParameters}, true
+	}
+	return Decision{}, false
 }
 
 func nextOnDelete(in Input) Decision {
@@ -161,8 +190,13 @@ func Ready(spec v1alpha1.CustomerMasterKeySpec, keyID string, key *kms.Key) Read
 		if spec.DeletionScheduled {
 			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Scheduling the key's deletion"}
 		}
-		return Readiness{Reason: v1alpha1.ReasonPendingImport,
-			Message: "The key has no key material; import material to make it usable"}
+		if spec.KeyMaterial != nil {
+			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: fmt.Sprintf(
+				"Importing key material from Secret %s", spec.KeyMaterial.SecretRef.Name)}
+		}
+		return Readiness{Reason: v1alpha1.ReasonPendingImport, Message: "The key has no key material: wrap it with " +
+			"status.importParameters.publicKey (RSAES_OAEP_SHA_256), store it with status.importParameters.importToken " +
+			"in a Secret, and set spec.keyMaterial.secretRef to that Secret"}
 	case kms.StateDisabled:
 		if spec.Enabled || spec.DeletionScheduled {
 			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Moving the key to the state the spec asks for"}

@@ -27,6 +27,26 @@ func key(state kms.State) *kms.Key {
 	return k
 }
 
+func external(s v1alpha1.CustomerMasterKeySpec, withMaterial bool) v1alpha1.CustomerMasterKeySpec {
+	s.Origin = v1alpha1.OriginExternal
+	if withMaterial {
+		s.KeyMaterial = &v1alpha1.KeyMaterial{SecretRef: v1alpha1.LocalSecretReference{Name: "material"}}
+	}
+	return s
+}
+
+func noMaterial() *kms.Key {
+	k := key(kms.StatePendingImport)
+	k.HasMaterial, k.Origin = false, kms.OriginExternal
+	return k
+}
+
+func expiring() *kms.Key {
+	k := key(kms.StateEnabled)
+	k.Origin, k.MaterialExpiresAt = kms.OriginExternal, now.Add(time.Hour)
+	return k
+}
+
 func TestNext(t *testing.T) {
 	overdue := key(kms.StatePendingDeletion)
 	overdue.DeletionDate = now.Add(-time.Second)
@@ -122,6 +142,34 @@ func TestNext(t *testing.T) {
 			in:     Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StatePendingImport)},
 			want:   Decision{Action: None},
 		},
+		"ExternalNeedsImportParameters": {
+			reason: "An External key without material publishes parameters to wrap it with.",
+			in:     Input{Spec: external(spec(true, false), false), KeyID: "k1", Key: noMaterial()},
+			want:   Decision{Action: IssueImportParameters},
+		},
+		"ExternalParametersFresh": {
+			reason: "Published parameters are replaced an hour before they expire, not before.",
+			in:     Input{Spec: external(spec(true, false), false), KeyID: "k1", Key: noMaterial(), ImportParametersExpireAt: now.Add(20 * time.Hour)},
+			want:   Decision{Action: None, RecheckAt: now.Add(19 * time.Hour)},
+		},
+		"ExternalParametersExpiring": {
+			in:   Input{Spec: external(spec(true, false), false), KeyID: "k1", Key: noMaterial(), ImportParametersExpireAt: now.Add(30 * time.Minute)},
+			want: Decision{Action: IssueImportParameters},
+		},
+		"ExternalImport": {
+			reason: "Material named by the spec is imported, whether or not the key is to be enabled.",
+			in:     Input{Spec: external(spec(false, false), true), KeyID: "k1", Key: noMaterial(), ImportParametersExpireAt: now.Add(20 * time.Hour)},
+			want:   Decision{Action: ImportMaterial},
+		},
+		"ExternalScheduledBeforeImport": {
+			in:   Input{Spec: external(spec(false, true), true), KeyID: "k1", Key: noMaterial()},
+			want: Decision{Action: ScheduleDeletion},
+		},
+		"ImportedMaterialExpires": {
+			reason: "A key whose material expires is looked at again when it does.",
+			in:     Input{Spec: external(spec(true, false), true), KeyID: "k1", Key: expiring()},
+			want:   Decision{Action: None, RecheckAt: now.Add(time.Hour)},
+		},
 		"DescriptionChanged": {
 			in:   Input{Spec: spec(true, false), KeyID: "k1", Key: described},
 			want: Decision{Action: SetDescription},
@@ -164,7 +212,7 @@ func TestNext(t *testing.T) {
 var allowed = map[kms.State][]Action{
 	kms.StateEnabled:         {Disable, ScheduleDeletion, SetDescription},
 	kms.StateDisabled:        {Enable, ScheduleDeletion, SetDescription},
-	kms.StatePendingImport:   {ScheduleDeletion, SetDescription},
+	kms.StatePendingImport:   {ScheduleDeletion, SetDescription, IssueImportParameters, ImportMaterial},
 	kms.StatePendingDeletion: {CancelDeletion},
 	kms.StateDeleted:         {},
 	kms.StateCreating:        {},
@@ -179,27 +227,32 @@ func TestNextOnlyAllowedCalls(t *testing.T) {
 			for _, scheduled := range []bool{true, false} {
 				for _, deleting := range []bool{true, false} {
 					for _, policy := range []v1alpha1.DeletionPolicy{v1alpha1.DeletionPolicyRetain, v1alpha1.DeletionPolicyDelete} {
-						s := spec(enabled, scheduled)
-						s.DeletionPolicy = policy
-						in := Input{Spec: s, KeyID: "k1", Key: key(state), Deleting: deleting, Now: now}
-						d := Next(in)
-						switch d.Action {
-						case None, Release:
-							continue
-						case Create:
-							t.Errorf("%s %+v: Create for a key that exists", state, in)
-							continue
-						}
-						ok := false
-						for _, a := range allowed[state] {
-							ok = ok || a == d.Action
-						}
-						if !ok {
-							t.Errorf("state %s, enabled=%v scheduled=%v deleting=%v policy=%s: %s is not allowed from %s",
-								state, enabled, scheduled, deleting, policy, d.Action, state)
-						}
-						if settled := settle(t, in); settled > 3 {
-							t.Errorf("state %s, enabled=%v scheduled=%v: took %d actions to settle", state, enabled, scheduled, settled)
+						for _, origin := range []string{"KMS", "External", "ExternalWithMaterial"} {
+							s := spec(enabled, scheduled)
+							if origin != "KMS" {
+								s = external(s, origin == "ExternalWithMaterial")
+							}
+							s.DeletionPolicy = policy
+							in := Input{Spec: s, KeyID: "k1", Key: key(state), Deleting: deleting, Now: now}
+							d := Next(in)
+							switch d.Action {
+							case None, Release:
+								continue
+							case Create:
+								t.Errorf("%s %+v: Create for a key that exists", state, in)
+								continue
+							}
+							ok := false
+							for _, a := range allowed[state] {
+								ok = ok || a == d.Action
+							}
+							if !ok {
+								t.Errorf("state %s, enabled=%v scheduled=%v deleting=%v policy=%s: %s is not allowed from %s",
+									state, enabled, scheduled, deleting, policy, d.Action, state)
+							}
+							if settled := settle(t, in); settled > 3 {
+								t.Errorf("state %s, enabled=%v scheduled=%v origin=%s: took %d actions to settle", state, enabled, scheduled, origin, settled)
+							}
 						}
 					}
 				}
@@ -228,6 +281,10 @@ func settle(t *testing.T, in Input) int {
 			k.State = kms.StateDisabled
 		case SetDescription:
 			k.Description = in.Spec.Description
+		case IssueImportParameters:
+			in.ImportParametersExpireAt = now.Add(24 * time.Hour)
+		case ImportMaterial:
+			k.State, k.HasMaterial = kms.StateEnabled, true
 		}
 	}
 	t.Fatalf("no settled state after 10 actions from %+v", in)

@@ -1,0 +1,142 @@
+package controllers
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+)
+
+// The keyMaterial Secret is read directly, one get per import attempt, so the operator needs
+// no Secret watch or cache outside its own namespace.
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+
+// DefaultImportRetry is how soon a refused import is tried again: the Secret it reads is not
+// watched, so this is how a fixed Secret is noticed. Slow enough never to be a hot loop.
+const DefaultImportRetry = 30 * time.Second
+
+// importFailure is an import the user must fix: a missing or malformed Secret, or material
+// the KMS refused. It is reported in both conditions, never as a reconcile error.
+type importFailure struct{ reason, message string }
+
+func (f *importFailure) Error() string { return f.message }
+
+// issueImportParameters publishes fresh parameters in status for the user to wrap material with.
+func (r *CustomerMasterKeyReconciler) issueImportParameters(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, imp kms.Importer) error {
+	params, err := imp.ImportParameters(ctx, cmk.Status.KeyID)
+	if err != nil {
+		return err
+	}
+	cmk.Status.ImportParameters = &v1alpha1.ImportParameters{
+		WrappingAlgorithm: kms.WrappingAlgorithm,
+		PublicKey:         base64.StdEncoding.EncodeToString(params.PublicKey),
+		ImportToken:       params.ImportToken,
+		ExpiresAt:         metav1.NewTime(params.ExpiresAt),
+	}
+	r.event(cmk, "Normal", v1alpha1.EventImportParameters, "GetImportParameters",
+		"Published import parameters for key %s in status.importParameters", cmk.Status.KeyID)
+	return nil
+}
+
+// importMaterial reads the Secret spec.keyMaterial names and imports its material. Refusals
+// come back as *importFailure with a message that says what to change.
+func (r *CustomerMasterKeyReconciler) importMaterial(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, imp kms.Importer) error {
+	ref := cmk.Spec.KeyMaterial
+	name := ref.SecretRef.Name
+	var expiresAt time.Time
+	if ref.ExpiresAt != nil {
+		expiresAt = ref.ExpiresAt.Time
+		if !expiresAt.After(r.Clock.Now()) {
+			return &importFailure{v1alpha1.ReasonExpiryPassed,
+				"spec.keyMaterial.expiresAt has passed: set a time in the future, or remove it for material that does not expire"}
+		}
+	}
+	secret := &corev1.Secret{}
+	if err := r.secretReader().Get(ctx, client.ObjectKey{Namespace: cmk.Namespace, Name: name}, secret); err != nil {
+		if apierrors.IsNotFound(err) {
+			return &importFailure{v1alpha1.ReasonSecretNotFound, fmt.Sprintf(
+				"Secret %s not found in namespace %s: create it with keys %s (the wrapped material) and %s",
+				name, cmk.Namespace, v1alpha1.SecretKeyEncryptedKeyMaterial, v1alpha1.SecretKeyImportToken)}
+		}
+		return fmt.Errorf("reading Secret %s: %w", name, err)
+	}
+	wrapped := secret.Data[v1alpha1.SecretKeyEncryptedKeyMaterial]
+	token := strings.TrimSpace(string(secret.Data[v1alpha1.SecretKeyImportToken]))
+	if len(wrapped) == 0 || token == "" {
+		return &importFailure{v1alpha1.ReasonSecretInvalid, fmt.Sprintf(
+			"Secret %s must hold non-empty keys %s and %s", name, v1alpha1.SecretKeyEncryptedKeyMaterial, v1alpha1.SecretKeyImportToken)}
+	}
+
+	err := imp.ImportMaterial(ctx, cmk.Status.KeyID, token, wrapped, expiresAt)
+	if ie := kms.AsImportError(err); ie != nil {
+		return r.importRefused(ctx, cmk, imp, name, ie)
+	}
+	if err != nil {
+		return err
+	}
+	r.event(cmk, "Normal", v1alpha1.EventMaterialImported, "ImportKeyMaterial",
+		"Imported key material from Secret %s into key %s", name, cmk.Status.KeyID)
+	return nil
+}
+
+// importRefused turns the KMS's refusal into what the user must do. A bad token gets fresh
+// parameters published at once, so the message can point at them.
+func (r *CustomerMasterKeyReconciler) importRefused(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, imp kms.Importer, secret string, ie *kms.ImportError) error {
+	switch ie.Code {
+	case kms.ImportTokenInvalid:
+		if err := r.issueImportParameters(ctx, cmk, imp); err != nil {
+			return err
+		}
+		return &importFailure{v1alpha1.ReasonImportTokenInvalid, fmt.Sprintf(
+			"The import token in Secret %s is expired, superseded or another key's: new import parameters are in "+
+				"status.importParameters; wrap the material again with the new publicKey and put the new importToken in the Secret", secret)}
+	case kms.ImportMaterialMismatch:
+		return &importFailure{v1alpha1.ReasonMaterialMismatch, fmt.Sprintf(
+			"The material in Secret %s was refused: %s. Wrap the key's original material with status.importParameters", secret, ie.Reason)}
+	default:
+		return &importFailure{v1alpha1.ReasonMaterialInvalid, fmt.Sprintf(
+			"The material in Secret %s was refused: %s. Wrap %s with status.importParameters.publicKey (%s)",
+			secret, ie.Reason, materialSize(cmk.Spec.KeySpec), kms.WrappingAlgorithm)}
+	}
+}
+
+func materialSize(spec v1alpha1.KeySpec) string {
+	if spec == v1alpha1.KeySpecSM4 {
+		return "16 bytes of SM4 key material"
+	}
+	return "32 bytes of AES_256 key material"
+}
+
+// setImportFailure reports an import the user must fix. The Warning event is sent only when
+// the message changes, so retries every half minute do not flood the event stream.
+func (r *CustomerMasterKeyReconciler) setImportFailure(cmk *v1alpha1.CustomerMasterKey, f *importFailure) {
+	if c := condition(cmk, v1alpha1.ConditionSynced); c == nil || c.Message != f.message {
+		r.event(cmk, "Warning", v1alpha1.EventImportFailed, "ImportKeyMaterial", "%s", f.message)
+	}
+	r.setCondition(cmk, v1alpha1.ConditionReady, false, f.reason, f.message)
+	r.setCondition(cmk, v1alpha1.ConditionSynced, false, f.reason, f.message)
+}
+
+func (r *CustomerMasterKeyReconciler) secretReader() client.Reader {
+	if r.SecretReader != nil {
+		return r.SecretReader
+	}
+	return r.Client
+}
+
+func (r *CustomerMasterKeyReconciler) importer() (kms.Importer, error) {
+	imp, ok := r.KMS.(kms.Importer)
+	if !ok {
+		return nil, &kms.UnsupportedError{Reason: "the configured KMS provider does not take imported key material"}
+	}
+	return imp, nil
+}
