@@ -244,7 +244,7 @@ func TestImportFailures(t *testing.T) {
 				h.putSecret(name, materialSecret(wrapped, token))
 				return keyMaterial(name)
 			}},
-		"WrongLength": {reason: v1alpha1.ReasonMaterialInvalid, says: "the unwrapped material is 16 bytes; a AES_256 key takes 32",
+		"WrongLength": {reason: v1alpha1.ReasonMaterialInvalid, says: "the unwrapped material is 16 bytes; AES_256 keys take 32",
 			setup: func(t *testing.T, name string, c *v1alpha1.CustomerMasterKey) map[string]any {
 				wrapped, token := wrapFor(t, c, randomMaterial(t, 16))
 				h.putSecret(name, materialSecret(wrapped, token))

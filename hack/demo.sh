@@ -25,6 +25,9 @@ step "Start a local kube-apiserver and etcd, and the manager with the embedded K
 start_control_plane
 start_manager
 "$KUBECTL" create namespace demo >/dev/null
+# Commands shown as a person types them run as they are: kubectl on PATH, namespace demo.
+"$KUBECTL" config set-context --current --namespace demo >/dev/null
+export PATH="$ROOT/bin/k8s:$PATH"
 echo "KUBECONFIG=$KUBECONFIG (manager log: $WORKDIR/manager.log)"
 
 step "Create a KMS-generated key, an External key that never gets material, and a team of five"
@@ -86,6 +89,63 @@ step "Enabling is a separate, explicit step"
 k patch cmk app-key --type merge -p '{"spec":{"enabled":true}}'
 waitfor Enabled cmk/app-key
 k get cmk -o wide
+
+step "Bring your own key: an External key publishes import parameters while it waits for material"
+k apply -f - <<'YAML'
+apiVersion: kms.cmk.io/v1alpha1
+kind: CustomerMasterKey
+metadata:
+  name: own-key
+spec:
+  origin: External
+  description: material from our own HSM
+YAML
+"$KUBECTL" -n demo wait --for=jsonpath='{.status.importParameters.wrappingAlgorithm}'=RSAES_OAEP_SHA_256 cmk/own-key --timeout=60s >/dev/null
+k get cmk own-key -o jsonpath='{.status.importParameters}{"\n"}' | cut -c1-200
+
+step "Wrap 32 random bytes with the published public key (openssl, RSA-OAEP SHA-256) and put them in a Secret"
+cd "$WORKDIR"
+sh_show() { printf '$ %s\n' "$*"; bash -o pipefail -c "$*"; }
+sh_show "kubectl get cmk own-key -o jsonpath='{.status.importParameters.publicKey}' | base64 -d > wrapping-key.der"
+sh_show "openssl rand 32 > material.bin"
+sh_show "openssl pkeyutl -encrypt -pubin -keyform DER -inkey wrapping-key.der -in material.bin -out wrapped.bin -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256"
+sh_show "kubectl create secret generic own-key-material --from-file=encryptedKeyMaterial=wrapped.bin --from-literal=importToken=\"\$(kubectl get cmk own-key -o jsonpath='{.status.importParameters.importToken}')\""
+k patch cmk own-key --type merge -p '{"spec":{"keyMaterial":{"secretRef":{"name":"own-key-material"}}}}'
+waitfor Enabled cmk/own-key
+k get cmk own-key -o wide
+
+step "Schedule and cancel its deletion: a key with imported material comes back Disabled"
+k patch cmk own-key --type merge -p '{"spec":{"enabled":false,"deletionScheduled":true}}'
+waitfor PendingDeletion cmk/own-key
+k get cmk own-key
+k patch cmk own-key --type merge -p '{"spec":{"deletionScheduled":false}}'
+waitfor Disabled cmk/own-key
+k get cmk own-key
+
+step "Material can expire: imported with expiresAt 10 seconds ahead, the key returns to PendingImport"
+k apply -f - <<'YAML'
+apiVersion: kms.cmk.io/v1alpha1
+kind: CustomerMasterKey
+metadata:
+  name: short-lived
+spec:
+  origin: External
+YAML
+"$KUBECTL" -n demo wait --for=jsonpath='{.status.importParameters.wrappingAlgorithm}'=RSAES_OAEP_SHA_256 cmk/short-lived --timeout=60s >/dev/null
+"$KUBECTL" -n demo get cmk short-lived -o jsonpath='{.status.importParameters.publicKey}' | base64 -d >short-wrapping-key.der
+openssl pkeyutl -encrypt -pubin -keyform DER -inkey short-wrapping-key.der -in material.bin -out short-wrapped.bin \
+  -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256
+"$KUBECTL" -n demo create secret generic short-lived-material --from-file=encryptedKeyMaterial=short-wrapped.bin \
+  --from-literal=importToken="$("$KUBECTL" -n demo get cmk short-lived -o jsonpath='{.status.importParameters.importToken}')" >/dev/null
+expires=$(date -u -d '+10 seconds' +%Y-%m-%dT%H:%M:%SZ)
+k patch cmk short-lived --type merge -p "{\"spec\":{\"keyMaterial\":{\"secretRef\":{\"name\":\"short-lived-material\"},\"expiresAt\":\"$expires\"}}}"
+waitfor Enabled cmk/short-lived
+k get cmk short-lived -o custom-columns=NAME:.metadata.name,PHASE:.status.phase,MATERIAL-EXPIRES:.status.materialExpiresAt
+echo "(waiting for the material to expire)"
+waitfor PendingImport cmk/short-lived
+k get cmk short-lived -o custom-columns=NAME:.metadata.name,PHASE:.status.phase,READY:.status.conditions[0].status,WHY:.status.conditions[1].reason
+rm -f material.bin
+cd - >/dev/null
 
 step "What happened, as events"
 k get events --sort-by=.metadata.creationTimestamp -o custom-columns=OBJECT:.involvedObject.name,REASON:.reason,MESSAGE:.message

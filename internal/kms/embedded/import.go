@@ -70,7 +70,7 @@ func (p *Provider) ImportParameters(ctx context.Context, keyID string) (kms.Impo
 // ImportMaterial unwraps material with the wrapping key of importToken, checks it fits the key
 // spec (and is the material the key had before, if any), and makes the key Enabled.
 func (p *Provider) ImportMaterial(ctx context.Context, keyID, importToken string, wrapped []byte, expiresAt time.Time) error {
-	return p.transitionSecret(ctx, keyID, "import material into", func(r *record, s *corev1.Secret) (bool, error) {
+	err := p.transitionSecret(ctx, keyID, "import material into", func(r *record, s *corev1.Secret) (bool, error) {
 		if err := importable(keyID, r, "import material into"); err != nil {
 			return false, err
 		}
@@ -89,7 +89,7 @@ func (p *Provider) ImportMaterial(ctx context.Context, keyID, importToken string
 		defer clear(material)
 		if want := symmetricSize[r.KeySpec]; len(material) != want {
 			return false, &kms.ImportError{Code: kms.ImportMaterialInvalid, Reason: fmt.Sprintf(
-				"the unwrapped material is %d bytes; a %s key takes %d", len(material), r.KeySpec, want)}
+				"the unwrapped material is %d bytes; %s keys take %d", len(material), r.KeySpec, want)}
 		}
 		hash := p.sealer.materialHash(keyID, material)
 		if r.MaterialHash != nil && !hmac.Equal(hash, r.MaterialHash) {
@@ -109,6 +109,10 @@ func (p *Provider) ImportMaterial(ctx context.Context, keyID, importToken string
 		}
 		return true, nil
 	})
+	if err == nil && !expiresAt.IsZero() {
+		p.wakeReaper()
+	}
+	return err
 }
 
 // symmetricSize is the material length of each key spec that takes imported material.
