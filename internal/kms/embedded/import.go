@@ -70,7 +70,11 @@ func (p *Provider) ImportParameters(ctx context.Context, keyID string) (kms.Impo
 // ImportMaterial unwraps material with the wrapping key of importToken, checks it fits the key
 // spec (and is the material the key had before, if any), and makes the key Enabled.
 func (p *Provider) ImportMaterial(ctx context.Context, keyID, importToken string, wrapped []byte, expiresAt time.Time) error {
+	tokenHash := sha256.Sum256([]byte(importToken))
 	err := p.transitionSecret(ctx, keyID, "import material into", func(r *record, s *corev1.Secret) (bool, error) {
+		if r.HasMaterial && hmac.Equal(r.ImportedTokenHash, tokenHash[:]) {
+			return false, nil // Already imported with this very token.
+		}
 		if err := importable(keyID, r, "import material into"); err != nil {
 			return false, err
 		}
@@ -102,6 +106,7 @@ func (p *Provider) ImportMaterial(ctx context.Context, keyID, importToken string
 		}
 		s.Data[materialField] = sealed
 		r.State, r.HasMaterial, r.MaterialHash, r.Import = kms.StateEnabled, true, hash, nil
+		r.ImportedTokenHash = tokenHash[:]
 		r.MaterialExpiresAt = nil
 		if !expiresAt.IsZero() {
 			at := expiresAt.UTC()

@@ -68,6 +68,13 @@ func TestImportFlow(t *testing.T) {
 	if n := f.writes.n.Load(); n != 2 {
 		t.Errorf("parameters and import took %d writes, want 2", n)
 	}
+	// A retry of the same import (its answer lost) succeeds and changes nothing.
+	if err := f.p.ImportMaterial(context.Background(), k.ID, params.ImportToken, wrap(t, params, material), time.Time{}); err != nil {
+		t.Errorf("repeated import: %v", err)
+	}
+	if n := f.writes.n.Load(); n != 2 {
+		t.Errorf("a repeated import wrote %d times in all, want 2", n)
+	}
 	got, _ := f.p.Observe(context.Background(), k.ID)
 	if got.State != kms.StateEnabled || !got.HasMaterial || !got.MaterialExpiresAt.IsZero() {
 		t.Errorf("after import: %+v", got)

@@ -17,16 +17,16 @@ import (
 // it), and its material sealed under the root key. Labels let the reaper list only the keys
 // pending deletion, and Create find a key by alias, without reading every Secret.
 const (
-	secretType     corev1.SecretType = "kms.cmk.io/embedded-key"
-	secretPrefix                     = "cmk-"
-	recordField                      = "key.json"
-	materialField                    = "material"
-	wrappingKeyField                 = "wrapping-key"
-	labelManagedBy                   = "app.kubernetes.io/managed-by"
-	managedByValue                   = "cmk-operator-embedded-kms"
-	labelKey                         = "kms.cmk.io/embedded-key"
-	labelState                       = "kms.cmk.io/state"
-	labelAliasHash                   = "kms.cmk.io/alias-hash"
+	secretType       corev1.SecretType = "kms.cmk.io/embedded-key"
+	secretPrefix                       = "cmk-"
+	recordField                        = "key.json"
+	materialField                      = "material"
+	wrappingKeyField                   = "wrapping-key"
+	labelManagedBy                     = "app.kubernetes.io/managed-by"
+	managedByValue                     = "cmk-operator-embedded-kms"
+	labelKey                           = "kms.cmk.io/embedded-key"
+	labelState                         = "kms.cmk.io/state"
+	labelAliasHash                     = "kms.cmk.io/alias-hash"
 	// labelDue marks keys the reaper must act on at a time: a deletion date or material expiry.
 	labelDue = "kms.cmk.io/due"
 )
@@ -49,7 +49,10 @@ type record struct {
 
 	// Bring your own key. MaterialHash is a keyed hash of the first material imported, so that
 	// a re-import can be checked to be the same without keeping the plaintext anywhere else.
-	MaterialHash      []byte        `json:"materialHash,omitempty"`
+	MaterialHash []byte `json:"materialHash,omitempty"`
+	// ImportedTokenHash is a hash of the token the current material came with, so that a
+	// repeated import (a retry whose answer was lost) succeeds without doing anything.
+	ImportedTokenHash []byte        `json:"importedTokenHash,omitempty"`
 	MaterialExpiresAt *time.Time    `json:"materialExpiresAt,omitempty"`
 	Import            *importRecord `json:"import,omitempty"`
 }
