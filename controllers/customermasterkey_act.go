@@ -53,17 +53,12 @@ func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.Cus
 		if err := r.KMS.SetDescription(ctx, id, cmk.Spec.Description); err != nil {
 			return nil, err
 		}
-	case planner.IssueImportParameters, planner.ImportMaterial:
-		imp, err := r.importer()
-		if err != nil {
+	case planner.IssueImportParameters:
+		if err := r.issueImportParameters(ctx, cmk); err != nil {
 			return nil, err
 		}
-		if action == planner.IssueImportParameters {
-			err = r.issueImportParameters(ctx, cmk, imp)
-		} else {
-			err = r.importMaterial(ctx, cmk, imp)
-		}
-		if err != nil {
+	case planner.ImportMaterial:
+		if err := r.importMaterial(ctx, cmk); err != nil {
 			return nil, err
 		}
 	default:

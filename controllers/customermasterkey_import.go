@@ -31,7 +31,11 @@ type importFailure struct{ reason, message string }
 func (f *importFailure) Error() string { return f.message }
 
 // issueImportParameters publishes fresh parameters in status for the user to wrap material with.
-func (r *CustomerMasterKeyReconciler) issueImportParameters(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, imp kms.Importer) error {
+func (r *CustomerMasterKeyReconciler) issueImportParameters(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
+	imp, err := r.importer()
+	if err != nil {
+		return err
+	}
 	params, err := imp.ImportParameters(ctx, cmk.Status.KeyID)
 	if err != nil {
 		return err
@@ -49,7 +53,11 @@ func (r *CustomerMasterKeyReconciler) issueImportParameters(ctx context.Context,
 
 // importMaterial reads the Secret spec.keyMaterial names and imports its material. Refusals
 // come back as *importFailure with a message that says what to change.
-func (r *CustomerMasterKeyReconciler) importMaterial(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, imp kms.Importer) error {
+func (r *CustomerMasterKeyReconciler) importMaterial(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
+	imp, err := r.importer()
+	if err != nil {
+		return err
+	}
 	ref := cmk.Spec.KeyMaterial
 	name := ref.SecretRef.Name
 	var expiresAt time.Time
@@ -76,9 +84,9 @@ func (r *CustomerMasterKeyReconciler) importMaterial(ctx context.Context, cmk *v
 			"Secret %s must hold non-empty keys %s and %s", name, v1alpha1.SecretKeyEncryptedKeyMaterial, v1alpha1.SecretKeyImportToken)}
 	}
 
-	err := imp.ImportMaterial(ctx, cmk.Status.KeyID, token, wrapped, expiresAt)
+	err = imp.ImportMaterial(ctx, cmk.Status.KeyID, token, wrapped, expiresAt)
 	if ie := kms.AsImportError(err); ie != nil {
-		return r.importRefused(ctx, cmk, imp, name, ie)
+		return r.importRefused(ctx, cmk, name, ie)
 	}
 	if err != nil {
 		return err
@@ -90,10 +98,10 @@ func (r *CustomerMasterKeyReconciler) importMaterial(ctx context.Context, cmk *v
 
 // importRefused turns the KMS's refusal into what the user must do. A bad token gets fresh
 // parameters published at once, so the message can point at them.
-func (r *CustomerMasterKeyReconciler) importRefused(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, imp kms.Importer, secret string, ie *kms.ImportError) error {
+func (r *CustomerMasterKeyReconciler) importRefused(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, secret string, ie *kms.ImportError) error {
 	switch ie.Code {
 	case kms.ImportTokenInvalid:
-		if err := r.issueImportParameters(ctx, cmk, imp); err != nil {
+		if err := r.issueImportParameters(ctx, cmk); err != nil {
 			return err
 		}
 		return &importFailure{v1alpha1.ReasonImportTokenInvalid, fmt.Sprintf(
