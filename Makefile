@@ -65,6 +65,10 @@ build: ## Build the manager binary.
 run: manifests generate ## Run the manager against the cluster in KUBECONFIG.
 	$(GO) run . --kms-namespace=cmk-system
 
+.PHONY: plugin
+plugin: ## Build the kubectl plugin: put bin/ on the PATH and run `kubectl cmk`.
+	$(GO) build -ldflags "-X github.com/cmk-operator/cmk-operator/internal/plugin.Version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/kubectl-cmk ./cmd/kubectl-cmk
+
 .PHONY: controlplane
 controlplane: ## Build the local control plane launcher used by dev and demo.
 	$(GO) build -o bin/controlplane ./hack/controlplane

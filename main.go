@@ -9,9 +9,6 @@ import (
 	"os"
 	"time"
 
-	"k8s.io/apimachinery/pkg/runtime"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -21,21 +18,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/controllers"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	_ "github.com/cmk-operator/cmk-operator/internal/kms/embedded" // registers the "embedded" provider
+	"github.com/cmk-operator/cmk-operator/internal/scheme"
 )
 
 // Leader election keeps its Lease in the operator's own namespace.
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=cmk-system,resources=leases,verbs=get;list;watch;create;update;patch;delete
 
-var scheme = runtime.NewScheme()
-
-func init() {
-	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
-	utilruntime.Must(v1alpha1.AddToScheme(scheme))
-}
 
 func main() {
 	var (
@@ -81,7 +72,7 @@ func run(ctx context.Context, cfg managerConfig) error {
 	log := ctrl.Log.WithName("setup")
 	restConfig := ctrl.GetConfigOrDie()
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
-		Scheme:                  scheme,
+		Scheme:                  scheme.Scheme,
 		Metrics:                 metricsserver.Options{BindAddress: cfg.metricsAddr},
 		HealthProbeBindAddress:  cfg.probeAddr,
 		LeaderElection:          cfg.leaderElect,
@@ -94,7 +85,7 @@ func run(ctx context.Context, cfg managerConfig) error {
 
 	// The provider reads and writes its own objects without a cache, so it always sees its
 	// own last write, and no Secret informer is started.
-	direct, err := client.New(restConfig, client.Options{Scheme: scheme})
+	direct, err := client.New(restConfig, client.Options{Scheme: scheme.Scheme})
 	if err != nil {
 		return fmt.Errorf("creating KMS client: %w", err)
 	}

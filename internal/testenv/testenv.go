@@ -14,24 +14,16 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
-	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/scheme"
 )
 
 // Scheme knows the built-in types and the CustomerMasterKey API.
-var Scheme = runtime.NewScheme()
-
-func init() {
-	utilruntime.Must(clientgoscheme.AddToScheme(Scheme))
-	utilruntime.Must(v1alpha1.AddToScheme(Scheme))
-}
+var Scheme = scheme.Scheme
 
 // Env is a running control plane.
 type Env struct {
@@ -75,9 +67,9 @@ func Start() (*Env, error) {
 	return &Env{Config: cfg, Client: c, env: env, Assets: assets}, nil
 }
 
-// Main starts the control plane for a package's tests, runs them, stops it and exits; call it
-// from TestMain. It fails, never skips, when the binaries are missing.
-func Main(m *testing.M, env **Env) {
+// Main starts the control plane for a package's tests, runs setup, runs the tests, stops it
+// and exits; call it from TestMain. It fails, never skips, when the binaries are missing.
+func Main(m *testing.M, env **Env, setup ...func(*Env) error) {
 	// Tests log through their own loggers; this silences controller-runtime's warning that
 	// no global logger was set.
 	ctrllog.SetLogger(logr.Discard())
@@ -87,6 +79,13 @@ func Main(m *testing.M, env **Env) {
 		os.Exit(1)
 	}
 	*env = e
+	for _, f := range setup {
+		if err := f(e); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			_ = e.Stop()
+			os.Exit(1)
+		}
+	}
 	code := m.Run()
 	_ = e.Stop()
 	os.Exit(code)

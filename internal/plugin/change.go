@@ -1,0 +1,301 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+)
+
+// outcome of a verb for one key.
+type outcome string
+
+const (
+	changed   outcome = "changed"
+	requested outcome = "requested"
+	dryRun    outcome = "dry run"
+	skipped   outcome = "skipped"
+	failed    outcome = "failed"
+)
+
+// result is one row of the table.
+type result struct {
+	key        types.NamespacedName
+	from, to   v1alpha1.Phase
+	want       []v1alpha1.Phase
+	generation int64
+	outcome    outcome
+	note       string
+}
+
+// progressAbove is the selection size from which progress lines are printed.
+const progressAbove = 50
+
+// change applies a verb to the selected keys, optionally waits, and prints the table. It
+// returns an error when any key failed.
+func (o *options) change(ctx context.Context, v verb, f *verbFlags, names []string) error {
+	results, err := o.selectKeys(ctx, names)
+	if err != nil {
+		return err
+	}
+	if len(results) == 0 {
+		fmt.Fprintf(o.errOut, "No CustomerMasterKeys match %s.\n", o.describeSelection())
+		return nil
+	}
+	progress := o.progress("patched", len(results))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(o.parallel, 1))
+	for i := range results {
+		g.Go(func() error {
+			o.apply(gctx, v, f, &results[i])
+			progress()
+			return nil
+		})
+	}
+	_ = g.Wait()
+	if o.wait && !o.dryRun {
+		o.waitFor(ctx, results)
+	}
+	o.printResults(results)
+	return failures(results)
+}
+
+// selectKeys reads the keys named, or selected, as they are now. A name that does not exist
+// is a failed row, so the table accounts for every name given.
+func (o *options) selectKeys(ctx context.Context, names []string) ([]result, error) {
+	if o.selector != "" {
+		list, err := o.list(ctx)
+		if err != nil {
+			return nil, err
+		}
+		results := make([]result, 0, len(list.Items))
+		for _, c := range list.Items {
+			results = append(results, result{key: client.ObjectKeyFromObject(&c), from: c.Status.Phase})
+		}
+		return results, nil
+	}
+	results := make([]result, 0, len(names))
+	for _, name := range names {
+		results = append(results, result{key: types.NamespacedName{Namespace: o.namespaceOrDefault(), Name: name}})
+	}
+	return results, nil
+}
+
+func (o *options) list(ctx context.Context) (*v1alpha1.CustomerMasterKeyList, error) {
+	sel, err := labels.Parse(o.selector)
+	if err != nil {
+		return nil, fmt.Errorf("selector %q: %w", o.selector, err)
+	}
+	list := &v1alpha1.CustomerMasterKeyList{}
+	if err := o.client.List(ctx, list, client.InNamespace(o.namespace), client.MatchingLabelsSelector{Selector: sel}); err != nil {
+		return nil, fmt.Errorf("listing CustomerMasterKeys: %w", err)
+	}
+	return list, nil
+}
+
+func (o *options) namespaceOrDefault() string {
+	if o.namespace == "" {
+		return "default"
+	}
+	return o.namespace
+}
+
+// apply reads one key, asks the verb what to do, and patches it.
+func (o *options) apply(ctx context.Context, v verb, f *verbFlags, r *result) {
+	c := &v1alpha1.CustomerMasterKey{}
+	if err := o.client.Get(ctx, r.key, c); err != nil {
+		r.outcome, r.note = failed, notFound(err)
+		return
+	}
+	r.from = c.Status.Phase
+	st := v.plan(c, f)
+	if st.skip != "" {
+		r.outcome, r.note = skipped, st.skip
+		return
+	}
+	raw, err := json.Marshal(st.patch)
+	if err != nil {
+		r.outcome, r.note = failed, err.Error()
+		return
+	}
+	var opts []client.PatchOption
+	if o.dryRun {
+		opts = append(opts, client.DryRunAll)
+	}
+	if err := o.client.Patch(ctx, c, client.RawPatch(types.MergePatchType, raw), opts...); err != nil {
+		r.outcome, r.note = failed, refusal(err)
+		return
+	}
+	r.want, r.generation = st.want, c.Generation
+	switch {
+	case o.dryRun:
+		r.outcome = dryRun
+	case o.wait:
+		r.outcome = changed
+	default:
+		r.outcome = requested
+	}
+}
+
+// waitFor polls the selection until every patched key reports a wanted phase for the
+// generation the patch made, or the timeout passes.
+func (o *options) waitFor(ctx context.Context, results []result) {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	pending := map[types.NamespacedName]*result{}
+	for i := range results {
+		if results[i].outcome == changed {
+			pending[results[i].key] = &results[i]
+		}
+	}
+	total := len(pending)
+	progress := o.progress("done", total)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for len(pending) > 0 {
+		for _, c := range o.current(ctx, pending) {
+			r := pending[client.ObjectKeyFromObject(&c)]
+			if r == nil || c.Status.ObservedGeneration < r.generation || !slices.Contains(r.want, c.Status.Phase) {
+				continue
+			}
+			r.to = c.Status.Phase
+			delete(pending, r.key)
+			progress()
+		}
+		select {
+		case <-ctx.Done():
+			for _, r := range pending {
+				r.outcome, r.note = failed, fmt.Sprintf("timed out after %s waiting for %s", o.timeout, phases(r.want))
+			}
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// current reads the keys still waited for: one list for a selector, else one get each.
+func (o *options) current(ctx context.Context, pending map[types.NamespacedName]*result) []v1alpha1.CustomerMasterKey {
+	if o.selector != "" {
+		list, err := o.list(ctx)
+		if err != nil {
+			return nil
+		}
+		return list.Items
+	}
+	var out []v1alpha1.CustomerMasterKey
+	for key := range pending {
+		c := v1alpha1.CustomerMasterKey{}
+		if err := o.client.Get(ctx, key, &c); err == nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// progress returns a function to call once per key; on large selections it prints a line at
+// every tenth.
+func (o *options) progress(what string, total int) func() {
+	if total <= progressAbove {
+		return func() {}
+	}
+	var n atomic.Int64
+	return func() {
+		done := n.Add(1)
+		if done%int64(max(total/10, 1)) == 0 || done == int64(total) {
+			fmt.Fprintf(o.errOut, "%s %d of %d keys\n", what, done, total)
+		}
+	}
+}
+
+func (o *options) printResults(results []result) {
+	slices.SortFunc(results, func(a, b result) int { return strings.Compare(a.key.String(), b.key.String()) })
+	w := tabwriter.NewWriter(o.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "KEY\tCHANGE")
+	counts := map[outcome]int{}
+	for _, r := range results {
+		counts[r.outcome]++
+		fmt.Fprintf(w, "%s\t%s\n", r.key, r.change())
+	}
+	_ = w.Flush()
+	var parts []string
+	for _, oc := range []outcome{changed, requested, dryRun, skipped, failed} {
+		if counts[oc] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[oc], oc))
+		}
+	}
+	fmt.Fprintln(o.out, strings.Join(parts, ", "))
+}
+
+func (r result) change() string {
+	from := string(r.from)
+	if from == "" {
+		from = "(no phase yet)"
+	}
+	switch r.outcome {
+	case changed:
+		return fmt.Sprintf("%s → %s", from, r.to)
+	case requested:
+		return fmt.Sprintf("%s → %s (requested; --wait waits for it)", from, phases(r.want))
+	case dryRun:
+		return fmt.Sprintf("%s → %s (dry run: nothing changed)", from, phases(r.want))
+	case skipped:
+		return fmt.Sprintf("SKIPPED (%s): %s", from, r.note)
+	}
+	return "FAILED: " + r.note
+}
+
+func phases(ps []v1alpha1.Phase) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = string(p)
+	}
+	return strings.Join(s, " or ")
+}
+
+func failures(results []result) error {
+	var names []string
+	for _, r := range results {
+		if r.outcome == failed {
+			names = append(names, r.key.String())
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%d of %d keys failed: %s", len(names), len(results), strings.Join(names, ", "))
+}
+
+func (o *options) describeSelection() string {
+	where := "namespace " + o.namespaceOrDefault()
+	if o.namespace == "" && o.allNamespaces {
+		where = "any namespace"
+	}
+	return fmt.Sprintf("-l %s in %s", o.selector, where)
+}
+
+func notFound(err error) string {
+	if apierrors.IsNotFound(err) {
+		return "not found"
+	}
+	return err.Error()
+}
+
+// refusal keeps the apiserver's message, which for a CEL rule says what to do.
+func refusal(err error) string {
+	if status, ok := err.(apierrors.APIStatus); ok && status.Status().Message != "" {
+		return status.Status().Message
+	}
+	return err.Error()
+}

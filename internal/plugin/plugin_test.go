@@ -1,0 +1,286 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
+	"github.com/cmk-operator/cmk-operator/internal/testenv/operator"
+)
+
+// These tests run kubectl cmk in-process against a real apiserver with the operator running.
+var (
+	env        *testenv.Env
+	kubeconfig string
+)
+
+func TestMain(m *testing.M) {
+	testenv.Main(m, &env, func(e *testenv.Env) error {
+		dir, err := os.MkdirTemp("", "kubectl-cmk-test")
+		if err != nil {
+			return err
+		}
+		kubeconfig = filepath.Join(dir, "kubeconfig")
+		return e.KubeConfig(kubeconfig)
+	})
+}
+
+// kubectlCmk runs the plugin as `kubectl cmk ARGS...` would.
+func kubectlCmk(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	cmd := NewCommand(genericiooptions.IOStreams{Out: &out, ErrOut: &errOut})
+	cmd.SetArgs(append([]string{"--kubeconfig", kubeconfig}, args...))
+	err := cmd.ExecuteContext(context.Background())
+	return out.String() + errOut.String(), err
+}
+
+var namespaces int
+
+// namespace makes a fresh namespace with the operator running for it.
+func namespace(t testing.TB) string {
+	t.Helper()
+	namespaces++
+	ns := fmt.Sprintf("plugin-%d", namespaces)
+	if err := env.CreateNamespace(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	operator.Start(t, env, ns, "kms-"+ns)
+	return ns
+}
+
+func newKey(ns, name string, labels map[string]string, mutate ...func(*v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {
+	c := &v1alpha1.CustomerMasterKey{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
+		Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
+			Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain},
+	}
+	for _, m := range mutate {
+		m(c)
+	}
+	return c
+}
+
+func create(t testing.TB, keys ...*v1alpha1.CustomerMasterKey) {
+	t.Helper()
+	for _, k := range keys {
+		if err := env.Client.Create(context.Background(), k); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// phases waits until every key in ns is settled and returns name → phase.
+func settled(t testing.TB, ns string) map[string]v1alpha1.Phase {
+	t.Helper()
+	got := map[string]v1alpha1.Phase{}
+	NewWithT(t).Eventually(func(g Gomega) {
+		var list v1alpha1.CustomerMasterKeyList
+		g.Expect(env.Client.List(context.Background(), &list, client.InNamespace(ns))).To(Succeed())
+		for _, c := range list.Items {
+			g.Expect(c.Status.ObservedGeneration).To(Equal(c.Generation), c.Name)
+			g.Expect(c.Status.Phase).NotTo(BeEmpty(), c.Name)
+			got[c.Name] = c.Status.Phase
+		}
+	}).WithTimeout(2 * time.Minute).WithPolling(100 * time.Millisecond).Should(Succeed())
+	return got
+}
+
+func countPhases(m map[string]v1alpha1.Phase) map[v1alpha1.Phase]int {
+	n := map[v1alpha1.Phase]int{}
+	for _, p := range m {
+		n[p]++
+	}
+	return n
+}
+
+// TestManyKeysByLabel schedules and cancels the deletion of 200 keys by label, waiting for
+// each; one of them is an External key without material, which comes back PendingImport.
+func TestManyKeysByLabel(t *testing.T) {
+	ns := namespace(t)
+	team := map[string]string{"team": "payments"}
+	for i := range 199 {
+		create(t, newKey(ns, fmt.Sprintf("key-%03d", i), team))
+	}
+	create(t, newKey(ns, "byok", team, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal }))
+	create(t, newKey(ns, "bystander", map[string]string{"team": "other"}))
+	settled(t, ns)
+
+	out, err := kubectlCmk(t, "-n", ns, "schedule-deletion", "-l", "team=payments", "--wait")
+	if err != nil || !strings.Contains(out, "200 changed") || !strings.Contains(out, "Enabled → PendingDeletion") {
+		t.Fatalf("schedule-deletion: %v\n%s", err, tail(out))
+	}
+	if n := countPhases(settled(t, ns)); n[v1alpha1.PhasePendingDeletion] != 200 || n[v1alpha1.PhaseEnabled] != 1 {
+		t.Errorf("after schedule-deletion: %v", n)
+	}
+
+	out, err = kubectlCmk(t, "-n", ns, "cancel-deletion", "-l", "team=payments", "--wait")
+	if err != nil || !strings.Contains(out, "200 changed") {
+		t.Fatalf("cancel-deletion: %v\n%s", err, tail(out))
+	}
+	if !strings.Contains(out, "PendingDeletion → PendingImport") {
+		t.Errorf("the table does not show the External key coming back PendingImport:\n%s", tail(out))
+	}
+	if !strings.Contains(out, "PendingDeletion → Disabled") || !strings.Contains(out, "patched 200 of 200 keys") {
+		t.Errorf("the table or progress is missing:\n%s", tail(out))
+	}
+	if n := countPhases(settled(t, ns)); n[v1alpha1.PhaseDisabled] != 199 || n[v1alpha1.PhasePendingImport] != 1 || n[v1alpha1.PhaseEnabled] != 1 {
+		t.Errorf("after cancel-deletion: %v", n)
+	}
+}
+
+func tail(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > 12 {
+		lines = append(lines[:4], append([]string{"..."}, lines[len(lines)-8:]...)...)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// TestDryRunChangesNothing checks that --dry-run reports the change and makes none.
+func TestDryRunChangesNothing(t *testing.T) {
+	ns := namespace(t)
+	create(t, newKey(ns, "a", map[string]string{"env": "staging"}), newKey(ns, "b", map[string]string{"env": "staging"}))
+	settled(t, ns)
+	before := map[string]int64{}
+	var list v1alpha1.CustomerMasterKeyList
+	_ = env.Client.List(context.Background(), &list, client.InNamespace(ns))
+	for _, c := range list.Items {
+		before[c.Name] = c.Generation
+	}
+	out, err := kubectlCmk(t, "-n", ns, "schedule-deletion", "-l", "env=staging", "--dry-run", "--pending-days", "30")
+	if err != nil || !strings.Contains(out, "Enabled → PendingDeletion (dry run: nothing changed)") || !strings.Contains(out, "2 dry run") {
+		t.Fatalf("dry run: %v\n%s", err, out)
+	}
+	time.Sleep(500 * time.Millisecond)
+	_ = env.Client.List(context.Background(), &list, client.InNamespace(ns))
+	for _, c := range list.Items {
+		if c.Generation != before[c.Name] || c.Spec.DeletionScheduled || c.Spec.PendingDays != 7 || c.Status.Phase != v1alpha1.PhaseEnabled {
+			t.Errorf("%s changed under --dry-run: generation %d→%d, spec %+v, phase %s", c.Name, before[c.Name], c.Generation, c.Spec, c.Status.Phase)
+		}
+	}
+}
+
+// TestMixedPhases runs verbs over a selection whose keys are in different phases: each is
+// changed or skipped with the reason.
+func TestMixedPhases(t *testing.T) {
+	ns := namespace(t)
+	mix := map[string]string{"mix": "yes"}
+	create(t, newKey(ns, "enabled", mix), newKey(ns, "pending", mix), newKey(ns, "disabled", mix, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Enabled = false }),
+		newKey(ns, "byok", mix, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal }))
+	settled(t, ns)
+	if out, err := kubectlCmk(t, "-n", ns, "schedule-deletion", "pending", "--wait", "--pending-days", "30"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	pending := &v1alpha1.CustomerMasterKey{}
+	_ = env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "pending"}, pending)
+	if pending.Spec.PendingDays != 30 || pending.Status.DeletionDate == nil {
+		t.Errorf("--pending-days 30 was not applied: %+v", pending.Spec)
+	}
+
+	out, err := kubectlCmk(t, "-n", ns, "cancel-deletion", "-l", "mix=yes", "--wait")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{
+		ns + "/pending   PendingDeletion → Disabled",
+		ns + "/enabled   SKIPPED (Enabled): not pending deletion",
+		ns + "/disabled  SKIPPED (Disabled): not pending deletion",
+		ns + "/byok      SKIPPED (PendingImport): not pending deletion",
+		"1 changed, 3 skipped",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("cancel-deletion table lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = kubectlCmk(t, "-n", ns, "enable", "-l", "mix=yes", "--wait")
+	if err != nil || !strings.Contains(out, "Disabled → Enabled") || !strings.Contains(out, "SKIPPED (Enabled): already enabled") {
+		t.Errorf("enable: %v\n%s", err, out)
+	}
+	out, err = kubectlCmk(t, "-n", ns, "status", "-l", "mix=yes")
+	if err != nil || !strings.Contains(out, "WAITING-FOR") || !strings.Contains(out, "PendingImport: The key has no key material") {
+		t.Errorf("status: %v\n%s", err, out)
+	}
+}
+
+// TestPartialFailure names a key that does not exist beside one that does, and asks for a
+// change the apiserver refuses: the good key changes, the bad rows say why, the exit fails.
+func TestPartialFailure(t *testing.T) {
+	ns := namespace(t)
+	create(t, newKey(ns, "real", nil))
+	settled(t, ns)
+	out, err := kubectlCmk(t, "-n", ns, "disable", "real", "ghost", "--wait")
+	if err == nil || !strings.Contains(err.Error(), "1 of 2 keys failed: "+ns+"/ghost") {
+		t.Errorf("want an error naming the failed key, got %v", err)
+	}
+	if !strings.Contains(out, ns+"/ghost  FAILED: not found") || !strings.Contains(out, ns+"/real   Enabled → Disabled") {
+		t.Errorf("table:\n%s", out)
+	}
+	_, err = kubectlCmk(t, "-n", ns, "schedule-deletion", "real", "--pending-days", "3")
+	if err == nil {
+		t.Error("pendingDays 3 was accepted")
+	}
+	out, err = kubectlCmk(t, "-n", ns, "cancel-deletion", "-l", "team=nobody")
+	if err != nil || !strings.Contains(out, "No CustomerMasterKeys match -l team=nobody in namespace "+ns) {
+		t.Errorf("empty selection: %v\n%s", err, out)
+	}
+	if _, err := kubectlCmk(t, "-n", ns, "enable"); err == nil || !strings.Contains(err.Error(), "name one or more keys") {
+		t.Errorf("no names, no selector: %v", err)
+	}
+}
+
+// TestImportMaterial brings an External key to Enabled with kubectl cmk import-material; only
+// wrapped material reaches the cluster.
+func TestImportMaterial(t *testing.T) {
+	ns := namespace(t)
+	create(t, newKey(ns, "own", nil, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal; c.Spec.Enabled = false }))
+	NewWithT(t).Eventually(func() *v1alpha1.ImportParameters {
+		c := &v1alpha1.CustomerMasterKey{}
+		_ = env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "own"}, c)
+		return c.Status.ImportParameters
+	}).WithTimeout(30 * time.Second).ShouldNot(BeNil())
+
+	material := bytes.Repeat([]byte{0x5a}, 32)
+	file := filepath.Join(t.TempDir(), "material.bin")
+	if err := os.WriteFile(file, material, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := kubectlCmk(t, "-n", ns, "import-material", "own", "--material-file", file, "--wait")
+	if err != nil || !strings.Contains(out, "PendingImport → Disabled") {
+		t.Fatalf("import-material: %v\n%s", err, out)
+	}
+	s := &corev1.Secret{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "own-key-material"}, s); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Data[v1alpha1.SecretKeyEncryptedKeyMaterial]) != 256 || bytes.Contains(s.Data[v1alpha1.SecretKeyEncryptedKeyMaterial], material) {
+		t.Error("the Secret does not hold RSA-2048-wrapped material")
+	}
+	if _, err := kubectlCmk(t, "-n", ns, "import-material", "own", "--material-file", file); err == nil ||
+		!strings.Contains(err.Error(), "no import parameters published") {
+		t.Errorf("import into a key that has material: %v", err)
+	}
+}
+
+func TestWrapMaterialRefusesExpiredParameters(t *testing.T) {
+	c := newKey("ns", "k", nil, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal })
+	c.Status.ImportParameters = &v1alpha1.ImportParameters{WrappingAlgorithm: v1alpha1.WrappingAlgorithmRSAESOAEPSHA256,
+		ExpiresAt: metav1.NewTime(time.Now().Add(-time.Minute))}
+	_, _, err := wrapMaterial(c, "unused")
+	if err == nil || !strings.Contains(err.Error(), "import parameters expired") {
+		t.Errorf("expired parameters: %v", err)
+	}
+}

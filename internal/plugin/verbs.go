@@ -1,0 +1,132 @@
+package plugin
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+)
+
+// verb is one change kubectl cmk makes to a selection of keys.
+type verb struct {
+	name, short, example string
+	// plan decides, for one key as it is now, the spec patch to send, or why the key is skipped,
+	// and which phases mean the operator has carried the change out.
+	plan func(c *v1alpha1.CustomerMasterKey, o *verbFlags) step
+}
+
+// step is what a verb does to one key.
+type step struct {
+	patch map[string]any
+	skip  string
+	want  []v1alpha1.Phase
+}
+
+// verbFlags are the flags of one verb beyond the shared ones.
+type verbFlags struct {
+	pendingDays int32
+}
+
+var (
+	settledAfterCancel = []v1alpha1.Phase{v1alpha1.PhaseDisabled, v1alpha1.PhasePendingImport}
+	deletedSkip        = "deleted: the key is gone for good"
+)
+
+var verbs = []verb{
+	{
+		name:  "cancel-deletion",
+		short: "Cancel the scheduled deletion of keys; they come back Disabled, or PendingImport without material",
+		example: `  kubectl cmk cancel-deletion app-key
+  kubectl cmk cancel-deletion -l team=payments --wait`,
+		plan: func(c *v1alpha1.CustomerMasterKey, _ *verbFlags) step {
+			switch {
+			case c.Status.Phase == v1alpha1.PhaseDeleted:
+				return step{skip: deletedSkip}
+			case !c.Spec.DeletionScheduled:
+				return step{skip: "not pending deletion"}
+			}
+			return step{patch: spec("deletionScheduled", false), want: settledAfterCancel}
+		},
+	},
+	{
+		name:  "schedule-deletion",
+		short: "Disable keys and schedule their deletion after --pending-days",
+		example: `  kubectl cmk schedule-deletion app-key --pending-days 30
+  kubectl cmk schedule-deletion -l env=staging --dry-run`,
+		plan: func(c *v1alpha1.CustomerMasterKey, f *verbFlags) step {
+			switch {
+			case c.Status.Phase == v1alpha1.PhaseDeleted:
+				return step{skip: deletedSkip}
+			case c.Spec.DeletionScheduled:
+				return step{skip: "already scheduled for deletion"}
+			}
+			// One patch, as the CRD requires: a key pending deletion is never enabled.
+			p := map[string]any{"enabled": false, "deletionScheduled": true}
+			if f.pendingDays > 0 {
+				p["pendingDays"] = f.pendingDays
+			}
+			return step{patch: map[string]any{"spec": p}, want: []v1alpha1.Phase{v1alpha1.PhasePendingDeletion}}
+		},
+	},
+	{
+		name:    "enable",
+		short:   "Enable keys (a key without material becomes Enabled once its material is imported)",
+		example: `  kubectl cmk enable -l team=payments --wait`,
+		plan: func(c *v1alpha1.CustomerMasterKey, _ *verbFlags) step {
+			switch {
+			case c.Status.Phase == v1alpha1.PhaseDeleted:
+				return step{skip: deletedSkip}
+			case c.Spec.DeletionScheduled:
+				return step{skip: "pending deletion: cancel the deletion first"}
+			case c.Spec.Enabled:
+				return step{skip: "already enabled"}
+			}
+			want := []v1alpha1.Phase{v1alpha1.PhaseEnabled}
+			if c.Status.Phase == v1alpha1.PhasePendingImport {
+				want = []v1alpha1.Phase{v1alpha1.PhasePendingImport}
+			}
+			return step{patch: spec("enabled", true), want: want}
+		},
+	},
+	{
+		name:    "disable",
+		short:   "Disable keys",
+		example: `  kubectl cmk disable app-key other-key`,
+		plan: func(c *v1alpha1.CustomerMasterKey, _ *verbFlags) step {
+			switch {
+			case c.Status.Phase == v1alpha1.PhaseDeleted:
+				return step{skip: deletedSkip}
+			case !c.Spec.Enabled:
+				return step{skip: "already disabled"}
+			}
+			return step{patch: spec("enabled", false), want: settledAfterCancel}
+		},
+	},
+}
+
+func spec(field string, value any) map[string]any {
+	return map[string]any{"spec": map[string]any{field: value}}
+}
+
+func (o *options) verbCommand(v verb) *cobra.Command {
+	f := &verbFlags{}
+	cmd := &cobra.Command{
+		Use:     v.name + " (NAME... | -l SELECTOR)",
+		Short:   v.short,
+		Example: v.example,
+		RunE: func(cmd *cobra.Command, names []string) error {
+			if err := validateSelection(o, names); err != nil {
+				return err
+			}
+			if err := o.complete(); err != nil {
+				return err
+			}
+			return o.change(cmd.Context(), v, f, names)
+		},
+	}
+	o.addSelectionFlags(cmd)
+	o.addChangeFlags(cmd)
+	if v.name == "schedule-deletion" {
+		cmd.Flags().Int32Var(&f.pendingDays, "pending-days", 0, "Days until the KMS deletes the keys, 7 to 1096 (default: each key's spec.pendingDays).")
+	}
+	return cmd
+}
