@@ -92,8 +92,12 @@ func (o *options) importMaterial(ctx context.Context, name string, f *importFlag
 	if err := o.client.Patch(ctx, c, client.RawPatch(types.MergePatchType, raw), opts...); err != nil {
 		return fmt.Errorf("%s: %s", key, refusal(err))
 	}
-	r := result{key: key, from: c.Status.Phase, generation: c.Generation, outcome: requested,
-		want: []v1alpha1.Phase{v1alpha1.PhaseEnabled, v1alpha1.PhaseDisabled}}
+	// The import leaves the key Enabled; the operator then disables it if the spec says so.
+	want := v1alpha1.PhaseEnabled
+	if !c.Spec.Enabled {
+		want = v1alpha1.PhaseDisabled
+	}
+	r := result{key: key, from: c.Status.Phase, generation: c.Generation, outcome: requested, want: []v1alpha1.Phase{want}}
 	switch {
 	case o.dryRun:
 		r.outcome = dryRun
