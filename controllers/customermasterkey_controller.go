@@ -84,9 +84,17 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 // sync observes the key, takes the planner's next action and records the outcome in
 // cmk.Status. Errors it returns are transient; terminal ones are only reported in status.
 func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (ctrl.Result, error) {
-	key, err := r.observe(ctx, cmk.Status.KeyID)
+	key, err := r.observe(ctx, managedKeyID(cmk))
 	if err != nil {
 		return ctrl.Result{}, r.failed(cmk, "Observing", err)
+	}
+	if blocked := r.adopt(cmk, key); blocked {
+		return ctrl.Result{RequeueAfter: r.SyncPeriod}, nil
+	}
+	if msg := mismatch(cmk, key); msg != "" {
+		r.setObserved(cmk, key)
+		r.setBlocked(cmk, v1alpha1.ReasonSpecMismatch, v1alpha1.ReasonSpecMismatch, msg)
+		return ctrl.Result{RequeueAfter: r.SyncPeriod}, nil
 	}
 	decision := planner.Next(r.input(cmk, key))
 	if planner.Drift(cmk.Status.Phase, cmk.Generation != cmk.Status.ObservedGeneration, key, decision) {
@@ -100,7 +108,7 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 		switch {
 		case errors.As(err, &refused):
 			r.setObserved(cmk, key)
-			r.setImportFailure(cmk, refused)
+			r.setBlocked(cmk, v1alpha1.EventImportFailed, refused.reason, refused.message)
 			return ctrl.Result{RequeueAfter: r.ImportRetry}, nil
 		case kms.IsTerminal(err):
 			r.setTerminal(cmk, err)

@@ -124,15 +124,6 @@ func materialSize(spec v1alpha1.KeySpec) string {
 	return "32 bytes of AES_256 key material"
 }
 
-// setImportFailure reports an import the user must fix. The Warning event is sent only when
-// the message changes, so retries every half minute do not flood the event stream.
-func (r *CustomerMasterKeyReconciler) setImportFailure(cmk *v1alpha1.CustomerMasterKey, f *importFailure) {
-	if c := condition(cmk, v1alpha1.ConditionSynced); c == nil || c.Message != f.message {
-		r.event(cmk, "Warning", v1alpha1.EventImportFailed, "ImportKeyMaterial", "%s", f.message)
-	}
-	r.setCondition(cmk, v1alpha1.ConditionReady, false, f.reason, f.message)
-	r.setCondition(cmk, v1alpha1.ConditionSynced, false, f.reason, f.message)
-}
 
 func (r *CustomerMasterKeyReconciler) secretReader() client.Reader {
 	if r.SecretReader != nil {

@@ -56,6 +56,18 @@ func (r *CustomerMasterKeyReconciler) setTerminal(cmk *v1alpha1.CustomerMasterKe
 	r.event(cmk, "Warning", reason, "Reconcile", "%s", err.Error())
 }
 
+// setBlocked records something only the user can fix (an import refused, an adopted key that
+// does not exist or does not match): both conditions False with what to do. The Warning event
+// is sent only when the message changes, so periodic retries do not flood the event stream.
+func (r *CustomerMasterKeyReconciler) setBlocked(cmk *v1alpha1.CustomerMasterKey, eventReason, reason, msg string) {
+	if c := condition(cmk, v1alpha1.ConditionSynced); c == nil || c.Message != msg {
+		r.event(cmk, "Warning", eventReason, "Reconcile", "%s", msg)
+	}
+	r.setCondition(cmk, v1alpha1.ConditionReady, false, reason, msg)
+	r.setCondition(cmk, v1alpha1.ConditionSynced, false, reason, msg)
+	cmk.Status.ObservedGeneration = cmk.Generation
+}
+
 // failed records a transient failure, which the caller returns for a rate-limited retry.
 func (r *CustomerMasterKeyReconciler) failed(cmk *v1alpha1.CustomerMasterKey, doing string, err error) error {
 	msg := fmt.Sprintf("%s key failed, retrying with backoff: %v", doing, err)

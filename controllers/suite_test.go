@@ -259,3 +259,7 @@ func mustJSON(t testing.TB, v any) []byte {
 	}
 	return raw
 }
+
+func rawMerge(t testing.TB, v any) client.Patch {
+	return client.RawPatch("application/merge-patch+json", mustJSON(t, v))
+}

@@ -26,6 +26,11 @@ const (
 	ReasonKeyDeleted = "KeyDeleted"
 	// ReasonNotCreated: no key is created while the spec asks for its deletion.
 	ReasonNotCreated = "NotCreated"
+	// ReasonKeyNotFound: spec.keyID names a key the KMS does not have.
+	ReasonKeyNotFound = "KeyNotFound"
+	// ReasonSpecMismatch: the adopted key's keySpec, keyUsage or origin differ from the spec;
+	// nothing is done to it until they match.
+	ReasonSpecMismatch = "SpecMismatch"
 )
 
 // Reasons of both conditions when key material cannot be imported. Each message says what to
@@ -73,5 +78,6 @@ const (
 	EventDeleted           = "Deleted"
 	EventDriftDetected     = "DriftDetected"
 	EventRetained          = "Retained"
+	EventAdopted           = "Adopted"
 	EventFailed            = "Failed"
 )

@@ -65,6 +65,7 @@ const (
 // +kubebuilder:validation:XValidation:rule="!(self.keySpec in ['EC_P256', 'EC_P384']) || self.keyUsage == 'SIGN_VERIFY'",message="EC_P256 and EC_P384 keys only sign and verify: set keyUsage: SIGN_VERIFY"
 // +kubebuilder:validation:XValidation:rule="has(self.alias) == has(oldSelf.alias)",message="alias cannot be added or removed after creation: it names the key in the KMS; create a new CustomerMasterKey for another alias"
 // +kubebuilder:validation:XValidation:rule="!(oldSelf.deletionScheduled && self.deletionScheduled) || self.pendingDays == oldSelf.pendingDays",message="pendingDays cannot change while deletionScheduled stays true: the deletion date is already set; cancel with deletionScheduled: false, then schedule again with the new pendingDays"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.keyID) || has(self.keyID)",message="spec.keyID cannot be removed once set: the resource manages that key; delete the resource (deletionPolicy Retain keeps the key) to stop managing it"
 // +kubebuilder:validation:XValidation:rule="!has(self.keyMaterial) || self.origin == 'External'",message="keyMaterial is only for keys with origin: External; a KMS key has material the KMS made"
 // +kubebuilder:validation:XValidation:rule="!has(self.keyMaterial) || !has(self.keyMaterial.expiresAt) || self.keySpec in ['AES_256', 'SM4']",message="keyMaterial.expiresAt is only for symmetric keys (AES_256, SM4): remove it, imported key pairs do not expire"
 type CustomerMasterKeySpec struct {
@@ -77,7 +78,8 @@ type CustomerMasterKeySpec struct {
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="alias is immutable: it names the key in the KMS; create a new CustomerMasterKey for another alias"
 	Alias string `json:"alias,omitempty"`
 
-	// Description is a free-form note kept with the key in the KMS.
+	// Description is a free-form note kept with the key in the KMS. Empty leaves the key's
+	// description as it is (an adopted key keeps the one it has).
 	// +optional
 	// +kubebuilder:validation:XValidation:rule="size(self) <= 255",message="description must be at most 255 characters"
 	Description string `json:"description,omitempty"`
@@ -126,6 +128,14 @@ type CustomerMasterKeySpec struct {
 	// key in status.importParameters. Only with origin: External.
 	// +optional
 	KeyMaterial *KeyMaterial `json:"keyMaterial,omitempty"`
+
+	// KeyID adopts an existing key: the operator manages the key with this ID, in whatever
+	// state it is (PendingDeletion included), instead of creating one. keySpec, keyUsage and
+	// origin must describe the key as it is. It cannot change once the key is adopted.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	KeyID string `json:"keyID,omitempty"`
 }
 
 // KeyMaterial points at wrapped key material to import.
@@ -224,6 +234,7 @@ type CustomerMasterKeyStatus struct {
 }
 
 // CustomerMasterKey is a KMS customer master key managed from Kubernetes.
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.keyID) || !has(self.status) || !has(self.status.keyID) || self.status.keyID == self.spec.keyID",message="spec.keyID must name the key this resource already manages (status.keyID): create a new CustomerMasterKey to adopt another key"
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=cmk,categories=kms

@@ -5,6 +5,7 @@ package planner
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
@@ -107,7 +108,7 @@ func Next(in Input) Decision {
 		return Decision{Action: Disable}
 	case k.State == kms.StateDisabled && in.Spec.Enabled:
 		return Decision{Action: Enable}
-	case k.Description != in.Spec.Description:
+	case describes(in.Spec, k):
 		return Decision{Action: SetDescription}
 	case k.State == kms.StatePendingImport && !in.ImportParametersExpireAt.IsZero():
 		// Waiting for the user to bring material; the parameters are replaced before they expire.
@@ -115,6 +116,32 @@ func Next(in Input) Decision {
 	}
 	// Matches the spec; imported material that expires is looked at again then.
 	return Decision{Action: None, RecheckAt: k.MaterialExpiresAt}
+}
+
+// describes reports whether the key's description must change to the spec's. An empty one
+// leaves the key's as it is, so adopting a key does not wipe what it says.
+func describes(spec v1alpha1.CustomerMasterKeySpec, k *kms.Key) bool {
+	return spec.Description != "" && k.Description != spec.Description
+}
+
+// Mismatch says how a key differs from the spec in what cannot change (key spec, usage,
+// origin), in words for a condition; empty when it does not. An adopted key must be declared
+// as it is.
+func Mismatch(spec v1alpha1.CustomerMasterKeySpec, k *kms.Key) string {
+	var diffs []string
+	check := func(field, want, got string) {
+		if got != "" && got != want {
+			diffs = append(diffs, fmt.Sprintf("%s is %s, not %s", field, got, want))
+		}
+	}
+	check("keySpec", string(spec.KeySpec), k.KeySpec)
+	check("keyUsage", string(spec.KeyUsage), k.KeyUsage)
+	check("origin", string(spec.Origin), k.Origin)
+	if len(diffs) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("Key %s does not match the spec: %s. Nothing is done to it until it does: "+
+		"create the CustomerMasterKey again with those values", k.ID, strings.Join(diffs, ", "))
 }
 
 // nextImport moves an External key without material toward having it: import what the spec
@@ -204,7 +231,7 @@ func Ready(spec v1alpha1.CustomerMasterKeySpec, keyID string, key *kms.Key) Read
 		return Readiness{Reason: v1alpha1.ReasonKeyDisabled,
 			Message: "The key is disabled as spec.enabled asks; set spec.enabled to true to use it"}
 	case kms.StateEnabled:
-		if !spec.Enabled || spec.DeletionScheduled || key.Description != spec.Description {
+		if !spec.Enabled || spec.DeletionScheduled || describes(spec, key) {
 			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Moving the key to the state the spec asks for"}
 		}
 		return Readiness{Ready: true, Reason: v1alpha1.ReasonAvailable, Message: "The key is enabled and matches the spec"}

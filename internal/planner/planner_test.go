@@ -1,6 +1,7 @@
 package planner
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -33,6 +34,27 @@ func external(s v1alpha1.CustomerMasterKeySpec, withMaterial bool) v1alpha1.Cust
 		s.KeyMaterial = &v1alpha1.KeyMaterial{SecretRef: v1alpha1.LocalSecretReference{Name: "material"}}
 	}
 	return s
+}
+
+func withDescription(s v1alpha1.CustomerMasterKeySpec, d string) v1alpha1.CustomerMasterKeySpec {
+	s.Description = d
+	return s
+}
+
+func TestMismatch(t *testing.T) {
+	k := &kms.Key{ID: "k1", KeySpec: "RSA_2048", KeyUsage: "SIGN_VERIFY", Origin: "KMS"}
+	got := Mismatch(spec(true, false), k)
+	for _, want := range []string{"keySpec is RSA_2048, not AES_256", "keyUsage is SIGN_VERIFY, not ENCRYPT_DECRYPT"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Mismatch = %q, want it to say %q", got, want)
+		}
+	}
+	if strings.Contains(got, "origin") {
+		t.Errorf("Mismatch = %q reports a matching origin", got)
+	}
+	if m := Mismatch(spec(true, false), &kms.Key{ID: "k1", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT", Origin: "KMS"}); m != "" {
+		t.Errorf("a matching key: %q", m)
+	}
 }
 
 func noMaterial() *kms.Key {
@@ -171,8 +193,13 @@ func TestNext(t *testing.T) {
 			want:   Decision{Action: None, RecheckAt: now.Add(time.Hour)},
 		},
 		"DescriptionChanged": {
-			in:   Input{Spec: spec(true, false), KeyID: "k1", Key: described},
+			in:   Input{Spec: withDescription(spec(true, false), "new"), KeyID: "k1", Key: described},
 			want: Decision{Action: SetDescription},
+		},
+		"EmptyDescriptionLeavesKeysAlone": {
+			reason: "An adopted key keeps its description when the spec gives none.",
+			in:     Input{Spec: spec(true, false), KeyID: "k1", Key: described},
+			want:   Decision{Action: None},
 		},
 		"DeleteRetain": {
 			in:   Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateEnabled), Deleting: true},
