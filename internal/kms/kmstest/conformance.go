@@ -1,0 +1,330 @@
+// Package kmstest is the conformance suite every KMS provider passes: the lifecycle of API.md
+// call by call, cancel outcomes, idempotency, deletion at the date, import and material expiry.
+// A provider's tests call Run with a fixture that builds a fresh provider and can move the KMS's
+// time forward.
+package kmstest
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+)
+
+// Fixture is one provider under test.
+type Fixture struct {
+	Provider kms.Provider
+	// Now is the KMS's current time.
+	Now func() time.Time
+	// Advance moves the KMS's time forward by d and lets it act on whatever came due
+	// (deletion dates, material expiry) before it returns.
+	Advance func(t *testing.T, d time.Duration)
+}
+
+// Run runs every case against fresh providers from newFixture.
+func Run(t *testing.T, newFixture func(t *testing.T) Fixture) {
+	t.Run("Lifecycle", func(t *testing.T) { lifecycle(t, newFixture(t)) })
+	t.Run("CreateIsIdempotent", func(t *testing.T) { createIdempotent(t, newFixture(t)) })
+	t.Run("ObserveUnknownKey", func(t *testing.T) { observeUnknown(t, newFixture(t)) })
+	t.Run("DeletionAtDate", func(t *testing.T) { deletionAtDate(t, newFixture(t)) })
+	t.Run("Import", func(t *testing.T) { importFlow(t, newFixture(t)) })
+	t.Run("ImportRefusals", func(t *testing.T) { importRefusals(t, newFixture(t)) })
+	t.Run("MaterialExpiry", func(t *testing.T) { materialExpiry(t, newFixture(t)) })
+}
+
+var keys int
+
+func create(t *testing.T, f Fixture, spec, origin string) kms.Key {
+	t.Helper()
+	keys++
+	k, err := f.Provider.Create(context.Background(), kms.CreateRequest{
+		Alias: fmt.Sprintf("conformance/%s/%d-%d", t.Name(), time.Now().UnixNano(), keys), KeySpec: spec,
+		KeyUsage: "ENCRYPT_DECRYPT", Origin: origin, Token: fmt.Sprintf("token-%d-%d", time.Now().UnixNano(), keys),
+	})
+	if err != nil {
+		t.Fatalf("Create(%s, %s): %v", spec, origin, err)
+	}
+	return k
+}
+
+func state(t *testing.T, f Fixture, id string) kms.State {
+	t.Helper()
+	k, err := f.Provider.Observe(context.Background(), id)
+	if kms.IsNotFound(err) {
+		return kms.StateDeleted
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.State
+}
+
+type call string
+
+const (
+	enable   call = "enable"
+	disable  call = "disable"
+	schedule call = "schedule"
+	cancel   call = "cancel"
+)
+
+func do(f Fixture, id string, c call) error {
+	ctx := context.Background()
+	switch c {
+	case enable:
+		return f.Provider.Enable(ctx, id)
+	case disable:
+		return f.Provider.Disable(ctx, id)
+	case schedule:
+		return f.Provider.ScheduleDeletion(ctx, id, 7)
+	case cancel:
+		return f.Provider.CancelDeletion(ctx, id)
+	}
+	panic(c)
+}
+
+// lifecycle checks every call from every state against API.md: the state after it, or a
+// StateError when the state does not allow it. Asking for the state a key is in succeeds.
+func lifecycle(t *testing.T, f Fixture) {
+	type start struct {
+		origin string
+		path   []call
+	}
+	starts := map[kms.State]start{
+		kms.StateEnabled:         {kms.OriginKMS, nil},
+		kms.StateDisabled:        {kms.OriginKMS, []call{disable}},
+		kms.StatePendingDeletion: {kms.OriginKMS, []call{schedule}},
+		kms.StatePendingImport:   {kms.OriginExternal, nil},
+	}
+	// want[from][call] is the state after the call; "" means refused.
+	want := map[kms.State]map[call]kms.State{
+		kms.StateEnabled:         {enable: kms.StateEnabled, disable: kms.StateDisabled, schedule: kms.StatePendingDeletion, cancel: kms.StateEnabled},
+		kms.StateDisabled:        {enable: kms.StateEnabled, disable: kms.StateDisabled, schedule: kms.StatePendingDeletion, cancel: kms.StateDisabled},
+		kms.StatePendingDeletion: {enable: "", disable: "", schedule: kms.StatePendingDeletion, cancel: kms.StateDisabled},
+		kms.StatePendingImport:   {enable: "", disable: "", schedule: kms.StatePendingDeletion, cancel: kms.StatePendingImport},
+	}
+	for from, s := range starts {
+		for c, after := range want[from] {
+			t.Run(fmt.Sprintf("%s/%s", from, c), func(t *testing.T) {
+				k := create(t, f, "AES_256", s.origin)
+				for _, step := range s.path {
+					if err := do(f, k.ID, step); err != nil {
+						t.Fatalf("reaching %s: %s: %v", from, step, err)
+					}
+				}
+				if got := state(t, f, k.ID); got != from {
+					t.Fatalf("start state %s, want %s", got, from)
+				}
+				err := do(f, k.ID, c)
+				if after == "" {
+					var se *kms.StateError
+					if !errors.As(err, &se) {
+						t.Fatalf("%s from %s: got %v, want a StateError", c, from, err)
+					}
+					after = from
+				} else if err != nil {
+					t.Fatalf("%s from %s: %v", c, from, err)
+				}
+				if got := state(t, f, k.ID); got != after {
+					t.Errorf("%s from %s: %s, want %s", c, from, got, after)
+				}
+			})
+		}
+	}
+	t.Run("CancelLeavesExternalWithoutMaterialPendingImport", func(t *testing.T) {
+		k := create(t, f, "AES_256", kms.OriginExternal)
+		for _, c := range []call{schedule, cancel} {
+			if err := do(f, k.ID, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := state(t, f, k.ID); got != kms.StatePendingImport {
+			t.Errorf("after cancel: %s, want PendingImport", got)
+		}
+	})
+	t.Run("DeletionDate", func(t *testing.T) {
+		k := create(t, f, "AES_256", kms.OriginKMS)
+		if err := f.Provider.ScheduleDeletion(context.Background(), k.ID, 30); err != nil {
+			t.Fatal(err)
+		}
+		got, err := f.Provider.Observe(context.Background(), k.ID)
+		want := f.Now().Add(30 * 24 * time.Hour)
+		if err != nil || got.DeletionDate.Sub(want).Abs() > time.Minute {
+			t.Errorf("deletion date %v, want about %v (%v)", got.DeletionDate, want, err)
+		}
+	})
+}
+
+func createIdempotent(t *testing.T, f Fixture) {
+	req := kms.CreateRequest{Alias: fmt.Sprintf("conformance/idem/%d", time.Now().UnixNano()), KeySpec: "AES_256",
+		KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: fmt.Sprintf("idem-%d", time.Now().UnixNano())}
+	a, err := f.Provider.Create(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := f.Provider.Create(context.Background(), req)
+	if err != nil || a.ID != b.ID {
+		t.Errorf("Create twice with one token: %s then %s (%v)", a.ID, b.ID, err)
+	}
+}
+
+func observeUnknown(t *testing.T, f Fixture) {
+	if _, err := f.Provider.Observe(context.Background(), "00000000-0000-0000-0000-000000000000"); !kms.IsNotFound(err) {
+		t.Errorf("Observe(unknown): %v, want NotFoundError", err)
+	}
+}
+
+func deletionAtDate(t *testing.T, f Fixture) {
+	k := create(t, f, "AES_256", kms.OriginKMS)
+	if err := do(f, k.ID, schedule); err != nil {
+		t.Fatal(err)
+	}
+	f.Advance(t, 7*24*time.Hour-time.Hour)
+	if got := state(t, f, k.ID); got != kms.StatePendingDeletion {
+		t.Fatalf("an hour before the date: %s", got)
+	}
+	f.Advance(t, 2*time.Hour)
+	if got := state(t, f, k.ID); got != kms.StateDeleted {
+		t.Fatalf("after the date: %s, want Deleted (or not found)", got)
+	}
+	for _, c := range []call{enable, cancel} {
+		if err := do(f, k.ID, c); err == nil {
+			t.Errorf("%s on a deleted key succeeded", c)
+		}
+	}
+}
+
+// Wrap wraps material as a user does: RSA-OAEP SHA-256 under the issued public key.
+func Wrap(t *testing.T, p kms.ImportParameters, material []byte) []byte {
+	t.Helper()
+	pub, err := x509.ParsePKIXPublicKey(p.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaPub, ok := pub.(*rsa.PublicKey)
+	if !ok || rsaPub.N.BitLen() != 2048 {
+		t.Fatalf("wrapping key is %T, want RSA 2048", pub)
+	}
+	w, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, rsaPub, material, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func importer(t *testing.T, f Fixture) kms.Importer {
+	t.Helper()
+	imp, ok := f.Provider.(kms.Importer)
+	if !ok {
+		t.Fatal("the provider does not implement kms.Importer")
+	}
+	return imp
+}
+
+func random(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
+func importFlow(t *testing.T, f Fixture) {
+	imp := importer(t, f)
+	ctx := context.Background()
+	k := create(t, f, "AES_256", kms.OriginExternal)
+	p, err := imp.ImportParameters(ctx, k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := f.Now().Add(24 * time.Hour); p.ExpiresAt.Sub(want).Abs() > time.Hour || p.ImportToken == "" {
+		t.Errorf("parameters: token %q expiring %v, want about %v", p.ImportToken, p.ExpiresAt, want)
+	}
+	if err := imp.ImportMaterial(ctx, k.ID, p.ImportToken, Wrap(t, p, random(32)), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(t, f, k.ID); got != kms.StateEnabled {
+		t.Fatalf("after import: %s", got)
+	}
+	// With material, a canceled deletion leaves the key Disabled (the seed).
+	for _, c := range []call{schedule, cancel} {
+		if err := do(f, k.ID, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := state(t, f, k.ID); got != kms.StateDisabled {
+		t.Errorf("imported key after cancel: %s, want Disabled", got)
+	}
+	kmsKey := create(t, f, "AES_256", kms.OriginKMS)
+	if _, err := imp.ImportParameters(ctx, kmsKey.ID); err == nil {
+		t.Error("import parameters for a KMS-origin key were issued")
+	}
+}
+
+func importRefusals(t *testing.T, f Fixture) {
+	imp := importer(t, f)
+	ctx := context.Background()
+	k := create(t, f, "AES_256", kms.OriginExternal)
+	p, err := imp.ImportParameters(ctx, k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		token   string
+		wrapped []byte
+		code    kms.ImportErrorCode
+	}{
+		"WrongToken":  {"not-" + p.ImportToken, Wrap(t, p, random(32)), kms.ImportTokenInvalid},
+		"WrongLength": {p.ImportToken, Wrap(t, p, random(16)), kms.ImportMaterialInvalid},
+	} {
+		err := imp.ImportMaterial(ctx, k.ID, tc.token, tc.wrapped, time.Time{})
+		if ie := kms.AsImportError(err); ie == nil || ie.Code != tc.code {
+			t.Errorf("%s: %v, want ImportError %s", name, err, tc.code)
+		}
+	}
+	if got := state(t, f, k.ID); got != kms.StatePendingImport {
+		t.Errorf("after refused imports: %s, want PendingImport", got)
+	}
+}
+
+func materialExpiry(t *testing.T, f Fixture) {
+	imp := importer(t, f)
+	ctx := context.Background()
+	k := create(t, f, "AES_256", kms.OriginExternal)
+	material := random(32)
+	p, err := imp.ImportParameters(ctx, k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expiry := f.Now().Add(2 * time.Hour).Truncate(time.Second)
+	if err := imp.ImportMaterial(ctx, k.ID, p.ImportToken, Wrap(t, p, material), expiry); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.Provider.Observe(ctx, k.ID)
+	if err != nil || !got.MaterialExpiresAt.Equal(expiry) {
+		t.Errorf("material expiry %v, want %v (%v)", got.MaterialExpiresAt, expiry, err)
+	}
+	f.Advance(t, 2*time.Hour+time.Minute)
+	if got := state(t, f, k.ID); got != kms.StatePendingImport {
+		t.Fatalf("after the material expired: %s, want PendingImport", got)
+	}
+	p, err = imp.ImportParameters(ctx, k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = imp.ImportMaterial(ctx, k.ID, p.ImportToken, Wrap(t, p, random(32)), time.Time{})
+	if ie := kms.AsImportError(err); ie == nil || ie.Code != kms.ImportMaterialMismatch {
+		t.Errorf("re-import of other material: %v, want MaterialMismatch", err)
+	}
+	if err := imp.ImportMaterial(ctx, k.ID, p.ImportToken, Wrap(t, p, material), time.Time{}); err != nil {
+		t.Fatalf("re-import of the same material: %v", err)
+	}
+	if got := state(t, f, k.ID); got != kms.StateEnabled {
+		t.Errorf("after re-import: %s", got)
+	}
+}
