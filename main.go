@@ -20,13 +20,13 @@ import (
 
 	"github.com/cmk-operator/cmk-operator/controllers"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
-	_ "github.com/cmk-operator/cmk-operator/internal/kms/embedded" // registers the "embedded" provider
+	_ "github.com/cmk-operator/cmk-operator/internal/kms/embedded"    // registers the "embedded" provider
+	_ "github.com/cmk-operator/cmk-operator/internal/kms/huaweicloud" // registers the "huaweicloud" provider
 	"github.com/cmk-operator/cmk-operator/internal/scheme"
 )
 
 // Leader election keeps its Lease in the operator's own namespace.
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=cmk-system,resources=leases,verbs=get;list;watch;create;update;patch;delete
-
 
 func main() {
 	var (

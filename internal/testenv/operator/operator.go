@@ -13,6 +13,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/cmk-operator/cmk-operator/controllers"
@@ -26,10 +27,21 @@ import (
 // successive tests off each other's keys.
 func Start(t testing.TB, env *testenv.Env, namespace, kmsNamespace string) *embedded.Provider {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := env.CreateNamespace(ctx, kmsNamespace); err != nil {
+	if err := env.CreateNamespace(context.Background(), kmsNamespace); err != nil {
 		t.Fatal(err)
 	}
+	provider, err := embedded.New(context.Background(), kms.Env{Client: env.Client, Namespace: kmsNamespace, Clock: clock.RealClock{}, Log: logr.Discard()}, embedded.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	Run(t, env, namespace, provider)
+	return provider
+}
+
+// Run runs the operator for the keys in namespace with the given provider until the test ends.
+func Run(t testing.TB, env *testenv.Env, namespace string, provider kms.Provider) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:                 testenv.Scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
@@ -40,12 +52,10 @@ func Start(t testing.TB, env *testenv.Env, namespace, kmsNamespace string) *embe
 	if err != nil {
 		t.Fatal(err)
 	}
-	provider, err := embedded.New(ctx, kms.Env{Client: env.Client, Namespace: kmsNamespace, Clock: clock.RealClock{}, Log: logr.Discard()}, embedded.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := mgr.Add(provider); err != nil {
-		t.Fatal(err)
+	if task, ok := provider.(manager.Runnable); ok {
+		if err := mgr.Add(task); err != nil {
+			t.Fatal(err)
+		}
 	}
 	r := &controllers.CustomerMasterKeyReconciler{
 		Client: mgr.GetClient(), KMS: provider, SecretReader: mgr.GetAPIReader(),
@@ -63,5 +73,4 @@ func Start(t testing.TB, env *testenv.Env, namespace, kmsNamespace string) *embe
 			t.Errorf("manager: %v", err)
 		}
 	})
-	return provider
 }

@@ -1,0 +1,396 @@
+// Package standin is a stand-in for Huawei Cloud KMS, built from its published API reference and
+// the facts in KMS-FACTS.md, for tests: it serves the REST operations the provider uses over
+// loopback, keeps keys in memory with the documented key_state codes, error codes and units,
+// applies deletion dates and material expiry on its own clock, and refuses any request not
+// signed with its AK/SK (SDK-HMAC-SHA256). It is not the cloud: error codes the facts do not
+// name are answered by HTTP status alone.
+package standin
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+// Server is the stand-in KMS.
+type Server struct {
+	AK, SK, ProjectID string
+	Clock             *clocktesting.FakeClock
+	URL               string
+
+	srv      *httptest.Server
+	mu       sync.Mutex
+	keys     map[string]*key
+	next     int
+	unsigned int
+}
+
+type key struct {
+	id, alias, description, spec, usage, origin, state string
+	created, deletionDate                              time.Time
+	material                                           []byte
+	materialHash                                       []byte
+	materialExpires                                    time.Time
+	wrapping                                           *rsa.PrivateKey
+	token                                              string
+	tokenExpires                                       time.Time
+	tags                                               map[string]string
+}
+
+// Start serves the stand-in on loopback until Close.
+func Start(now time.Time) *Server {
+	s := &Server{AK: "STANDINAK0000000000", SK: "standin-secret-key-for-tests", ProjectID: "0123456789abcdef0123456789abcdef",
+		Clock: clocktesting.NewFakeClock(now), keys: map[string]*key{}}
+	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
+	s.URL = s.srv.URL
+	return s
+}
+
+// Close stops the server.
+func (s *Server) Close() { s.srv.Close() }
+
+// Unsigned counts requests refused for a missing or wrong signature.
+func (s *Server) Unsigned() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.unsigned
+}
+
+// Advance moves the stand-in's clock, as time passes in the cloud.
+func (s *Server) Advance(d time.Duration) { s.Clock.Step(d) }
+
+type apiError struct {
+	status int
+	code   string
+	msg    string
+}
+
+func fail(status int, code, msg string) *apiError { return &apiError{status, code, msg} }
+
+var aliasPattern = regexp.MustCompile(`^[a-zA-Z0-9:/_-]{1,255}$`)
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	if err := s.verify(r, body); err != nil {
+		s.mu.Lock()
+		s.unsigned++
+		s.mu.Unlock()
+		write(w, http.StatusUnauthorized, map[string]any{"error_code": "APIGW.0301", "error_msg": err.Error()})
+		return
+	}
+	prefix := "/v1.0/" + s.ProjectID + "/kms/"
+	if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, prefix) {
+		write(w, http.StatusNotFound, map[string]any{"error_code": "APIGW.0101", "error_msg": "no such operation"})
+		return
+	}
+	op := strings.TrimPrefix(r.URL.Path, prefix)
+	var req map[string]any
+	_ = json.Unmarshal(body, &req)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.applyTime()
+	resp, apiErr := s.dispatch(op, req)
+	if apiErr != nil {
+		write(w, apiErr.status, map[string]any{"error_code": apiErr.code, "error_msg": apiErr.msg})
+		return
+	}
+	write(w, http.StatusOK, resp)
+}
+
+func (s *Server) dispatch(op string, req map[string]any) (any, *apiError) {
+	str := func(name string) string { v, _ := req[name].(string); return v }
+	if strings.HasSuffix(op, "/tags") {
+		return s.tag(strings.TrimSuffix(op, "/tags"), req)
+	}
+	switch op {
+	case "create-key":
+		return s.create(str("key_alias"), str("key_spec"), str("key_usage"), str("origin"), str("key_description"))
+	case "resource_instances/action":
+		return s.findByTags(req)
+	}
+	k, ok := s.keys[str("key_id")]
+	if !ok {
+		return nil, fail(http.StatusNotFound, "KMS.0205", "the key does not exist")
+	}
+	switch op {
+	case "describe-key":
+		return map[string]any{"key_info": k.details()}, nil
+	case "enable-key":
+		return s.move(k, "3", "2")
+	case "disable-key":
+		return s.move(k, "2", "3")
+	case "schedule-key-deletion":
+		return s.schedule(k, str("pending_days"))
+	case "cancel-key-deletion":
+		if k.state != "4" {
+			return nil, fail(http.StatusBadRequest, "KMS.1501", "the key is not pending deletion")
+		}
+		k.state, k.deletionDate = "3", time.Time{}
+		if k.material == nil {
+			k.state = "5"
+		}
+		return map[string]any{"key_id": k.id, "key_state": k.state}, nil
+	case "update-key-description":
+		k.description = str("key_description")
+		return map[string]any{"key_info": map[string]any{"key_id": k.id}}, nil
+	case "get-parameters-for-import":
+		return s.parameters(k, str("wrapping_algorithm"))
+	case "import-key-material":
+		exp, _ := req["expiration_time"].(float64)
+		return s.importMaterial(k, str("import_token"), str("encrypted_key_material"), int64(exp))
+	}
+	return nil, fail(http.StatusNotFound, "APIGW.0101", "no such operation: "+op)
+}
+
+// applyTime deletes keys past their deletion date and expires imported material, as the cloud
+// does on its own.
+func (s *Server) applyTime() {
+	now := s.Clock.Now()
+	for id, k := range s.keys {
+		if k.state == "4" && !k.deletionDate.After(now) {
+			delete(s.keys, id)
+			continue
+		}
+		if k.material != nil && !k.materialExpires.IsZero() && !k.materialExpires.After(now) {
+			k.material, k.materialExpires = nil, time.Time{}
+			if k.state == "2" || k.state == "3" {
+				k.state = "5"
+			}
+		}
+	}
+}
+
+func (s *Server) create(alias, spec, usage, origin, description string) (any, *apiError) {
+	if !aliasPattern.MatchString(alias) {
+		return nil, fail(http.StatusBadRequest, "KMS.0001", "invalid key_alias")
+	}
+	for _, k := range s.keys {
+		if k.alias == alias {
+			return nil, fail(http.StatusBadRequest, "KMS.0001", "key_alias already exists")
+		}
+	}
+	s.next++
+	k := &key{id: fmt.Sprintf("%08x-0000-4000-8000-%012x", s.next, s.next), alias: alias, description: description,
+		spec: orDefault(spec, "AES_256"), usage: orDefault(usage, "ENCRYPT_DECRYPT"), origin: orDefault(origin, "kms"),
+		state: "2", created: s.Clock.Now(), tags: map[string]string{}}
+	if k.origin == "external" {
+		k.state = "5"
+	} else {
+		k.material = make([]byte, 32)
+		_, _ = rand.Read(k.material)
+	}
+	s.keys[k.id] = k
+	return map[string]any{"key_info": map[string]any{"key_id": k.id, "domain_id": "standin-domain"}}, nil
+}
+
+func (s *Server) tag(id string, req map[string]any) (any, *apiError) {
+	k, ok := s.keys[id]
+	if !ok {
+		return nil, fail(http.StatusNotFound, "KMS.0205", "the key does not exist")
+	}
+	t, _ := req["tag"].(map[string]any)
+	name, _ := t["key"].(string)
+	value, _ := t["value"].(string)
+	k.tags[name] = value
+	return map[string]any{}, nil
+}
+
+func (s *Server) findByTags(req map[string]any) (any, *apiError) {
+	tags, _ := req["tags"].([]any)
+	var found []map[string]any
+	ids := make([]string, 0, len(s.keys))
+	for id := range s.keys {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		k := s.keys[id]
+		match := true
+		for _, t := range tags {
+			tm, _ := t.(map[string]any)
+			name, _ := tm["key"].(string)
+			values, _ := tm["values"].([]any)
+			ok := false
+			for _, v := range values {
+				ok = ok || v == k.tags[name]
+			}
+			match = match && ok
+		}
+		if match {
+			found = append(found, map[string]any{"resource_id": k.id, "resource_name": k.alias})
+		}
+	}
+	return map[string]any{"resources": found, "total_count": len(found)}, nil
+}
+
+func (s *Server) move(k *key, from, to string) (any, *apiError) {
+	if k.state != from {
+		return nil, fail(http.StatusBadRequest, "KMS.0001", "the key state does not allow this")
+	}
+	k.state = to
+	return map[string]any{"key_info": map[string]any{"key_id": k.id, "key_state": k.state}}, nil
+}
+
+func (s *Server) schedule(k *key, pendingDays string) (any, *apiError) {
+	days, err := strconv.Atoi(pendingDays) // a string in the API, not a number
+	if err != nil || days < 7 || days > 1096 {
+		return nil, fail(http.StatusBadRequest, "KMS.1401", "pending_days must be 7 to 1096")
+	}
+	switch k.state {
+	case "4":
+		return nil, fail(http.StatusBadRequest, "KMS.1402", "the key is already pending deletion")
+	case "2", "3", "5":
+	default:
+		return nil, fail(http.StatusBadRequest, "KMS.0001", "the key state does not allow this")
+	}
+	k.state, k.deletionDate = "4", s.Clock.Now().Add(time.Duration(days)*24*time.Hour)
+	return map[string]any{"key_id": k.id, "key_state": k.state}, nil
+}
+
+func (s *Server) parameters(k *key, algorithm string) (any, *apiError) {
+	switch {
+	case k.origin != "external":
+		return nil, fail(http.StatusBadRequest, "KMS.0309", "the key is not external")
+	case k.state != "5":
+		return nil, fail(http.StatusBadRequest, "KMS.0310", "the key is not pending import")
+	case algorithm != "RSAES_OAEP_SHA_256":
+		return nil, fail(http.StatusBadRequest, "KMS.0001", "unsupported wrapping_algorithm")
+	}
+	priv, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, fail(http.StatusInternalServerError, "KMS.0500", err.Error())
+	}
+	der, _ := x509.MarshalPKIXPublicKey(&priv.PublicKey)
+	token := make([]byte, 24)
+	_, _ = rand.Read(token)
+	k.wrapping, k.token = priv, hex.EncodeToString(token)
+	k.tokenExpires = s.Clock.Now().Add(24 * time.Hour)
+	return map[string]any{"key_id": k.id, "import_token": k.token, "public_key": base64.StdEncoding.EncodeToString(der),
+		"expiration_time": k.tokenExpires.Unix()}, nil // seconds, unlike key timestamps
+}
+
+func (s *Server) importMaterial(k *key, token, encrypted string, expirationSeconds int64) (any, *apiError) {
+	switch {
+	case k.origin != "external":
+		return nil, fail(http.StatusBadRequest, "KMS.0309", "the key is not external")
+	case k.state != "5":
+		return nil, fail(http.StatusBadRequest, "KMS.0310", "the key is not pending import")
+	case k.token == "" || token != k.token || !s.Clock.Now().Before(k.tokenExpires):
+		return nil, fail(http.StatusBadRequest, "KMS.2603", "the import token is not valid for this key")
+	}
+	wrapped, err := base64.StdEncoding.DecodeString(encrypted)
+	if err != nil {
+		return nil, fail(http.StatusBadRequest, "KMS.0001", "encrypted_key_material is not base64")
+	}
+	material, err := rsa.DecryptOAEP(sha256.New(), nil, k.wrapping, wrapped, nil)
+	if err != nil {
+		return nil, fail(http.StatusBadRequest, "KMS.0001", "encrypted_key_material does not decrypt")
+	}
+	if want := map[string]int{"AES_256": 32, "SM4": 16}[k.spec]; len(material) != want {
+		return nil, fail(http.StatusBadRequest, "KMS.0001", fmt.Sprintf("key material must be %d bytes", want))
+	}
+	sum := sha256.Sum256(material)
+	if k.materialHash != nil && !bytes.Equal(k.materialHash, sum[:]) {
+		return nil, fail(http.StatusBadRequest, "KMS.2606", "only the same key material can be imported again")
+	}
+	k.material, k.materialHash, k.state, k.token = material, sum[:], "2", ""
+	k.materialExpires = time.Time{}
+	if expirationSeconds > 0 {
+		k.materialExpires = time.Unix(expirationSeconds, 0)
+	}
+	return map[string]any{}, nil
+}
+
+// details renders a key as describe-key does: key timestamps in milliseconds, as strings.
+func (k *key) details() map[string]any {
+	d := map[string]any{"key_id": k.id, "domain_id": "standin-domain", "key_alias": k.alias, "realm": "standin",
+		"key_spec": k.spec, "key_usage": k.usage, "key_description": k.description, "origin": k.origin,
+		"key_state": k.state, "default_key_flag": "0", "key_type": "1",
+		"creation_date": strconv.FormatInt(k.created.UnixMilli(), 10), "scheduled_deletion_date": ""}
+	if k.state == "4" {
+		d["scheduled_deletion_date"] = strconv.FormatInt(k.deletionDate.UnixMilli(), 10)
+	}
+	if !k.materialExpires.IsZero() {
+		d["expiration_time"] = strconv.FormatInt(k.materialExpires.UnixMilli(), 10)
+	}
+	return d
+}
+
+// verify checks the SDK-HMAC-SHA256 signature of a request, recomputed from the request as
+// received: canonical request, string to sign with X-Sdk-Date, HMAC-SHA256 under the SK.
+func (s *Server) verify(r *http.Request, body []byte) error {
+	auth := r.Header.Get("Authorization")
+	const alg = "SDK-HMAC-SHA256 "
+	if !strings.HasPrefix(auth, alg) {
+		return fmt.Errorf("request not signed with SDK-HMAC-SHA256")
+	}
+	fields := map[string]string{}
+	for _, part := range strings.Split(strings.TrimPrefix(auth, alg), ", ") {
+		if name, value, ok := strings.Cut(part, "="); ok {
+			fields[name] = value
+		}
+	}
+	if fields["Access"] != s.AK {
+		return fmt.Errorf("unknown access key")
+	}
+	date := r.Header.Get("X-Sdk-Date")
+	signed, err := time.Parse("20060102T150405Z", date)
+	if err != nil || time.Since(signed).Abs() > 15*time.Minute {
+		return fmt.Errorf("X-Sdk-Date missing or too far from now")
+	}
+	headers := strings.Split(fields["SignedHeaders"], ";")
+	var canonical strings.Builder
+	for _, h := range headers {
+		v := r.Header.Get(h)
+		if h == "host" {
+			v = r.Host
+		}
+		canonical.WriteString(h + ":" + strings.TrimSpace(v) + "\n")
+	}
+	uri := r.URL.EscapedPath()
+	if !strings.HasSuffix(uri, "/") {
+		uri += "/"
+	}
+	bodyHash := sha256.Sum256(body)
+	request := strings.Join([]string{r.Method, uri, r.URL.RawQuery, canonical.String(), fields["SignedHeaders"], hex.EncodeToString(bodyHash[:])}, "\n")
+	requestHash := sha256.Sum256([]byte(request))
+	stringToSign := "SDK-HMAC-SHA256\n" + date + "\n" + hex.EncodeToString(requestHash[:])
+	mac := hmac.New(sha256.New, []byte(s.SK))
+	mac.Write([]byte(stringToSign))
+	if !hmac.Equal([]byte(hex.EncodeToString(mac.Sum(nil))), []byte(fields["Signature"])) {
+		return fmt.Errorf("signature does not match")
+	}
+	return nil
+}
+
+func write(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
