@@ -124,7 +124,6 @@ func materialSize(spec v1alpha1.KeySpec) string {
 	return "32 bytes of AES_256 key material"
 }
 
-
 func (r *CustomerMasterKeyReconciler) secretReader() client.Reader {
 	if r.SecretReader != nil {
 		return r.SecretReader
