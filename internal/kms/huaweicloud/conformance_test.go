@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/huaweicloud/huaweicloud-sdk-go-v3/services/kms/v2/model"
+
+	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/kms/huaweicloud/standin"
 	"github.com/cmk-operator/cmk-operator/internal/kms/kmstest"
 )
@@ -59,5 +62,35 @@ func TestUnsignedRequestsAreRefused(t *testing.T) {
 	}
 	if _, err := p.Observe(t.Context(), "any"); err == nil || s.Unsigned() != 1 {
 		t.Errorf("a badly signed request: %v, %d refused", err, s.Unsigned())
+	}
+}
+
+// TestCreateAfterCrashBeforeTag makes a key the way a Create that died before tagging would
+// leave it, and checks the next Create claims it rather than making a second.
+func TestCreateAfterCrashBeforeTag(t *testing.T) {
+	p, _ := newStandIn(t)
+	spec, origin := "AES_256", "kms"
+	body := &model.CreateKeyRequestBody{KeyAlias: "k8s/team/app"}
+	if err := enum(spec, &body.KeySpec); err != nil {
+		t.Fatal(err)
+	}
+	if err := enum(origin, &body.Origin); err != nil {
+		t.Fatal(err)
+	}
+	orphan, err := p.client.CreateKey(&model.CreateKeyRequest{Body: body})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := p.Create(t.Context(), kms.CreateRequest{Alias: "k8s/team/app", KeySpec: spec, KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "uid-1"})
+	if err != nil || k.ID != *orphan.KeyInfo.KeyId {
+		t.Fatalf("Create after a crash: %v, key %s, want the orphan %s", err, k.ID, *orphan.KeyInfo.KeyId)
+	}
+	again, err := p.Create(t.Context(), kms.CreateRequest{Alias: "k8s/team/app", KeySpec: spec, KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "uid-1"})
+	if err != nil || again.ID != k.ID {
+		t.Errorf("Create again: %v, %s", err, again.ID)
+	}
+	// Another resource asking for the same alias is refused, not handed someone else's key.
+	if _, err := p.Create(t.Context(), kms.CreateRequest{Alias: "k8s/team/app", KeySpec: spec, KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "uid-2"}); !kms.IsTerminal(err) {
+		t.Errorf("a second resource with the alias: %v, want a terminal refusal", err)
 	}
 }

@@ -120,20 +120,67 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 	}
 	resp, err := p.client.CreateKey(&model.CreateKeyRequest{Body: body})
 	if err != nil {
+		// A process that died between creating and tagging left a key with this alias and
+		// no UID tag: that is ours, and is claimed rather than duplicated.
+		if id, ferr := p.findUntaggedByAlias(req.Alias); ferr == nil && id != "" {
+			return p.claim(ctx, id, req.Token)
+		}
 		return kms.Key{}, classify(err, "create", req.Alias, "")
 	}
 	if resp.KeyInfo == nil || resp.KeyInfo.KeyId == nil {
 		return kms.Key{}, fmt.Errorf("create key %s: the response has no key ID", req.Alias)
 	}
-	id := *resp.KeyInfo.KeyId
-	// Tag at once: should this process die before, the alias is taken and a second create
-	// fails rather than making a second key.
-	token := req.Token
+	return p.claim(ctx, *resp.KeyInfo.KeyId, req.Token)
+}
+
+// claim tags a key with the creation token, so a retried Create finds it.
+func (p *Provider) claim(ctx context.Context, id, token string) (kms.Key, error) {
 	if _, err := p.client.CreateKmsTag(&model.CreateKmsTagRequest{KeyId: id,
 		Body: &model.CreateKmsTagRequestBody{Tag: &model.TagItem{Key: uidTag, Value: &token}}}); err != nil {
 		return kms.Key{}, classify(err, "tag", id, "")
 	}
 	return p.Observe(ctx, id)
+}
+
+// findUntaggedByAlias pages through the project's keys for one with this alias and no UID tag.
+func (p *Provider) findUntaggedByAlias(alias string) (string, error) {
+	limit, marker := "100", ""
+	for {
+		body := &model.ListKeysRequestBody{Limit: &limit}
+		if marker != "" {
+			body.Marker = &marker
+		}
+		resp, err := p.client.ListKeys(&model.ListKeysRequest{Body: body})
+		if err != nil {
+			return "", err
+		}
+		if resp.KeyDetails != nil {
+			for _, d := range *resp.KeyDetails {
+				if deref(d.KeyAlias) == alias && d.KeyId != nil {
+					return p.untagged(*d.KeyId)
+				}
+			}
+		}
+		if resp.NextMarker == nil || *resp.NextMarker == "" || *resp.NextMarker == marker {
+			return "", nil
+		}
+		marker = *resp.NextMarker
+	}
+}
+
+func (p *Provider) untagged(id string) (string, error) {
+	tags, err := p.client.ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: id})
+	if err != nil {
+		return "", err
+	}
+	if tags.Tags != nil {
+		for _, t := range *tags.Tags {
+			if t.Key == uidTag {
+				return "", nil // another resource's key
+			}
+		}
+	}
+	return id, nil
 }
 
 func (p *Provider) findByToken(token string) (string, error) {

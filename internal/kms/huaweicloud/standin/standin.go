@@ -97,6 +97,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	prefix := "/v1.0/" + s.ProjectID + "/kms/"
+	if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, prefix) && strings.HasSuffix(r.URL.Path, "/tags") {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.showTags(w, strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, prefix), "/tags"))
+		return
+	}
 	if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, prefix) {
 		write(w, http.StatusNotFound, map[string]any{"error_code": "APIGW.0101", "error_msg": "no such operation"})
 		return
@@ -126,6 +132,8 @@ func (s *Server) dispatch(op string, req map[string]any) (any, *apiError) {
 		return s.create(str("key_alias"), str("key_spec"), str("key_usage"), str("origin"), str("key_description"))
 	case "resource_instances/action":
 		return s.findByTags(req)
+	case "list-keys":
+		return s.list(str("limit"), str("marker"))
 	}
 	k, ok := s.keys[str("key_id")]
 	if !ok {
@@ -240,6 +248,48 @@ func (s *Server) findByTags(req map[string]any) (any, *apiError) {
 		}
 	}
 	return map[string]any{"resources": found, "total_count": len(found)}, nil
+}
+
+func (s *Server) showTags(w http.ResponseWriter, id string) {
+	k, ok := s.keys[id]
+	if !ok {
+		write(w, http.StatusNotFound, map[string]any{"error_code": "KMS.0205", "error_msg": "the key does not exist"})
+		return
+	}
+	tags := []map[string]string{}
+	for name, value := range k.tags {
+		tags = append(tags, map[string]string{"key": name, "value": value})
+	}
+	write(w, http.StatusOK, map[string]any{"tags": tags, "existTagsNum": len(tags)})
+}
+
+// list pages through keys in ID order; the marker is the last ID of the previous page.
+func (s *Server) list(limit, marker string) (any, *apiError) {
+	n, err := strconv.Atoi(limit)
+	if err != nil || n <= 0 {
+		n = 1000
+	}
+	ids := make([]string, 0, len(s.keys))
+	for id := range s.keys {
+		if id > marker {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	truncated := len(ids) > n
+	if truncated {
+		ids = ids[:n]
+	}
+	details := make([]map[string]any, 0, len(ids))
+	for _, id := range ids {
+		details = append(details, s.keys[id].details())
+	}
+	next := ""
+	if truncated {
+		next = ids[len(ids)-1]
+	}
+	return map[string]any{"keys": ids, "key_details": details, "next_marker": next,
+		"truncated": strconv.FormatBool(truncated), "total": len(s.keys)}, nil
 }
 
 func (s *Server) move(k *key, from, to string) (any, *apiError) {
