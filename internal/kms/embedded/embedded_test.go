@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/kms/kmstest"
 	"github.com/cmk-operator/cmk-operator/internal/testenv"
 )
 
@@ -108,108 +109,51 @@ func (f *fixture) secret(t *testing.T, id string) *corev1.Secret {
 	return s
 }
 
-// call is one provider call by its lifecycle name.
-type call string
+func (f *fixture) do(id string, c kmstest.Call) error { return kmstest.Do(f.p, id, c) }
 
-const (
-	enable   call = "enable"
-	disable  call = "disable"
-	schedule call = "schedule"
-	cancel   call = "cancel"
-)
-
-func (f *fixture) do(id string, c call) error {
-	ctx := context.Background()
-	switch c {
-	case enable:
-		return f.p.Enable(ctx, id)
-	case disable:
-		return f.p.Disable(ctx, id)
-	case schedule:
-		return f.p.ScheduleDeletion(ctx, id, 7)
-	case cancel:
-		return f.p.CancelDeletion(ctx, id)
-	}
-	panic(c)
-}
-
-// TestLifecycle checks every call from every state against the lifecycle table in API.md:
-// the resulting state, or a StateError when the state does not allow the call; and that a
-// change costs exactly one Secret write while a call with nothing to do costs none.
-func TestLifecycle(t *testing.T) {
-	// How to reach each starting state from a fresh key of the given origin.
-	type start struct {
-		origin string
-		path   []call
-		state  kms.State
-	}
-	starts := map[string]start{
-		"Enabled":                  {kms.OriginKMS, nil, kms.StateEnabled},
-		"Disabled":                 {kms.OriginKMS, []call{disable}, kms.StateDisabled},
-		"PendingDeletion":          {kms.OriginKMS, []call{schedule}, kms.StatePendingDeletion},
-		"PendingImport":            {kms.OriginExternal, nil, kms.StatePendingImport},
-		"PendingDeletionNoImport":  {kms.OriginExternal, []call{schedule}, kms.StatePendingDeletion},
-		"PendingDeletionFromDisab": {kms.OriginKMS, []call{disable, schedule}, kms.StatePendingDeletion},
-	}
-	// want[start][call] is the state after the call; "" means refused with a StateError.
-	want := map[string]map[call]kms.State{
-		"Enabled":                  {enable: kms.StateEnabled, disable: kms.StateDisabled, schedule: kms.StatePendingDeletion, cancel: kms.StateEnabled},
-		"Disabled":                 {enable: kms.StateEnabled, disable: kms.StateDisabled, schedule: kms.StatePendingDeletion, cancel: kms.StateDisabled},
-		"PendingDeletion":          {enable: "", disable: "", schedule: kms.StatePendingDeletion, cancel: kms.StateDisabled},
-		"PendingImport":            {enable: "", disable: "", schedule: kms.StatePendingDeletion, cancel: kms.StatePendingImport},
-		"PendingDeletionNoImport":  {enable: "", disable: "", schedule: kms.StatePendingDeletion, cancel: kms.StatePendingImport},
-		"PendingDeletionFromDisab": {enable: "", disable: "", schedule: kms.StatePendingDeletion, cancel: kms.StateDisabled},
-	}
+// TestOneWritePerStateChange checks the embedded KMS's write budget, on top of the lifecycle
+// the conformance suite checks: a call that changes a key's state writes its Secret once, a
+// call with nothing to do writes nothing.
+func TestOneWritePerStateChange(t *testing.T) {
 	f := newFixture(t)
-	for name, s := range starts {
-		for c, after := range want[name] {
-			t.Run(name+"/"+string(c), func(t *testing.T) {
-				k := f.create(t, "AES_256", s.origin)
-				for _, step := range s.path {
-					if err := f.do(k.ID, step); err != nil {
-						t.Fatalf("reaching %s: %s: %v", name, step, err)
-					}
-				}
-				if got := f.state(t, k.ID); got != s.state {
-					t.Fatalf("start state %s, want %s", got, s.state)
-				}
-				f.writes.n.Store(0)
-				err := f.do(k.ID, c)
-				if after == "" {
-					var se *kms.StateError
-					if !errors.As(err, &se) {
-						t.Fatalf("%s from %s: got %v, want a StateError", c, s.state, err)
-					}
-					after = s.state
-				} else if err != nil {
-					t.Fatalf("%s from %s: %v", c, s.state, err)
-				}
-				if got := f.state(t, k.ID); got != after {
-					t.Errorf("%s from %s: state %s, want %s", c, s.state, got, after)
-				}
-				wantWrites := int64(0)
-				if after != s.state {
-					wantWrites = 1
-				}
-				if got := f.writes.n.Load(); got != wantWrites {
-					t.Errorf("%s from %s: %d Secret writes, want %d", c, s.state, got, wantWrites)
-				}
-			})
+	generated := f.create(t, "AES_256", kms.OriginKMS)
+	external := f.create(t, "AES_256", kms.OriginExternal)
+	for _, step := range []struct {
+		key    string
+		call   kmstest.Call
+		writes int64
+	}{
+		{generated.ID, kmstest.Disable, 1}, {generated.ID, kmstest.Disable, 0},
+		{generated.ID, kmstest.Enable, 1}, {generated.ID, kmstest.Enable, 0},
+		{generated.ID, kmstest.Cancel, 0},
+		{generated.ID, kmstest.Schedule, 1}, {generated.ID, kmstest.Schedule, 0},
+		{generated.ID, kmstest.Cancel, 1}, {generated.ID, kmstest.Cancel, 0},
+		{external.ID, kmstest.Schedule, 1}, {external.ID, kmstest.Cancel, 1},
+	} {
+		f.writes.n.Store(0)
+		if err := f.do(step.key, step.call); err != nil {
+			t.Fatalf("%s: %v", step.call, err)
 		}
+		if got := f.writes.n.Load(); got != step.writes {
+			t.Errorf("%s of key %s: %d Secret writes, want %d", step.call, step.key, got, step.writes)
+		}
+	}
+	if got := f.state(t, external.ID); got != kms.StatePendingImport {
+		t.Errorf("external key after cancel: %s", got)
 	}
 }
 
 func TestDeletedRefusesEverything(t *testing.T) {
 	f := newFixture(t)
 	k := f.create(t, "AES_256", kms.OriginKMS)
-	if err := f.do(k.ID, schedule); err != nil {
+	if err := f.do(k.ID, kmstest.Schedule); err != nil {
 		t.Fatal(err)
 	}
 	f.clock.Step(7*24*time.Hour + time.Second)
 	if _, err := f.p.ReapDue(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []call{enable, disable, schedule, cancel} {
+	for _, c := range []kmstest.Call{kmstest.Enable, kmstest.Disable, kmstest.Schedule, kmstest.Cancel} {
 		var se *kms.StateError
 		if err := f.do(k.ID, c); !errors.As(err, &se) {
 			t.Errorf("%s on a deleted key: got %v, want a StateError", c, err)
@@ -355,7 +299,7 @@ func TestDeletionAtDate(t *testing.T) {
 	k := f.create(t, "AES_256", kms.OriginKMS)
 	unreferenced := f.create(t, "RSA_2048", kms.OriginKMS)
 	for _, id := range []string{k.ID, unreferenced.ID} {
-		if err := f.do(id, schedule); err != nil {
+		if err := f.do(id, kmstest.Schedule); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -412,11 +356,11 @@ func waitForWaiters(t *testing.T, c *clocktesting.FakeClock) {
 func TestCanceledBeforeDateSurvives(t *testing.T) {
 	f := newFixture(t)
 	k := f.create(t, "AES_256", kms.OriginKMS)
-	if err := f.do(k.ID, schedule); err != nil {
+	if err := f.do(k.ID, kmstest.Schedule); err != nil {
 		t.Fatal(err)
 	}
 	f.clock.Step(6 * 24 * time.Hour)
-	if err := f.do(k.ID, cancel); err != nil {
+	if err := f.do(k.ID, kmstest.Cancel); err != nil {
 		t.Fatal(err)
 	}
 	f.clock.Step(2 * 24 * time.Hour)

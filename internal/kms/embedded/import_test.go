@@ -3,34 +3,13 @@ package embedded
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/sha256"
-	"crypto/x509"
 	"errors"
 	"testing"
 	"time"
 
 	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/kms/kmstest"
 )
-
-// wrap does what a user does with openssl: RSA-OAEP SHA-256 under the issued public key.
-func wrap(t *testing.T, params kms.ImportParameters, material []byte) []byte {
-	t.Helper()
-	pub, err := x509.ParsePKIXPublicKey(params.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rsaPub, ok := pub.(*rsa.PublicKey)
-	if !ok || rsaPub.N.BitLen() != 2048 {
-		t.Fatalf("wrapping key is %T, want RSA 2048", pub)
-	}
-	wrapped, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, rsaPub, material, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return wrapped
-}
 
 func (f *fixture) params(t *testing.T, id string) kms.ImportParameters {
 	t.Helper()
@@ -62,14 +41,14 @@ func TestImportFlow(t *testing.T) {
 		t.Error("the wrapping private key is not stored")
 	}
 	material := random(t, 32)
-	if err := f.p.ImportMaterial(context.Background(), k.ID, params.ImportToken, wrap(t, params, material), time.Time{}); err != nil {
+	if err := f.p.ImportMaterial(context.Background(), k.ID, params.ImportToken, kmstest.Wrap(t, params, material), time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	if n := f.writes.n.Load(); n != 2 {
 		t.Errorf("parameters and import took %d writes, want 2", n)
 	}
 	// A retry of the same import (its answer lost) succeeds and changes nothing.
-	if err := f.p.ImportMaterial(context.Background(), k.ID, params.ImportToken, wrap(t, params, material), time.Time{}); err != nil {
+	if err := f.p.ImportMaterial(context.Background(), k.ID, params.ImportToken, kmstest.Wrap(t, params, material), time.Time{}); err != nil {
 		t.Errorf("repeated import: %v", err)
 	}
 	if n := f.writes.n.Load(); n != 2 {
@@ -94,7 +73,7 @@ func TestImportFlow(t *testing.T) {
 	}
 
 	// The seed: a key with imported material comes back Disabled from a canceled deletion.
-	for _, c := range []call{schedule, cancel} {
+	for _, c := range []kmstest.Call{kmstest.Schedule, kmstest.Cancel} {
 		if err := f.do(k.ID, c); err != nil {
 			t.Fatal(err)
 		}
@@ -117,35 +96,35 @@ func TestImportRefusals(t *testing.T) {
 		"WrongToken": {spec: "AES_256", origin: kms.OriginExternal, code: kms.ImportTokenInvalid,
 			prepare: func(t *testing.T, id string) (string, []byte, time.Time) {
 				p := f.params(t, id)
-				return "not-" + p.ImportToken, wrap(t, p, random(t, 32)), time.Time{}
+				return "not-" + p.ImportToken, kmstest.Wrap(t, p, random(t, 32)), time.Time{}
 			}},
 		"SupersededToken": {spec: "AES_256", origin: kms.OriginExternal, code: kms.ImportTokenInvalid,
 			prepare: func(t *testing.T, id string) (string, []byte, time.Time) {
 				old := f.params(t, id)
 				f.params(t, id)
-				return old.ImportToken, wrap(t, old, random(t, 32)), time.Time{}
+				return old.ImportToken, kmstest.Wrap(t, old, random(t, 32)), time.Time{}
 			}},
 		"ExpiredToken": {spec: "AES_256", origin: kms.OriginExternal, code: kms.ImportTokenInvalid,
 			prepare: func(t *testing.T, id string) (string, []byte, time.Time) {
 				p := f.params(t, id)
 				f.clock.Step(24 * time.Hour)
-				return p.ImportToken, wrap(t, p, random(t, 32)), time.Time{}
+				return p.ImportToken, kmstest.Wrap(t, p, random(t, 32)), time.Time{}
 			}},
 		"TokenOfAnotherKey": {spec: "AES_256", origin: kms.OriginExternal, code: kms.ImportTokenInvalid,
 			prepare: func(t *testing.T, id string) (string, []byte, time.Time) {
 				other := f.create(t, "AES_256", kms.OriginExternal)
 				p := f.params(t, other.ID)
-				return p.ImportToken, wrap(t, p, random(t, 32)), time.Time{}
+				return p.ImportToken, kmstest.Wrap(t, p, random(t, 32)), time.Time{}
 			}},
 		"WrongLength": {spec: "AES_256", origin: kms.OriginExternal, code: kms.ImportMaterialInvalid,
 			prepare: func(t *testing.T, id string) (string, []byte, time.Time) {
 				p := f.params(t, id)
-				return p.ImportToken, wrap(t, p, random(t, 16)), time.Time{}
+				return p.ImportToken, kmstest.Wrap(t, p, random(t, 16)), time.Time{}
 			}},
 		"SM4Length": {spec: "SM4", origin: kms.OriginExternal, code: kms.ImportMaterialInvalid,
 			prepare: func(t *testing.T, id string) (string, []byte, time.Time) {
 				p := f.params(t, id)
-				return p.ImportToken, wrap(t, p, random(t, 32)), time.Time{}
+				return p.ImportToken, kmstest.Wrap(t, p, random(t, 32)), time.Time{}
 			}},
 		"NotWrapped": {spec: "AES_256", origin: kms.OriginExternal, code: kms.ImportMaterialInvalid,
 			prepare: func(t *testing.T, id string) (string, []byte, time.Time) {
@@ -156,7 +135,7 @@ func TestImportRefusals(t *testing.T) {
 			return errors.As(err, &r)
 		}, prepare: func(t *testing.T, id string) (string, []byte, time.Time) {
 			p := f.params(t, id)
-			return p.ImportToken, wrap(t, p, random(t, 32)), f.clock.Now().Add(-time.Second)
+			return p.ImportToken, kmstest.Wrap(t, p, random(t, 32)), f.clock.Now().Add(-time.Second)
 		}},
 	}
 	for name, tc := range cases {
@@ -191,7 +170,7 @@ func TestImportRefusals(t *testing.T) {
 	})
 	t.Run("NotPendingImport", func(t *testing.T) {
 		k := f.create(t, "AES_256", kms.OriginExternal)
-		if err := f.do(k.ID, schedule); err != nil {
+		if err := f.do(k.ID, kmstest.Schedule); err != nil {
 			t.Fatal(err)
 		}
 		var se *kms.StateError
@@ -210,10 +189,10 @@ func TestMaterialExpiry(t *testing.T) {
 	material := random(t, 32)
 	params := f.params(t, k.ID)
 	expiry := f.clock.Now().Add(time.Hour).Truncate(time.Second)
-	if err := f.p.ImportMaterial(ctx, k.ID, params.ImportToken, wrap(t, params, material), expiry); err != nil {
+	if err := f.p.ImportMaterial(ctx, k.ID, params.ImportToken, kmstest.Wrap(t, params, material), expiry); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.do(k.ID, disable); err != nil {
+	if err := f.do(k.ID, kmstest.Disable); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := f.p.Observe(ctx, k.ID)
@@ -246,11 +225,11 @@ func TestMaterialExpiry(t *testing.T) {
 	}
 
 	params = f.params(t, k.ID)
-	err = f.p.ImportMaterial(ctx, k.ID, params.ImportToken, wrap(t, params, random(t, 32)), time.Time{})
+	err = f.p.ImportMaterial(ctx, k.ID, params.ImportToken, kmstest.Wrap(t, params, random(t, 32)), time.Time{})
 	if ie := kms.AsImportError(err); ie == nil || ie.Code != kms.ImportMaterialMismatch {
 		t.Fatalf("re-import of other material: %v, want MaterialMismatch", err)
 	}
-	if err := f.p.ImportMaterial(ctx, k.ID, params.ImportToken, wrap(t, params, material), time.Time{}); err != nil {
+	if err := f.p.ImportMaterial(ctx, k.ID, params.ImportToken, kmstest.Wrap(t, params, material), time.Time{}); err != nil {
 		t.Fatalf("re-import of the same material: %v", err)
 	}
 	if got := f.state(t, k.ID); got != kms.StateEnabled {

@@ -1,5 +1,5 @@
 // Package kmstest is the conformance suite every KMS provider passes: the lifecycle of API.md
-// call by call, cancel outcomes, idempotency, deletion at the date, import and material expiry.
+// call by Call, cancel outcomes, idempotency, deletion at the date, import and material expiry.
 // A provider's tests call Run with a fixture that builds a fresh provider and can move the KMS's
 // time forward.
 package kmstest
@@ -66,49 +66,54 @@ func state(t *testing.T, f Fixture, id string) kms.State {
 	return k.State
 }
 
-type call string
+// Call is one lifecycle Call, by name.
+type Call string
 
+// The lifecycle calls.
 const (
-	enable   call = "enable"
-	disable  call = "disable"
-	schedule call = "schedule"
-	cancel   call = "cancel"
+	Enable   Call = "enable"
+	Disable  Call = "disable"
+	Schedule Call = "schedule"
+	Cancel   Call = "cancel"
 )
 
-func do(f Fixture, id string, c call) error {
+// Do makes a lifecycle call (schedule with 7 pending days).
+func Do(p kms.Provider, id string, c Call) error {
 	ctx := context.Background()
 	switch c {
-	case enable:
-		return f.Provider.Enable(ctx, id)
-	case disable:
-		return f.Provider.Disable(ctx, id)
-	case schedule:
-		return f.Provider.ScheduleDeletion(ctx, id, 7)
-	case cancel:
-		return f.Provider.CancelDeletion(ctx, id)
+	case Enable:
+		return p.Enable(ctx, id)
+	case Disable:
+		return p.Disable(ctx, id)
+	case Schedule:
+		return p.ScheduleDeletion(ctx, id, 7)
+	case Cancel:
+		return p.CancelDeletion(ctx, id)
 	}
 	panic(c)
 }
+
+func do(f Fixture, id string, c Call) error { return Do(f.Provider, id, c) }
 
 // lifecycle checks every call from every state against API.md: the state after it, or a
 // StateError when the state does not allow it. Asking for the state a key is in succeeds.
 func lifecycle(t *testing.T, f Fixture) {
 	type start struct {
 		origin string
-		path   []call
+		path   []Call
 	}
 	starts := map[kms.State]start{
 		kms.StateEnabled:         {kms.OriginKMS, nil},
-		kms.StateDisabled:        {kms.OriginKMS, []call{disable}},
-		kms.StatePendingDeletion: {kms.OriginKMS, []call{schedule}},
+		kms.StateDisabled:        {kms.OriginKMS, []Call{Disable}},
+		kms.StatePendingDeletion: {kms.OriginKMS, []Call{Schedule}},
 		kms.StatePendingImport:   {kms.OriginExternal, nil},
 	}
 	// want[from][call] is the state after the call; "" means refused.
-	want := map[kms.State]map[call]kms.State{
-		kms.StateEnabled:         {enable: kms.StateEnabled, disable: kms.StateDisabled, schedule: kms.StatePendingDeletion, cancel: kms.StateEnabled},
-		kms.StateDisabled:        {enable: kms.StateEnabled, disable: kms.StateDisabled, schedule: kms.StatePendingDeletion, cancel: kms.StateDisabled},
-		kms.StatePendingDeletion: {enable: "", disable: "", schedule: kms.StatePendingDeletion, cancel: kms.StateDisabled},
-		kms.StatePendingImport:   {enable: "", disable: "", schedule: kms.StatePendingDeletion, cancel: kms.StatePendingImport},
+	want := map[kms.State]map[Call]kms.State{
+		kms.StateEnabled:         {Enable: kms.StateEnabled, Disable: kms.StateDisabled, Schedule: kms.StatePendingDeletion, Cancel: kms.StateEnabled},
+		kms.StateDisabled:        {Enable: kms.StateEnabled, Disable: kms.StateDisabled, Schedule: kms.StatePendingDeletion, Cancel: kms.StateDisabled},
+		kms.StatePendingDeletion: {Enable: "", Disable: "", Schedule: kms.StatePendingDeletion, Cancel: kms.StateDisabled},
+		kms.StatePendingImport:   {Enable: "", Disable: "", Schedule: kms.StatePendingDeletion, Cancel: kms.StatePendingImport},
 	}
 	for from, s := range starts {
 		for c, after := range want[from] {
@@ -140,13 +145,13 @@ func lifecycle(t *testing.T, f Fixture) {
 	}
 	t.Run("CancelLeavesExternalWithoutMaterialPendingImport", func(t *testing.T) {
 		k := create(t, f, "AES_256", kms.OriginExternal)
-		for _, c := range []call{schedule, cancel} {
+		for _, c := range []Call{Schedule, Cancel} {
 			if err := do(f, k.ID, c); err != nil {
 				t.Fatal(err)
 			}
 		}
 		if got := state(t, f, k.ID); got != kms.StatePendingImport {
-			t.Errorf("after cancel: %s, want PendingImport", got)
+			t.Errorf("after Cancel: %s, want PendingImport", got)
 		}
 	})
 	t.Run("DeletionDate", func(t *testing.T) {
@@ -183,7 +188,7 @@ func observeUnknown(t *testing.T, f Fixture) {
 
 func deletionAtDate(t *testing.T, f Fixture) {
 	k := create(t, f, "AES_256", kms.OriginKMS)
-	if err := do(f, k.ID, schedule); err != nil {
+	if err := do(f, k.ID, Schedule); err != nil {
 		t.Fatal(err)
 	}
 	f.Advance(t, 7*24*time.Hour-time.Hour)
@@ -194,7 +199,7 @@ func deletionAtDate(t *testing.T, f Fixture) {
 	if got := state(t, f, k.ID); got != kms.StateDeleted {
 		t.Fatalf("after the date: %s, want Deleted (or not found)", got)
 	}
-	for _, c := range []call{enable, cancel} {
+	for _, c := range []Call{Enable, Cancel} {
 		if err := do(f, k.ID, c); err == nil {
 			t.Errorf("%s on a deleted key succeeded", c)
 		}
@@ -252,13 +257,13 @@ func importFlow(t *testing.T, f Fixture) {
 		t.Fatalf("after import: %s", got)
 	}
 	// With material, a canceled deletion leaves the key Disabled (the seed).
-	for _, c := range []call{schedule, cancel} {
+	for _, c := range []Call{Schedule, Cancel} {
 		if err := do(f, k.ID, c); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if got := state(t, f, k.ID); got != kms.StateDisabled {
-		t.Errorf("imported key after cancel: %s, want Disabled", got)
+		t.Errorf("imported key after Cancel: %s, want Disabled", got)
 	}
 	kmsKey := create(t, f, "AES_256", kms.OriginKMS)
 	if _, err := imp.ImportParameters(ctx, kmsKey.ID); err == nil {
