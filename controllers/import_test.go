@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/rsa"
-	"crypto/sha256"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -21,11 +18,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/kms/kmstest"
 )
 
 // wrapFor wraps material as a user does with openssl, under the public key the resource
 // publishes, and returns it with the token to go beside it.
-func wrapFor(t testing.TB, c *v1alpha1.CustomerMasterKey, material []byte) (wrapped []byte, token string) {
+func wrapFor(t *testing.T, c *v1alpha1.CustomerMasterKey, material []byte) (wrapped []byte, token string) {
 	t.Helper()
 	p := c.Status.ImportParameters
 	if p == nil {
@@ -35,15 +34,7 @@ func wrapFor(t testing.TB, c *v1alpha1.CustomerMasterKey, material []byte) (wrap
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub, err := x509.ParsePKIXPublicKey(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wrapped, err = rsa.EncryptOAEP(sha256.New(), rand.Reader, pub.(*rsa.PublicKey), material, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return wrapped, p.ImportToken
+	return kmstest.Wrap(t, kms.ImportParameters{PublicKey: der}, material), p.ImportToken
 }
 
 func randomMaterial(t testing.TB, n int) []byte {

@@ -106,10 +106,16 @@ k get cmk own-key -o jsonpath='{.status.importParameters}{"\n"}' | cut -c1-200
 step "Wrap 32 random bytes with the published public key (openssl, RSA-OAEP SHA-256) and put them in a Secret"
 cd "$WORKDIR"
 sh_show() { printf '$ %s\n' "$*"; bash -o pipefail -c "$*"; }
-sh_show "kubectl get cmk own-key -o jsonpath='{.status.importParameters.publicKey}' | base64 -d > wrapping-key.der"
+# wrap_into_secret KEY wraps material.bin with KEY's published public key and stores it, with
+# KEY's import token, in the Secret KEY-material: what a person does by hand, printed as done.
+wrap_into_secret() {
+  local key=$1
+  sh_show "kubectl get cmk $key -o jsonpath='{.status.importParameters.publicKey}' | base64 -d > $key-wrapping-key.der"
+  sh_show "openssl pkeyutl -encrypt -pubin -keyform DER -inkey $key-wrapping-key.der -in material.bin -out $key-wrapped.bin -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256"
+  sh_show "kubectl create secret generic $key-material --from-file=encryptedKeyMaterial=$key-wrapped.bin --from-literal=importToken=\"\$(kubectl get cmk $key -o jsonpath='{.status.importParameters.importToken}')\""
+}
 sh_show "openssl rand 32 > material.bin"
-sh_show "openssl pkeyutl -encrypt -pubin -keyform DER -inkey wrapping-key.der -in material.bin -out wrapped.bin -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256"
-sh_show "kubectl create secret generic own-key-material --from-file=encryptedKeyMaterial=wrapped.bin --from-literal=importToken=\"\$(kubectl get cmk own-key -o jsonpath='{.status.importParameters.importToken}')\""
+wrap_into_secret own-key
 k patch cmk own-key --type merge -p '{"spec":{"keyMaterial":{"secretRef":{"name":"own-key-material"}}}}'
 waitfor Enabled cmk/own-key
 k get cmk own-key -o wide
@@ -132,11 +138,7 @@ spec:
   origin: External
 YAML
 "$KUBECTL" -n demo wait --for=jsonpath='{.status.importParameters.wrappingAlgorithm}'=RSAES_OAEP_SHA_256 cmk/short-lived --timeout=60s >/dev/null
-"$KUBECTL" -n demo get cmk short-lived -o jsonpath='{.status.importParameters.publicKey}' | base64 -d >short-wrapping-key.der
-openssl pkeyutl -encrypt -pubin -keyform DER -inkey short-wrapping-key.der -in material.bin -out short-wrapped.bin \
-  -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256
-"$KUBECTL" -n demo create secret generic short-lived-material --from-file=encryptedKeyMaterial=short-wrapped.bin \
-  --from-literal=importToken="$("$KUBECTL" -n demo get cmk short-lived -o jsonpath='{.status.importParameters.importToken}')" >/dev/null
+wrap_into_secret short-lived
 expires=$(date -u -d '+10 seconds' +%Y-%m-%dT%H:%M:%SZ)
 k patch cmk short-lived --type merge -p "{\"spec\":{\"keyMaterial\":{\"secretRef\":{\"name\":\"short-lived-material\"},\"expiresAt\":\"$expires\"}}}"
 waitfor Enabled cmk/short-lived

@@ -120,6 +120,10 @@ func (o *options) apply(ctx context.Context, v verb, f *verbFlags, r *result) {
 		return
 	}
 	r.from = c.Status.Phase
+	if c.Status.Phase == v1alpha1.PhaseDeleted {
+		r.outcome, r.note = skipped, "deleted: the key is gone for good"
+		return
+	}
 	st := v.plan(c, f)
 	if st.skip != "" {
 		r.outcome, r.note = skipped, st.skip

@@ -10,7 +10,8 @@ import (
 type verb struct {
 	name, short, example string
 	// plan decides, for one key as it is now, the spec patch to send, or why the key is skipped,
-	// and which phases mean the operator has carried the change out.
+	// and which phases mean the operator has carried the change out. Deleted keys never reach
+	// it: no verb can do anything for them.
 	plan func(c *v1alpha1.CustomerMasterKey, o *verbFlags) step
 }
 
@@ -28,7 +29,6 @@ type verbFlags struct {
 
 var (
 	settledAfterCancel = []v1alpha1.Phase{v1alpha1.PhaseDisabled, v1alpha1.PhasePendingImport}
-	deletedSkip        = "deleted: the key is gone for good"
 )
 
 var verbs = []verb{
@@ -39,8 +39,6 @@ var verbs = []verb{
   kubectl cmk cancel-deletion -l team=payments --wait`,
 		plan: func(c *v1alpha1.CustomerMasterKey, _ *verbFlags) step {
 			switch {
-			case c.Status.Phase == v1alpha1.PhaseDeleted:
-				return step{skip: deletedSkip}
 			case !c.Spec.DeletionScheduled:
 				return step{skip: "not pending deletion"}
 			}
@@ -54,8 +52,6 @@ var verbs = []verb{
   kubectl cmk schedule-deletion -l env=staging --dry-run`,
 		plan: func(c *v1alpha1.CustomerMasterKey, f *verbFlags) step {
 			switch {
-			case c.Status.Phase == v1alpha1.PhaseDeleted:
-				return step{skip: deletedSkip}
 			case c.Spec.DeletionScheduled:
 				return step{skip: "already scheduled for deletion"}
 			}
@@ -73,8 +69,6 @@ var verbs = []verb{
 		example: `  kubectl cmk enable -l team=payments --wait`,
 		plan: func(c *v1alpha1.CustomerMasterKey, _ *verbFlags) step {
 			switch {
-			case c.Status.Phase == v1alpha1.PhaseDeleted:
-				return step{skip: deletedSkip}
 			case c.Spec.DeletionScheduled:
 				return step{skip: "pending deletion: cancel the deletion first"}
 			case c.Spec.Enabled:
@@ -93,8 +87,6 @@ var verbs = []verb{
 		example: `  kubectl cmk disable app-key other-key`,
 		plan: func(c *v1alpha1.CustomerMasterKey, _ *verbFlags) step {
 			switch {
-			case c.Status.Phase == v1alpha1.PhaseDeleted:
-				return step{skip: deletedSkip}
 			case !c.Spec.Enabled:
 				return step{skip: "already disabled"}
 			}

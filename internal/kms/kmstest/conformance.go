@@ -145,11 +145,7 @@ func lifecycle(t *testing.T, f Fixture) {
 	}
 	t.Run("CancelLeavesExternalWithoutMaterialPendingImport", func(t *testing.T) {
 		k := create(t, f, "AES_256", kms.OriginExternal)
-		for _, c := range []Call{Schedule, Cancel} {
-			if err := do(f, k.ID, c); err != nil {
-				t.Fatal(err)
-			}
-		}
+		doAll(t, f, k.ID, Schedule, Cancel)
 		if got := state(t, f, k.ID); got != kms.StatePendingImport {
 			t.Errorf("after Cancel: %s, want PendingImport", got)
 		}
@@ -188,9 +184,7 @@ func observeUnknown(t *testing.T, f Fixture) {
 
 func deletionAtDate(t *testing.T, f Fixture) {
 	k := create(t, f, "AES_256", kms.OriginKMS)
-	if err := do(f, k.ID, Schedule); err != nil {
-		t.Fatal(err)
-	}
+	doAll(t, f, k.ID, Schedule)
 	f.Advance(t, 7*24*time.Hour-time.Hour)
 	if got := state(t, f, k.ID); got != kms.StatePendingDeletion {
 		t.Fatalf("an hour before the date: %s", got)
@@ -233,6 +227,26 @@ func importer(t *testing.T, f Fixture) kms.Importer {
 	return imp
 }
 
+// params issues import parameters for a key, failing the test when the provider refuses.
+func params(t *testing.T, imp kms.Importer, id string) kms.ImportParameters {
+	t.Helper()
+	p, err := imp.ImportParameters(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// doAll makes lifecycle calls in order, failing the test on the first error.
+func doAll(t *testing.T, f Fixture, id string, calls ...Call) {
+	t.Helper()
+	for _, c := range calls {
+		if err := do(f, id, c); err != nil {
+			t.Fatalf("%s: %v", c, err)
+		}
+	}
+}
+
 func random(n int) []byte {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -243,10 +257,7 @@ func importFlow(t *testing.T, f Fixture) {
 	imp := importer(t, f)
 	ctx := context.Background()
 	k := create(t, f, "AES_256", kms.OriginExternal)
-	p, err := imp.ImportParameters(ctx, k.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := params(t, imp, k.ID)
 	if want := f.Now().Add(24 * time.Hour); p.ExpiresAt.Sub(want).Abs() > time.Hour || p.ImportToken == "" {
 		t.Errorf("parameters: token %q expiring %v, want about %v", p.ImportToken, p.ExpiresAt, want)
 	}
@@ -257,13 +268,9 @@ func importFlow(t *testing.T, f Fixture) {
 		t.Fatalf("after import: %s", got)
 	}
 	// With material, a canceled deletion leaves the key Disabled (the seed).
-	for _, c := range []Call{Schedule, Cancel} {
-		if err := do(f, k.ID, c); err != nil {
-			t.Fatal(err)
-		}
-	}
+	doAll(t, f, k.ID, Schedule, Cancel)
 	if got := state(t, f, k.ID); got != kms.StateDisabled {
-		t.Errorf("imported key after Cancel: %s, want Disabled", got)
+		t.Errorf("imported key after cancel: %s, want Disabled", got)
 	}
 	kmsKey := create(t, f, "AES_256", kms.OriginKMS)
 	if _, err := imp.ImportParameters(ctx, kmsKey.ID); err == nil {
@@ -275,10 +282,7 @@ func importRefusals(t *testing.T, f Fixture) {
 	imp := importer(t, f)
 	ctx := context.Background()
 	k := create(t, f, "AES_256", kms.OriginExternal)
-	p, err := imp.ImportParameters(ctx, k.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := params(t, imp, k.ID)
 	for name, tc := range map[string]struct {
 		token   string
 		wrapped []byte
@@ -302,10 +306,7 @@ func materialExpiry(t *testing.T, f Fixture) {
 	ctx := context.Background()
 	k := create(t, f, "AES_256", kms.OriginExternal)
 	material := random(32)
-	p, err := imp.ImportParameters(ctx, k.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := params(t, imp, k.ID)
 	expiry := f.Now().Add(2 * time.Hour).Truncate(time.Second)
 	if err := imp.ImportMaterial(ctx, k.ID, p.ImportToken, Wrap(t, p, material), expiry); err != nil {
 		t.Fatal(err)
@@ -318,10 +319,7 @@ func materialExpiry(t *testing.T, f Fixture) {
 	if got := state(t, f, k.ID); got != kms.StatePendingImport {
 		t.Fatalf("after the material expired: %s, want PendingImport", got)
 	}
-	p, err = imp.ImportParameters(ctx, k.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p = params(t, imp, k.ID)
 	err = imp.ImportMaterial(ctx, k.ID, p.ImportToken, Wrap(t, p, random(32)), time.Time{})
 	if ie := kms.AsImportError(err); ie == nil || ie.Code != kms.ImportMaterialMismatch {
 		t.Errorf("re-import of other material: %v, want MaterialMismatch", err)
