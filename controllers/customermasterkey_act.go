@@ -10,7 +10,7 @@ import (
 	"github.com/cmk-operator/cmk-operator/internal/planner"
 )
 
-// act makes the one KMS call the planner chose, reports it as an event, and reads the key back:
+// act makes the KMS call the planner chose, reports it as an event, and reads the key back:
 // the outcome of a call (cancel gives Disabled or PendingImport) is never assumed.
 func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, key *kms.Key, action planner.Action) (*kms.Key, error) {
 	id := cmk.Status.KeyID
@@ -20,8 +20,8 @@ func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.Cus
 		if err != nil {
 			return nil, err
 		}
-		// Recorded at once: even if this reconcile fails from here on, the status written
-		// with it names the key, and Create with the same UID returns the same key anyway.
+		// Recorded at once: whatever fails from here on, the status written with it names the
+		// key (see writeStatus), and if that write never happens, Lookup finds the key.
 		cmk.Status.KeyID = created.ID
 		r.event(cmk, "Normal", v1alpha1.EventCreated, "CreateKey", "Created key %s (%s, origin %s)", created.ID, created.KeySpec, created.Origin)
 		return r.readBack(ctx, created.ID)
@@ -39,14 +39,21 @@ func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.Cus
 		if err := r.KMS.ScheduleDeletion(ctx, id, int(cmk.Spec.PendingDays)); err != nil {
 			return nil, err
 		}
+		cmk.Status.PendingDays = cmk.Spec.PendingDays
 		r.event(cmk, "Normal", v1alpha1.EventDeletionScheduled, "ScheduleKeyDeletion", "Scheduled deletion of key %s in %d days", id, cmk.Spec.PendingDays)
 	case planner.CancelDeletion:
+		again := cmk.Spec.DeletionScheduled // canceled only to schedule again with another window
 		if err := r.KMS.CancelDeletion(ctx, id); err != nil {
 			return nil, err
 		}
+		cmk.Status.PendingDays = 0
 		after, err := r.readBack(ctx, id)
 		if err == nil && after != nil {
-			r.event(cmk, "Normal", v1alpha1.EventDeletionCanceled, "CancelKeyDeletion", "Canceled deletion of key %s; it is now %s", id, after.State)
+			why := ""
+			if again {
+				why = fmt.Sprintf(", to schedule it again with spec.pendingDays %d", cmk.Spec.PendingDays)
+			}
+			r.event(cmk, "Normal", v1alpha1.EventDeletionCanceled, "CancelKeyDeletion", "Canceled deletion of key %s%s; it is now %s", id, why, after.State)
 		}
 		return after, err
 	case planner.SetDescription:
@@ -82,7 +89,7 @@ func createRequest(cmk *v1alpha1.CustomerMasterKey) kms.CreateRequest {
 		KeySpec:     string(cmk.Spec.KeySpec),
 		KeyUsage:    string(cmk.Spec.KeyUsage),
 		Origin:      string(cmk.Spec.Origin),
-		Token:       string(cmk.UID),
+		Token:       creationToken(cmk),
 		Tags: map[string]string{
 			"kms.cmk.io/namespace": cmk.Namespace,
 			"kms.cmk.io/name":      cmk.Name,

@@ -1,5 +1,5 @@
-// Package controllers holds the CustomerMasterKey reconciler: it observes the key in the KMS,
-// asks the planner for the one next action, takes it, reads the key back and writes status.
+// Package controllers holds the CustomerMasterKey reconciler: it finds the resource's key in the
+// KMS, asks the planner for the next action, takes it, reads the key back and writes status.
 package controllers
 
 import (
@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
@@ -32,8 +33,10 @@ const Finalizer = "kms.cmk.io/deletion-policy"
 // outside Kubernetes.
 const DefaultSyncPeriod = 10 * time.Minute
 
-// requeueNow asks for another reconcile at once, when one action is done and another is due.
-const requeueNow = time.Millisecond
+// maxActions bounds the KMS calls one reconcile makes. A spec change needs at most three in a
+// row (cancel, schedule again; cancel, enable; issue parameters, import, disable); a provider
+// that never reaches the state it reports is sent through the rate limiter instead.
+const maxActions = 4
 
 // CustomerMasterKeyReconciler drives a KMS toward each CustomerMasterKey's spec.
 type CustomerMasterKeyReconciler struct {
@@ -57,72 +60,93 @@ type CustomerMasterKeyReconciler struct {
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 
-// Reconcile brings one key one step closer to its spec.
+// Reconcile brings one key closer to its spec.
 func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	cmk := &v1alpha1.CustomerMasterKey{}
 	if err := r.Get(ctx, req.NamespacedName, cmk); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !cmk.DeletionTimestamp.IsZero() {
-		return r.finalize(ctx, cmk)
+		if !controllerutil.ContainsFinalizer(cmk, Finalizer) {
+			return ctrl.Result{}, nil
+		}
+		before := cmk.DeepCopy()
+		result, released, err := r.finalize(ctx, cmk)
+		if released {
+			return r.settle(ctx, result, err)
+		}
+		return r.report(ctx, before, cmk, result, err)
 	}
 	if err := r.ensureFinalizer(ctx, cmk); err != nil {
-		return quietOnConflict(err)
+		return r.settle(ctx, ctrl.Result{}, err)
 	}
-
 	before := cmk.DeepCopy()
-	result, syncErr := r.sync(ctx, cmk)
-	if err := r.patchStatus(ctx, before, cmk); err != nil {
-		if syncErr == nil {
-			return quietOnConflict(err)
-		}
-		return ctrl.Result{}, errors.Join(syncErr, err)
-	}
-	return result, syncErr
+	result, err := r.sync(ctx, cmk)
+	return r.report(ctx, before, cmk, result, err)
 }
 
-// sync observes the key, takes the planner's next action and records the outcome in
-// cmk.Status. Errors it returns are transient; terminal ones are only reported in status.
+// sync finds the key, takes the planner's actions and records the outcome in cmk.Status.
+// Errors it returns are transient; the rest are reported in status.
 func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (ctrl.Result, error) {
-	key, err := r.observe(ctx, managedKeyID(cmk))
+	key, err := r.findKey(ctx, cmk)
 	if err != nil {
-		return ctrl.Result{}, r.failed(cmk, "Observing", err)
+		return r.actFailed(cmk, nil, "Observing", err)
 	}
 	if blocked := r.adopt(cmk, key); blocked {
-		return ctrl.Result{RequeueAfter: r.SyncPeriod}, nil
+		return r.resync(), nil
 	}
 	if msg := mismatch(cmk, key); msg != "" {
-		r.setObserved(cmk, key)
-		r.setBlocked(cmk, v1alpha1.ReasonSpecMismatch, v1alpha1.ReasonSpecMismatch, msg)
-		return ctrl.Result{RequeueAfter: r.SyncPeriod}, nil
+		r.recordKey(cmk, key)
+		r.setBlocked(cmk, v1alpha1.ReasonSpecMismatch, msg)
+		return r.resync(), nil
 	}
+	lastPhase := cmk.Status.Phase
 	decision := planner.Next(r.input(cmk, key))
-	if planner.Drift(cmk.Status.Phase, cmk.Generation != cmk.Status.ObservedGeneration, key, decision) {
+	if planner.Drift(lastPhase, cmk.Generation != cmk.Status.ObservedGeneration, key, decision) {
 		r.event(cmk, "Warning", v1alpha1.EventDriftDetected, "Observe",
-			"Key %s is %s outside Kubernetes (status said %s); returning it to the spec: %s", key.ID, key.State, cmk.Status.Phase, decision.Action)
+			"Key %s is %s outside Kubernetes (status said %s); returning it to the spec: %s", key.ID, key.State, lastPhase, decision.Action)
 	}
-	if decision.Action != planner.None {
+	for actions := 0; decision.Action != planner.None; actions++ {
+		if actions == maxActions {
+			r.recordKey(cmk, key)
+			return requeueRateLimited(), nil
+		}
 		log.FromContext(ctx).Info("Acting on key", "action", decision.Action, "keyID", cmk.Status.KeyID)
 		after, err := r.act(ctx, cmk, key, decision.Action)
-		var refused *importFailure
-		switch {
-		case errors.As(err, &refused):
-			r.setObserved(cmk, key)
-			r.setBlocked(cmk, v1alpha1.EventImportFailed, refused.reason, refused.message)
-			return ctrl.Result{RequeueAfter: r.ImportRetry}, nil
-		case kms.IsTerminal(err):
-			r.setTerminal(cmk, err)
-			return ctrl.Result{}, nil
-		case err != nil:
-			return ctrl.Result{}, r.failed(cmk, string(decision.Action), err)
+		if err != nil {
+			return r.actFailed(cmk, key, string(decision.Action), err)
 		}
 		key = after
 		decision = planner.Next(r.input(cmk, key))
 	}
-	lastPhase := cmk.Status.Phase
 	r.setObserved(cmk, key)
 	r.reportDeletion(cmk, lastPhase)
 	return r.requeue(decision), nil
+}
+
+// actFailed records a failed observation or call. What the user must fix (a refused import,
+// a refusal of the KMS, a damaged key record) is reported and looked at again later; what may
+// pass is returned for a retry with backoff. key is the key as last read, so status shows the
+// state the calls before the failure left it in.
+func (r *CustomerMasterKeyReconciler) actFailed(cmk *v1alpha1.CustomerMasterKey, key *kms.Key, doing string, err error) (ctrl.Result, error) {
+	var refused *importFailure
+	switch {
+	case errors.As(err, &refused):
+		r.recordKey(cmk, key)
+		r.setBlocked(cmk, refused.reason, refused.message)
+		return ctrl.Result{RequeueAfter: r.ImportRetry}, nil
+	case kms.IsTerminal(err), kms.IsUnreadable(err):
+		// Still looked at on the slow resync, so drift and the deletion date are seen.
+		r.recordKey(cmk, key)
+		r.setBlocked(cmk, terminalReason(err), err.Error())
+		return r.resync(), nil
+	case apierrors.IsConflict(err):
+		// Another writer of the KMS's record won; the next attempt starts from its state.
+		r.recordKey(cmk, key)
+		return requeueRateLimited(), nil
+	}
+	r.recordKey(cmk, key)
+	return ctrl.Result{}, r.failed(cmk, doing, err)
 }
 
 // reportDeletion records the moment a key is found deleted: expected at the end of a scheduled
@@ -141,11 +165,14 @@ func (r *CustomerMasterKeyReconciler) reportDeletion(cmk *v1alpha1.CustomerMaste
 
 func (r *CustomerMasterKeyReconciler) input(cmk *v1alpha1.CustomerMasterKey, key *kms.Key) planner.Input {
 	in := planner.Input{
-		Spec:     cmk.Spec,
-		KeyID:    cmk.Status.KeyID,
-		Key:      key,
-		Deleting: !cmk.DeletionTimestamp.IsZero(),
-		Now:      r.Clock.Now(),
+		Spec:        cmk.Spec,
+		KeyID:       cmk.Status.KeyID,
+		Key:         key,
+		Deleting:    !cmk.DeletionTimestamp.IsZero(),
+		PendingDays: cmk.Status.PendingDays,
+		LastPhase:   cmk.Status.Phase,
+		Adopted:     cmk.Spec.KeyID != "",
+		Now:         r.Clock.Now(),
 	}
 	if p := cmk.Status.ImportParameters; p != nil {
 		in.ImportParametersExpireAt = p.ExpiresAt.Time
@@ -153,35 +180,39 @@ func (r *CustomerMasterKeyReconciler) input(cmk *v1alpha1.CustomerMasterKey, key
 	return in
 }
 
-// observe reads the key from the KMS; nil when there is none yet or the KMS no longer has it.
-func (r *CustomerMasterKeyReconciler) observe(ctx context.Context, keyID string) (*kms.Key, error) {
-	if keyID == "" {
-		return nil, nil
-	}
-	key, err := r.KMS.Observe(ctx, keyID)
-	if kms.IsNotFound(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &key, nil
-}
-
-// requeue turns a decision into when to look at the key again: at once when another action
-// is due, at the time the KMS changes the key by itself, else at the slow resync, jittered
-// so thousands of keys do not come due together.
+// requeue turns a settled decision into when to look at the key again: at the time the KMS
+// changes the key by itself, else at the slow resync.
 func (r *CustomerMasterKeyReconciler) requeue(d planner.Decision) ctrl.Result {
-	if d.Action != planner.None {
-		return ctrl.Result{RequeueAfter: requeueNow}
-	}
-	resync := wait.Jitter(r.SyncPeriod, 0.1)
+	resync := r.resync()
 	if !d.RecheckAt.IsZero() {
-		if until := d.RecheckAt.Sub(r.Clock.Now()); until < resync {
-			return ctrl.Result{RequeueAfter: max(until, requeueNow)}
+		if until := d.RecheckAt.Sub(r.Clock.Now()); until < resync.RequeueAfter {
+			return ctrl.Result{RequeueAfter: max(until, planner.OverdueRecheck)}
 		}
 	}
-	return ctrl.Result{RequeueAfter: resync}
+	return resync
+}
+
+// resync is the slow look for drift, jittered so thousands of keys do not come due together.
+func (r *CustomerMasterKeyReconciler) resync() ctrl.Result {
+	return ctrl.Result{RequeueAfter: wait.Jitter(r.SyncPeriod, 0.1)}
+}
+
+// requeueRateLimited asks for another reconcile through the controller's rate limiter (backoff
+// per key under an overall rate), for a write that lost a race. RequeueAfter would bypass it.
+func requeueRateLimited() ctrl.Result {
+	return ctrl.Result{Requeue: true} //nolint:staticcheck // The one way to use the rate limiter without an error.
+}
+
+// settle returns a result to the controller: conflicts requeue quietly, and a reconcile cut
+// short by the manager stopping reports nothing, since the next start picks the key up.
+func (r *CustomerMasterKeyReconciler) settle(ctx context.Context, result ctrl.Result, err error) (ctrl.Result, error) {
+	switch {
+	case ctx.Err() != nil:
+		return ctrl.Result{}, nil
+	case apierrors.IsConflict(err):
+		return requeueRateLimited(), nil
+	}
+	return result, err
 }
 
 func (r *CustomerMasterKeyReconciler) ensureFinalizer(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
@@ -202,17 +233,9 @@ func (r *CustomerMasterKeyReconciler) event(cmk *v1alpha1.CustomerMasterKey, eve
 	}
 }
 
-// quietOnConflict retries a write that lost an optimistic-lock race without logging an error:
-// the next reconcile reads the newer object.
-func quietOnConflict(err error) (ctrl.Result, error) {
-	if apierrors.IsConflict(err) {
-		return ctrl.Result{RequeueAfter: requeueNow}, nil
-	}
-	return ctrl.Result{}, err
-}
-
 // SetupWithManager registers the reconciler. Status-only updates do not trigger it: it writes
-// status itself and requeues on purpose.
+// status itself and requeues on purpose. A finalizer taken off by someone else does, so it is
+// put back before the resource can be deleted without its deletionPolicy.
 func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts controller.Options) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
@@ -225,8 +248,8 @@ func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr 
 	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("customermasterkey").
-		For(&v1alpha1.CustomerMasterKey{}, builder.WithPredicates(
-			predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		For(&v1alpha1.CustomerMasterKey{}, builder.WithPredicates(predicate.Or(
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, finalizerRemoved))).
 		WithOptions(opts)
 	if n, ok := r.KMS.(kms.Notifier); ok {
 		src, err := keyChangeSource(ctx, mgr, n)
@@ -236,4 +259,11 @@ func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr 
 		b = b.WatchesRawSource(src)
 	}
 	return b.Complete(r)
+}
+
+// finalizerRemoved passes updates that take the operator's finalizer off a resource.
+var finalizerRemoved = predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		return controllerutil.ContainsFinalizer(e.ObjectOld, Finalizer) && !controllerutil.ContainsFinalizer(e.ObjectNew, Finalizer)
+	},
 }

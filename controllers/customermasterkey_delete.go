@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -15,27 +16,28 @@ import (
 
 // finalize applies deletionPolicy to the key of a resource being deleted, then lets the
 // resource go at once: a key scheduled for deletion does not hold its resource for the window.
-func (r *CustomerMasterKeyReconciler) finalize(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (ctrl.Result, error) {
-	if !controllerutil.ContainsFinalizer(cmk, Finalizer) {
-		return ctrl.Result{}, nil
-	}
-	key, err := r.observe(ctx, cmk.Status.KeyID)
+// The key is found as in a normal reconcile, by status or by the creation token, so a resource
+// deleted while its key was being created does not leave the key behind unnoticed.
+func (r *CustomerMasterKeyReconciler) finalize(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (ctrl.Result, bool, error) {
+	key, err := r.ownKey(ctx, cmk)
 	if err != nil {
-		return ctrl.Result{}, r.finalizeFailed(cmk, "Observing", err)
+		return r.finalizeFailed(cmk, "Observing", err)
 	}
 	decision := planner.Next(r.input(cmk, key))
 	switch decision.Action {
 	case planner.ScheduleDeletion:
 		if err := r.KMS.ScheduleDeletion(ctx, key.ID, int(cmk.Spec.PendingDays)); err != nil {
-			return ctrl.Result{}, r.finalizeFailed(cmk, "ScheduleDeletion", err)
+			return r.finalizeFailed(cmk, "ScheduleDeletion", err)
 		}
+		cmk.Status.PendingDays = cmk.Spec.PendingDays
 		r.event(cmk, "Normal", v1alpha1.EventDeletionScheduled, "ScheduleKeyDeletion",
 			"Scheduled deletion of key %s in %d days, as deletionPolicy Delete asks", key.ID, cmk.Spec.PendingDays)
 		if key, err = r.readBack(ctx, key.ID); err != nil {
-			return ctrl.Result{}, r.finalizeFailed(cmk, "Observing", err)
+			return r.finalizeFailed(cmk, "Observing", err)
 		}
 		if decision = planner.Next(r.input(cmk, key)); decision.Action != planner.Release {
-			return r.requeue(decision), nil
+			r.recordKey(cmk, key)
+			return r.requeue(decision), false, nil
 		}
 	case planner.Release:
 		if key != nil && cmk.Spec.DeletionPolicy == v1alpha1.DeletionPolicyRetain &&
@@ -44,23 +46,33 @@ func (r *CustomerMasterKeyReconciler) finalize(ctx context.Context, cmk *v1alpha
 				"Left key %s in the KMS (%s), as deletionPolicy Retain asks", key.ID, key.State)
 		}
 	default:
-		return r.requeue(decision), nil
+		r.recordKey(cmk, key)
+		return r.requeue(decision), false, nil
 	}
 
 	patch := client.MergeFromWithOptions(cmk.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	controllerutil.RemoveFinalizer(cmk, Finalizer)
 	if err := r.Patch(ctx, cmk, patch); err != nil {
-		return quietOnConflict(client.IgnoreNotFound(err))
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, true, nil
+		}
+		controllerutil.AddFinalizer(cmk, Finalizer)
+		return ctrl.Result{}, false, fmt.Errorf("removing finalizer: %w", err)
 	}
-	return ctrl.Result{}, nil
+	return ctrl.Result{}, true, nil
 }
 
-// finalizeFailed reports a failure while deleting: an event only, since the resource is going.
-func (r *CustomerMasterKeyReconciler) finalizeFailed(cmk *v1alpha1.CustomerMasterKey, doing string, err error) error {
-	if kms.IsTerminal(err) {
-		r.event(cmk, "Warning", v1alpha1.EventFailed, doing, "Applying deletionPolicy failed: %v; remove the finalizer %s by hand to let the resource go", err, Finalizer)
-	} else {
-		r.event(cmk, "Warning", v1alpha1.EventFailed, doing, "Applying deletionPolicy failed, retrying with backoff: %v", err)
+// finalizeFailed reports a failure while applying deletionPolicy in status (and so in one
+// Warning event). What retrying cannot fix says how to let the resource go by hand.
+func (r *CustomerMasterKeyReconciler) finalizeFailed(cmk *v1alpha1.CustomerMasterKey, doing string, err error) (ctrl.Result, bool, error) {
+	switch {
+	case kms.IsTerminal(err), kms.IsUnreadable(err):
+		r.setBlocked(cmk, terminalReason(err), fmt.Sprintf(
+			"Applying deletionPolicy failed: %v. Fix that, or let the resource go without applying deletionPolicy to its key: "+
+				"kubectl patch cmk %s -n %s --type merge -p '{\"metadata\":{\"finalizers\":null}}'", err, cmk.Name, cmk.Namespace))
+		return r.resync(), false, nil
+	case apierrors.IsConflict(err):
+		return requeueRateLimited(), false, nil
 	}
-	return fmt.Errorf("applying deletionPolicy to key %s: %w", cmk.Status.KeyID, err)
+	return ctrl.Result{}, false, r.failed(cmk, doing, fmt.Errorf("applying deletionPolicy: %w", err))
 }

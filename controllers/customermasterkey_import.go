@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/planner"
 )
 
 // The keyMaterial Secret is read directly, one get per import attempt, so the operator needs
@@ -26,7 +28,12 @@ const DefaultImportRetry = 30 * time.Second
 
 // importFailure is an import the user must fix: a missing or malformed Secret, or material
 // the KMS refused. It is reported in both conditions, never as a reconcile error.
-type importFailure struct{ reason, message string }
+type importFailure struct {
+	reason, message string
+	// publishedRefused: the KMS refused the token published in status, so those parameters
+	// are no longer any use and new ones are due.
+	publishedRefused bool
+}
 
 func (f *importFailure) Error() string { return f.message }
 
@@ -52,8 +59,24 @@ func (r *CustomerMasterKeyReconciler) issueImportParameters(ctx context.Context,
 }
 
 // importMaterial reads the Secret spec.keyMaterial names and imports its material. Refusals
-// come back as *importFailure with a message that says what to change.
+// come back as *importFailure with a message that says what to change. Import parameters are
+// replaced here only when the KMS no longer accepts the published ones, or they are about to
+// expire: a user wrapping material with them must not see them change at every retry.
 func (r *CustomerMasterKeyReconciler) importMaterial(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
+	err := r.tryImport(ctx, cmk)
+	var refused *importFailure
+	if !errors.As(err, &refused) {
+		return err
+	}
+	if refused.publishedRefused || planner.ImportParametersDue(importParametersExpiry(cmk), r.Clock.Now()) {
+		if err := r.issueImportParameters(ctx, cmk); err != nil {
+			return err
+		}
+	}
+	return refused
+}
+
+func (r *CustomerMasterKeyReconciler) tryImport(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
 	imp, err := r.importer()
 	if err != nil {
 		return err
@@ -64,14 +87,14 @@ func (r *CustomerMasterKeyReconciler) importMaterial(ctx context.Context, cmk *v
 	if ref.ExpiresAt != nil {
 		expiresAt = ref.ExpiresAt.Time
 		if !expiresAt.After(r.Clock.Now()) {
-			return &importFailure{v1alpha1.ReasonExpiryPassed,
-				"spec.keyMaterial.expiresAt has passed: set a time in the future, or remove it for material that does not expire"}
+			return &importFailure{reason: v1alpha1.ReasonExpiryPassed,
+				message: "spec.keyMaterial.expiresAt has passed: set a time in the future, or remove it for material that does not expire"}
 		}
 	}
 	secret := &corev1.Secret{}
 	if err := r.secretReader().Get(ctx, client.ObjectKey{Namespace: cmk.Namespace, Name: name}, secret); err != nil {
 		if apierrors.IsNotFound(err) {
-			return &importFailure{v1alpha1.ReasonSecretNotFound, fmt.Sprintf(
+			return &importFailure{reason: v1alpha1.ReasonSecretNotFound, message: fmt.Sprintf(
 				"Secret %s not found in namespace %s: create it with keys %s (the wrapped material) and %s",
 				name, cmk.Namespace, v1alpha1.SecretKeyEncryptedKeyMaterial, v1alpha1.SecretKeyImportToken)}
 		}
@@ -80,13 +103,13 @@ func (r *CustomerMasterKeyReconciler) importMaterial(ctx context.Context, cmk *v
 	wrapped := secret.Data[v1alpha1.SecretKeyEncryptedKeyMaterial]
 	token := strings.TrimSpace(string(secret.Data[v1alpha1.SecretKeyImportToken]))
 	if len(wrapped) == 0 || token == "" {
-		return &importFailure{v1alpha1.ReasonSecretInvalid, fmt.Sprintf(
+		return &importFailure{reason: v1alpha1.ReasonSecretInvalid, message: fmt.Sprintf(
 			"Secret %s must hold non-empty keys %s and %s", name, v1alpha1.SecretKeyEncryptedKeyMaterial, v1alpha1.SecretKeyImportToken)}
 	}
 
 	err = imp.ImportMaterial(ctx, cmk.Status.KeyID, token, wrapped, expiresAt)
 	if ie := kms.AsImportError(err); ie != nil {
-		return r.importRefused(ctx, cmk, name, ie)
+		return importRefused(cmk, name, token, ie)
 	}
 	if err != nil {
 		return err
@@ -96,25 +119,31 @@ func (r *CustomerMasterKeyReconciler) importMaterial(ctx context.Context, cmk *v
 	return nil
 }
 
-// importRefused turns the KMS's refusal into what the user must do. A bad token gets fresh
-// parameters published at once, so the message can point at them.
-func (r *CustomerMasterKeyReconciler) importRefused(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, secret string, ie *kms.ImportError) error {
+// importRefused turns the KMS's refusal into what the user must do. The token message is the
+// same whether or not new parameters are published, so a user is warned once per mistake.
+func importRefused(cmk *v1alpha1.CustomerMasterKey, secret, token string, ie *kms.ImportError) error {
 	switch ie.Code {
 	case kms.ImportTokenInvalid:
-		if err := r.issueImportParameters(ctx, cmk); err != nil {
-			return err
-		}
-		return &importFailure{v1alpha1.ReasonImportTokenInvalid, fmt.Sprintf(
-			"The import token in Secret %s is expired, superseded or another key's: new import parameters are in "+
-				"status.importParameters; wrap the material again with the new publicKey and put the new importToken in the Secret", secret)}
+		published := cmk.Status.ImportParameters
+		return &importFailure{reason: v1alpha1.ReasonImportTokenInvalid, message: fmt.Sprintf(
+			"The KMS does not accept the import token in Secret %s (expired, superseded or another key's): wrap the material "+
+				"again with the publicKey now in status.importParameters and put its importToken in the Secret", secret),
+			publishedRefused: published != nil && published.ImportToken == token}
 	case kms.ImportMaterialMismatch:
-		return &importFailure{v1alpha1.ReasonMaterialMismatch, fmt.Sprintf(
+		return &importFailure{reason: v1alpha1.ReasonMaterialMismatch, message: fmt.Sprintf(
 			"The material in Secret %s was refused: %s. Wrap the key's original material with status.importParameters", secret, ie.Reason)}
 	default:
-		return &importFailure{v1alpha1.ReasonMaterialInvalid, fmt.Sprintf(
+		return &importFailure{reason: v1alpha1.ReasonMaterialInvalid, message: fmt.Sprintf(
 			"The material in Secret %s was refused: %s. Wrap %s with status.importParameters.publicKey (%s)",
 			secret, ie.Reason, materialSize(cmk.Spec.KeySpec), kms.WrappingAlgorithm)}
 	}
+}
+
+func importParametersExpiry(cmk *v1alpha1.CustomerMasterKey) time.Time {
+	if p := cmk.Status.ImportParameters; p != nil {
+		return p.ExpiresAt.Time
+	}
+	return time.Time{}
 }
 
 func materialSize(spec v1alpha1.KeySpec) string {

@@ -5,8 +5,10 @@ import (
 	"fmt"
 
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
@@ -14,10 +16,11 @@ import (
 	"github.com/cmk-operator/cmk-operator/internal/planner"
 )
 
-// setObserved records a successful reconcile: the key's real state, Ready as the planner
-// reads it, and Synced=True for this generation.
-func (r *CustomerMasterKeyReconciler) setObserved(cmk *v1alpha1.CustomerMasterKey, key *kms.Key) {
+// recordKey records what the KMS reports about the key: its phase, deletion date and window,
+// material expiry. A nil key with an ID in status is a key the KMS no longer has.
+func (r *CustomerMasterKeyReconciler) recordKey(cmk *v1alpha1.CustomerMasterKey, key *kms.Key) {
 	st := &cmk.Status
+	in := r.input(cmk, key) // before the phase changes: the window verdict reads the last one
 	switch {
 	case key != nil:
 		st.Phase = v1alpha1.Phase(key.State)
@@ -26,6 +29,12 @@ func (r *CustomerMasterKeyReconciler) setObserved(cmk *v1alpha1.CustomerMasterKe
 		st.Phase = v1alpha1.PhaseDeleted
 	}
 	st.DeletionDate = nil
+	switch {
+	case key == nil || key.State != kms.StatePendingDeletion:
+		st.PendingDays = 0
+	case st.PendingDays == 0 && cmk.Spec.DeletionScheduled && planner.Window(in) == planner.Accept:
+		st.PendingDays = cmk.Spec.PendingDays
+	}
 	if key != nil && key.State == kms.StatePendingDeletion && !key.DeletionDate.IsZero() {
 		st.DeletionDate = &metav1.Time{Time: key.DeletionDate}
 	}
@@ -37,32 +46,23 @@ func (r *CustomerMasterKeyReconciler) setObserved(cmk *v1alpha1.CustomerMasterKe
 		// Parameters only mean something while the key waits for material.
 		st.ImportParameters = nil
 	}
-	ready := planner.Ready(cmk.Spec, st.KeyID, key)
+}
+
+// setObserved records a successful reconcile: the key's real state, Ready as the planner
+// reads it, and Synced=True for this generation.
+func (r *CustomerMasterKeyReconciler) setObserved(cmk *v1alpha1.CustomerMasterKey, key *kms.Key) {
+	r.recordKey(cmk, key)
+	ready := planner.Ready(r.input(cmk, key))
 	r.setCondition(cmk, v1alpha1.ConditionReady, ready.Ready, ready.Reason, ready.Message)
 	r.setCondition(cmk, v1alpha1.ConditionSynced, true, v1alpha1.ReasonReconcileSuccess, "The last reconcile reached the KMS without error")
-	st.ObservedGeneration = cmk.Generation
-}
-
-// setTerminal records a failure retrying cannot fix. The status describes this generation, so
-// nothing is retried until the spec changes.
-func (r *CustomerMasterKeyReconciler) setTerminal(cmk *v1alpha1.CustomerMasterKey, err error) {
-	reason := v1alpha1.ReasonRejected
-	if kms.IsUnsupported(err) {
-		reason = v1alpha1.ReasonUnsupported
-	}
-	r.setCondition(cmk, v1alpha1.ConditionReady, false, reason, err.Error())
-	r.setCondition(cmk, v1alpha1.ConditionSynced, false, reason, err.Error())
 	cmk.Status.ObservedGeneration = cmk.Generation
-	r.event(cmk, "Warning", reason, "Reconcile", "%s", err.Error())
 }
 
-// setBlocked records something only the user can fix (an import refused, an adopted key that
-// does not exist or does not match): both conditions False with what to do. The Warning event
-// is sent only when the message changes, so periodic retries do not flood the event stream.
-func (r *CustomerMasterKeyReconciler) setBlocked(cmk *v1alpha1.CustomerMasterKey, eventReason, reason, msg string) {
-	if c := condition(cmk, v1alpha1.ConditionSynced); c == nil || c.Message != msg {
-		r.event(cmk, "Warning", eventReason, "Reconcile", "%s", msg)
-	}
+// setBlocked records something only a person can fix (an import refused, a key to adopt that
+// does not exist or match, a spec the KMS refuses, a damaged key record): both conditions
+// False with what to do. The status describes this generation; the key is looked at again
+// later, and warnOnNewFailure sends one Warning per new message.
+func (r *CustomerMasterKeyReconciler) setBlocked(cmk *v1alpha1.CustomerMasterKey, reason, msg string) {
 	r.setCondition(cmk, v1alpha1.ConditionReady, false, reason, msg)
 	r.setCondition(cmk, v1alpha1.ConditionSynced, false, reason, msg)
 	cmk.Status.ObservedGeneration = cmk.Generation
@@ -72,11 +72,21 @@ func (r *CustomerMasterKeyReconciler) setBlocked(cmk *v1alpha1.CustomerMasterKey
 func (r *CustomerMasterKeyReconciler) failed(cmk *v1alpha1.CustomerMasterKey, doing string, err error) error {
 	msg := fmt.Sprintf("%s key failed, retrying with backoff: %v", doing, err)
 	r.setCondition(cmk, v1alpha1.ConditionSynced, false, v1alpha1.ReasonReconcileError, msg)
-	r.event(cmk, "Warning", v1alpha1.EventFailed, doing, "%s", msg)
 	if cmk.Status.KeyID == "" {
 		return fmt.Errorf("%s key for %s/%s: %w", doing, cmk.Namespace, cmk.Name, err)
 	}
 	return fmt.Errorf("%s key %s: %w", doing, cmk.Status.KeyID, err)
+}
+
+// terminalReason is the condition reason of a failure retrying cannot fix.
+func terminalReason(err error) string {
+	switch {
+	case kms.IsUnsupported(err):
+		return v1alpha1.ReasonUnsupported
+	case kms.IsUnreadable(err):
+		return v1alpha1.ReasonKeyUnreadable
+	}
+	return v1alpha1.ReasonRejected
 }
 
 func condition(cmk *v1alpha1.CustomerMasterKey, typ string) *metav1.Condition {
@@ -98,15 +108,81 @@ func (r *CustomerMasterKeyReconciler) setCondition(cmk *v1alpha1.CustomerMasterK
 	})
 }
 
-// patchStatus writes status once, as a merge patch carrying the resourceVersion read, and only
-// when it changed: a reconcile that finds nothing new writes nothing.
-func (r *CustomerMasterKeyReconciler) patchStatus(ctx context.Context, before, after *v1alpha1.CustomerMasterKey) error {
+// report writes status when it changed, sends a Warning for a failure not reported before,
+// and tells the controller what to do next.
+func (r *CustomerMasterKeyReconciler) report(ctx context.Context, before, cmk *v1alpha1.CustomerMasterKey, result ctrl.Result, syncErr error) (ctrl.Result, error) {
+	if ctx.Err() != nil {
+		return r.settle(ctx, result, syncErr)
+	}
+	if err := r.writeStatus(ctx, before, cmk); err != nil {
+		if apierrors.IsConflict(err) || syncErr == nil {
+			return r.settle(ctx, ctrl.Result{}, err)
+		}
+		return r.settle(ctx, ctrl.Result{}, fmt.Errorf("%w; and %w", syncErr, err))
+	}
+	r.warnOnNewFailure(before, cmk)
+	return r.settle(ctx, result, syncErr)
+}
+
+// writeStatus writes status once, as a merge patch carrying the resourceVersion read, and only
+// when it changed: a reconcile that finds nothing new writes nothing. When the patch loses a
+// race (the resource was edited or deleted meanwhile), what status says about the key in the
+// KMS, above all its ID, is written again without the lock: those are facts of the KMS, not
+// views of the spec, and losing the key ID would orphan the key. The conflict is still
+// returned, so the next reconcile judges the newer spec.
+func (r *CustomerMasterKeyReconciler) writeStatus(ctx context.Context, before, after *v1alpha1.CustomerMasterKey) error {
 	if equality.Semantic.DeepEqual(before.Status, after.Status) {
 		return nil
 	}
-	patch := client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})
-	if err := r.Status().Patch(ctx, after, patch); err != nil {
+	err := r.Status().Patch(ctx, after, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+	if err == nil {
+		return nil
+	}
+	if !apierrors.IsConflict(err) {
 		return fmt.Errorf("writing status: %w", err)
 	}
-	return nil
+	facts := keyFacts(before, after)
+	if equality.Semantic.DeepEqual(before.Status, facts.Status) {
+		return err
+	}
+	if ferr := r.Status().Patch(ctx, facts, client.MergeFrom(before)); ferr != nil && !apierrors.IsNotFound(ferr) {
+		return fmt.Errorf("writing key %s to status after a conflict: %w", after.Status.KeyID, ferr)
+	}
+	return err
+}
+
+// keyFacts is before with the fields of after's status that record the key in the KMS.
+func keyFacts(before, after *v1alpha1.CustomerMasterKey) *v1alpha1.CustomerMasterKey {
+	facts := before.DeepCopy()
+	st, from := &facts.Status, &after.Status
+	st.KeyID, st.Phase, st.DeletionDate, st.PendingDays = from.KeyID, from.Phase, from.DeletionDate, from.PendingDays
+	st.ImportParameters, st.MaterialExpiresAt = from.ImportParameters, from.MaterialExpiresAt
+	return facts
+}
+
+// warnOnNewFailure sends one Warning event when the reconcile ended in a failure status did not
+// already report with the same reason and message: retries, resyncs and restarts do not repeat
+// it, since the comparison is with the status stored in the apiserver.
+func (r *CustomerMasterKeyReconciler) warnOnNewFailure(before, after *v1alpha1.CustomerMasterKey) {
+	now := condition(after, v1alpha1.ConditionSynced)
+	if now == nil || now.Status == metav1.ConditionTrue {
+		return
+	}
+	if was := condition(before, v1alpha1.ConditionSynced); was != nil && was.Status == now.Status &&
+		was.Reason == now.Reason && was.Message == now.Message {
+		return
+	}
+	r.event(after, "Warning", warningReason(now.Reason), "Reconcile", "%s", now.Message)
+}
+
+// warningReason is the event reason for a Synced=False reason.
+func warningReason(conditionReason string) string {
+	switch conditionReason {
+	case v1alpha1.ReasonReconcileError:
+		return v1alpha1.EventFailed
+	case v1alpha1.ReasonSecretNotFound, v1alpha1.ReasonSecretInvalid, v1alpha1.ReasonImportTokenInvalid,
+		v1alpha1.ReasonMaterialInvalid, v1alpha1.ReasonMaterialMismatch, v1alpha1.ReasonExpiryPassed:
+		return v1alpha1.EventImportFailed
+	}
+	return conditionReason
 }

@@ -227,7 +227,7 @@ func TestImportFailures(t *testing.T) {
 				h.putSecret(name, map[string][]byte{"material": wrapped, "token": []byte(token)})
 				return keyMaterial(name)
 			}},
-		"TokenOfAnotherKey": {reason: v1alpha1.ReasonImportTokenInvalid, says: "wrap the material again with the new publicKey",
+		"TokenOfAnotherKey": {reason: v1alpha1.ReasonImportTokenInvalid, says: "wrap the material again with the publicKey now in status.importParameters",
 			setup: func(t *testing.T, name string, _ *v1alpha1.CustomerMasterKey) map[string]any {
 				h.create(h.cmk(name+"-other", external))
 				other := h.waitImportParameters(name+"-other", "")

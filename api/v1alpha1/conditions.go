@@ -28,6 +28,9 @@ const (
 	ReasonNotCreated = "NotCreated"
 	// ReasonKeyNotFound: spec.keyID names a key the KMS does not have.
 	ReasonKeyNotFound = "KeyNotFound"
+	// ReasonKeyUnreadable: the KMS holds a record of the key that cannot be read; a person
+	// must restore it (the message says where), or remove the finalizer to give the key up.
+	ReasonKeyUnreadable = "KeyUnreadable"
 	// ReasonSpecMismatch: the adopted key's keySpec, keyUsage or origin differ from the spec;
 	// nothing is done to it until they match.
 	ReasonSpecMismatch = "SpecMismatch"

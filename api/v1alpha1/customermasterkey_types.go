@@ -211,6 +211,14 @@ type CustomerMasterKeyStatus struct {
 	// +optional
 	DeletionDate *metav1.Time `json:"deletionDate,omitempty"`
 
+	// PendingDays is the deletion window the current deletion date follows: the
+	// spec.pendingDays the operator scheduled the deletion with (or accepted, for a deletion
+	// scheduled outside Kubernetes on an adopted key). Set only while PendingDeletion. When
+	// spec.pendingDays differs, the deletion is canceled and scheduled again with the new window,
+	// so a key is never deleted earlier than the spec asks.
+	// +optional
+	PendingDays int32 `json:"pendingDays,omitempty"`
+
 	// ImportParameters are published while the key is PendingImport: wrap the key material
 	// with them, then point spec.keyMaterial at it.
 	// +optional
@@ -234,6 +242,7 @@ type CustomerMasterKeyStatus struct {
 }
 
 // CustomerMasterKey is a KMS customer master key managed from Kubernetes.
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.status) || !has(oldSelf.status.keyID) || (has(self.status) && has(self.status.keyID) && self.status.keyID == oldSelf.status.keyID)",message="status.keyID cannot change or be removed once recorded: it is the only link to the key in the KMS, and a resource never gets a second key; create a new CustomerMasterKey for a new key"
 // +kubebuilder:validation:XValidation:rule="!has(self.spec.keyID) || !has(self.status) || !has(self.status.keyID) || self.status.keyID == self.spec.keyID",message="spec.keyID must name the key this resource already manages (status.keyID): create a new CustomerMasterKey to adopt another key"
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status

@@ -72,6 +72,10 @@ type Provider interface {
 	// Observe reports the key with this ID. A key the KMS deleted may be reported as
 	// StateDeleted or as not found; callers treat both as deleted.
 	Observe(ctx context.Context, keyID string) (Key, error)
+	// Lookup reports the key a Create with this token made, also one whose answer never
+	// reached the caller (a crash, a lost write); a *NotFoundError when no Create with this
+	// token made a key. It is how the operator tells "no key yet" from "a key it lost track of".
+	Lookup(ctx context.Context, token string) (Key, error)
 	// Create makes a key: Enabled, or PendingImport for an External key.
 	Create(ctx context.Context, req CreateRequest) (Key, error)
 	// Enable moves a Disabled key to Enabled.
@@ -153,10 +157,16 @@ type Notifier interface {
 	Changes() <-chan string
 }
 
-// NotFoundError says the KMS has no key with this ID.
-type NotFoundError struct{ KeyID string }
+// NotFoundError says the KMS has no key with this ID, or (from Lookup) none made with this
+// creation token.
+type NotFoundError struct{ KeyID, Token string }
 
-func (e *NotFoundError) Error() string { return fmt.Sprintf("key %s not found", e.KeyID) }
+func (e *NotFoundError) Error() string {
+	if e.KeyID == "" {
+		return fmt.Sprintf("no key was made with creation token %s", e.Token)
+	}
+	return fmt.Sprintf("key %s not found", e.KeyID)
+}
 
 // StateError says a call is not allowed from the key's current state. Callers wait for the
 // state to change rather than retry.
@@ -181,6 +191,23 @@ func (e *UnsupportedError) Error() string { return e.Reason }
 type RejectedError struct{ Reason string }
 
 func (e *RejectedError) Error() string { return e.Reason }
+
+// UnreadableError says the KMS holds a record of the key that it cannot read (a damaged
+// record). Retrying does not help: a person must restore the record, or give the key up.
+type UnreadableError struct {
+	KeyID  string
+	Reason string
+}
+
+func (e *UnreadableError) Error() string {
+	return fmt.Sprintf("the KMS's record of key %s cannot be read: %s", e.KeyID, e.Reason)
+}
+
+// IsUnreadable reports whether err says the key's record cannot be read.
+func IsUnreadable(err error) bool {
+	var u *UnreadableError
+	return errors.As(err, &u)
+}
 
 // IsNotFound reports whether err says the key does not exist.
 func IsNotFound(err error) bool {

@@ -37,9 +37,11 @@ const (
 const (
 	// CreatingRecheck is how soon a key still being created is looked at again.
 	CreatingRecheck = 5 * time.Second
-	// OverdueRecheck is how soon a key past its deletion date, that the KMS has not deleted
-	// yet, is looked at again.
-	OverdueRecheck = time.Minute
+	// OverdueRecheck is how soon a key is first looked at again when the KMS is late to act on
+	// it (a deletion date or a material expiry passed); later looks wait as long as the KMS has
+	// been late, so they thin out the longer it takes (Huawei removes expired material up to a
+	// day late).
+	OverdueRecheck = time.Second
 	// ImportParametersRefresh is how long before they expire import parameters are replaced,
 	// so a user always has time to wrap material with the published ones.
 	ImportParametersRefresh = time.Hour
@@ -57,7 +59,14 @@ type Input struct {
 	// ImportParametersExpireAt is when the import parameters in status expire; zero when none
 	// are published.
 	ImportParametersExpireAt time.Time
-	Now                      time.Time
+	// PendingDays is the deletion window status records for the key's current deletion; zero
+	// when none is recorded.
+	PendingDays int32
+	// LastPhase is the phase status last reported; empty before the key was first seen.
+	LastPhase v1alpha1.Phase
+	// Adopted is true when the resource manages a key it did not create (spec.keyID).
+	Adopted bool
+	Now     time.Time
 }
 
 // Decision is the next action and, when none is due, when to look again.
@@ -89,10 +98,12 @@ func Next(in Input) Decision {
 	case kms.StateCreating:
 		return Decision{Action: None, RecheckAt: in.Now.Add(CreatingRecheck)}
 	case kms.StatePendingDeletion:
-		if !in.Spec.DeletionScheduled {
+		if !in.Spec.DeletionScheduled || Window(in) == Reschedule {
+			// Rescheduling goes through Disabled too: the KMS only schedules a key that is
+			// not pending deletion.
 			return Decision{Action: CancelDeletion}
 		}
-		return Decision{Action: None, RecheckAt: deletionRecheck(k.DeletionDate, in.Now)}
+		return Decision{Action: None, RecheckAt: recheck(k.DeletionDate, in.Now)}
 	}
 	// Enabled, Disabled or PendingImport.
 	if in.Spec.DeletionScheduled {
@@ -115,7 +126,40 @@ func Next(in Input) Decision {
 		return Decision{Action: None, RecheckAt: in.ImportParametersExpireAt.Add(-ImportParametersRefresh)}
 	}
 	// Matches the spec; imported material that expires is looked at again then.
-	return Decision{Action: None, RecheckAt: k.MaterialExpiresAt}
+	return Decision{Action: None, RecheckAt: recheck(k.MaterialExpiresAt, in.Now)}
+}
+
+// WindowVerdict says what to do with the date of a deletion the spec asks to keep.
+type WindowVerdict int
+
+// Window verdicts.
+const (
+	// Keep: the deletion follows the spec's pendingDays (status records it).
+	Keep WindowVerdict = iota
+	// Accept: a deletion scheduled outside Kubernetes, on an adopted key or before status
+	// recorded windows; its date stands, and the spec's pendingDays is recorded as its window.
+	Accept
+	// Reschedule: the deletion was scheduled with another window than the spec's, or with one
+	// nobody recorded (a crash right after the call): cancel it and schedule it again, so the
+	// key is never deleted earlier than the spec asks. The new date is only ever later.
+	Reschedule
+)
+
+// Window judges the date of a key pending deletion while the spec asks for the deletion:
+// whether the date follows the spec's pendingDays. API.md, "Deletion dates".
+func Window(in Input) WindowVerdict {
+	switch {
+	case in.PendingDays == in.Spec.PendingDays:
+		return Keep
+	case in.PendingDays != 0:
+		// pendingDays changed while the deletion was canceled and scheduled again, in edits
+		// the operator may have seen as one.
+		return Reschedule
+	case in.LastPhase == v1alpha1.PhasePendingDeletion || (in.LastPhase == "" && in.Adopted):
+		// Pending before the operator knew the key, or before it recorded windows.
+		return Accept
+	}
+	return Reschedule
 }
 
 // describes reports whether the key's description must change to the spec's. An empty one
@@ -144,16 +188,27 @@ func Mismatch(spec v1alpha1.CustomerMasterKeySpec, k *kms.Key) string {
 		"create the CustomerMasterKey again with those values", k.ID, strings.Join(diffs, ", "))
 }
 
-// nextImport moves an External key without material toward having it: import what the spec
-// points at, else make sure usable import parameters are published.
+// nextImport moves an External key without material toward having it: import parameters are
+// always published (also after material expired), and the material the spec points at is
+// imported. Parameters about to expire are replaced only when no import is pending: replacing
+// them would void the token of material the user has just wrapped (the reconciler replaces
+// them itself when such an import is refused).
 func nextImport(in Input) (Decision, bool) {
-	if in.Spec.KeyMaterial != nil {
+	switch {
+	case in.ImportParametersExpireAt.IsZero():
+		return Decision{Action: IssueImportParameters}, true
+	case in.Spec.KeyMaterial != nil:
 		return Decision{Action: ImportMaterial}, true
-	}
-	if in.ImportParametersExpireAt.IsZero() || !in.Now.Before(in.ImportParametersExpireAt.Add(-ImportParametersRefresh)) {
+	case ImportParametersDue(in.ImportParametersExpireAt, in.Now):
 		return Decision{Action: IssueImportParameters}, true
 	}
 	return Decision{}, false
+}
+
+// ImportParametersDue reports whether published parameters expiring at expireAt should be
+// replaced now, so a user always has time to wrap material with them.
+func ImportParametersDue(expireAt, now time.Time) bool {
+	return expireAt.IsZero() || !now.Before(expireAt.Add(-ImportParametersRefresh))
 }
 
 func nextOnDelete(in Input) Decision {
@@ -173,11 +228,14 @@ func nextOnDelete(in Input) Decision {
 	return Decision{Action: Release}
 }
 
-func deletionRecheck(date, now time.Time) time.Time {
-	if date.IsZero() || !date.After(now) {
-		return now.Add(OverdueRecheck)
+// recheck is when to look again at a key the KMS changes by itself at t (zero: never). Once t
+// has passed and the KMS has not acted, the wait grows with how late it is, from
+// OverdueRecheck up: a backoff that needs no memory, so it holds across restarts.
+func recheck(t, now time.Time) time.Time {
+	if t.IsZero() || t.After(now) {
+		return t
 	}
-	return date
+	return now.Add(max(OverdueRecheck, now.Sub(t)))
 }
 
 // Readiness is the Ready condition for a key in a given state under a given spec.
@@ -188,8 +246,9 @@ type Readiness struct {
 }
 
 // Ready says whether the key is usable and matches the spec and, when not, what it waits for
-// in words a person can act on. keyID is the ID in status, empty before creation.
-func Ready(spec v1alpha1.CustomerMasterKeySpec, keyID string, key *kms.Key) Readiness {
+// in words a person can act on.
+func Ready(in Input) Readiness {
+	spec, keyID, key, pendingDays := in.Spec, in.KeyID, in.Key, in.PendingDays
 	if key == nil {
 		if keyID == "" && spec.DeletionScheduled {
 			return Readiness{Reason: v1alpha1.ReasonNotCreated,
@@ -210,6 +269,10 @@ func Ready(spec v1alpha1.CustomerMasterKeySpec, keyID string, key *kms.Key) Read
 	case kms.StatePendingDeletion:
 		if !spec.DeletionScheduled {
 			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Canceling the scheduled deletion"}
+		}
+		if pendingDays != 0 && pendingDays != spec.PendingDays {
+			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: fmt.Sprintf(
+				"Scheduling the deletion again with spec.pendingDays %d (it was scheduled with %d)", spec.PendingDays, pendingDays)}
 		}
 		return Readiness{Reason: v1alpha1.ReasonPendingDeletion,
 			Message: "The key is scheduled for deletion; set spec.deletionScheduled to false before the deletion date to cancel it"}

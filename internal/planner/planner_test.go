@@ -69,6 +69,23 @@ func expiring() *kms.Key {
 	return k
 }
 
+func withDays(s v1alpha1.CustomerMasterKeySpec, days int32) v1alpha1.CustomerMasterKeySpec {
+	s.PendingDays = days
+	return s
+}
+
+func overdueBy(d time.Duration) *kms.Key {
+	k := key(kms.StatePendingDeletion)
+	k.DeletionDate = now.Add(-d)
+	return k
+}
+
+func expiredBy(d time.Duration) *kms.Key {
+	k := expiring()
+	k.MaterialExpiresAt = now.Add(-d)
+	return k
+}
+
 func TestNext(t *testing.T) {
 	overdue := key(kms.StatePendingDeletion)
 	overdue.DeletionDate = now.Add(-time.Second)
@@ -141,13 +158,39 @@ func TestNext(t *testing.T) {
 		},
 		"PendingDeletionWaitsForDate": {
 			reason: "A key pending deletion is looked at again at its deletion date, not polled.",
-			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), Now: now},
+			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), PendingDays: 7, Now: now},
+			want:   Decision{Action: None, RecheckAt: now.Add(7 * 24 * time.Hour)},
+		},
+		"PendingDeletionWindowChanged": {
+			reason: "pendingDays changed while the deletion was canceled and scheduled again, seen as one edit: " +
+				"cancel, to schedule again with the new window (API.md, Deletion dates).",
+			in:   Input{Spec: withDays(spec(false, true), 30), KeyID: "k1", Key: key(kms.StatePendingDeletion), PendingDays: 7, LastPhase: v1alpha1.PhasePendingDeletion},
+			want: Decision{Action: CancelDeletion},
+		},
+		"PendingDeletionWindowUnrecorded": {
+			reason: "Scheduled from Enabled with no window recorded (a crash after the call): schedule again, only ever later.",
+			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), LastPhase: v1alpha1.PhaseEnabled},
+			want:   Decision{Action: CancelDeletion},
+		},
+		"PendingDeletionAdoptedKeepsDate": {
+			reason: "A deletion scheduled outside Kubernetes on an adopted key keeps its date.",
+			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), Adopted: true},
+			want:   Decision{Action: None, RecheckAt: now.Add(7 * 24 * time.Hour)},
+		},
+		"PendingDeletionFromBeforeWindowsKeepsDate": {
+			reason: "A key status already reported pending, with no window (recorded before windows were), keeps its date.",
+			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), LastPhase: v1alpha1.PhasePendingDeletion},
 			want:   Decision{Action: None, RecheckAt: now.Add(7 * 24 * time.Hour)},
 		},
 		"PendingDeletionOverdue": {
 			reason: "Past the date the KMS has not deleted it yet: look again shortly.",
-			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: overdue, Now: now},
+			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: overdue, PendingDays: 7, Now: now},
 			want:   Decision{Action: None, RecheckAt: now.Add(OverdueRecheck)},
+		},
+		"PendingDeletionLongOverdue": {
+			reason: "The longer the KMS is late, the longer the wait: a backoff, never a hot loop.",
+			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: overdueBy(10 * time.Minute), PendingDays: 7, Now: now},
+			want:   Decision{Action: None, RecheckAt: now.Add(10 * time.Minute)},
 		},
 		"PendingDeletionCancel": {
 			reason: "Clearing deletionScheduled cancels the deletion (the seed).",
@@ -186,6 +229,21 @@ func TestNext(t *testing.T) {
 		"ExternalScheduledBeforeImport": {
 			in:   Input{Spec: external(spec(false, true), true), KeyID: "k1", Key: noMaterial()},
 			want: Decision{Action: ScheduleDeletion},
+		},
+		"ExternalMaterialExpiredPublishesParameters": {
+			reason: "After material expired, fresh parameters are published even while spec.keyMaterial is set.",
+			in:     Input{Spec: external(spec(true, false), true), KeyID: "k1", Key: noMaterial()},
+			want:   Decision{Action: IssueImportParameters},
+		},
+		"ExternalImportWithParametersExpiring": {
+			reason: "Material wrapped with parameters about to expire is imported, not voided by new parameters.",
+			in:     Input{Spec: external(spec(true, false), true), KeyID: "k1", Key: noMaterial(), ImportParametersExpireAt: now.Add(30 * time.Minute)},
+			want:   Decision{Action: ImportMaterial},
+		},
+		"ImportedMaterialOverdue": {
+			reason: "Material past its expiry that the KMS has not removed yet (Huawei: up to 24 h) is looked at with backoff.",
+			in:     Input{Spec: external(spec(true, false), true), KeyID: "k1", Key: expiredBy(3 * time.Minute)},
+			want:   Decision{Action: None, RecheckAt: now.Add(3 * time.Minute)},
 		},
 		"ImportedMaterialExpires": {
 			reason: "A key whose material expires is looked at again when it does.",
@@ -303,9 +361,9 @@ func settle(t *testing.T, in Input) int {
 		case Disable:
 			k.State = kms.StateDisabled
 		case ScheduleDeletion:
-			k.State, k.DeletionDate = kms.StatePendingDeletion, now.Add(time.Hour)
+			k.State, k.DeletionDate, in.PendingDays = kms.StatePendingDeletion, now.Add(time.Hour), in.Spec.PendingDays
 		case CancelDeletion:
-			k.State = kms.StateDisabled
+			k.State, in.PendingDays = kms.StateDisabled, 0
 		case SetDescription:
 			k.Description = in.Spec.Description
 		case IssueImportParameters:
@@ -320,26 +378,51 @@ func settle(t *testing.T, in Input) int {
 
 func TestReady(t *testing.T) {
 	cases := map[string]struct {
-		spec  v1alpha1.CustomerMasterKeySpec
-		keyID string
-		key   *kms.Key
+		in    Input
 		ready bool
 		want  string
 	}{
-		"Enabled":                {spec(true, false), "k1", key(kms.StateEnabled), true, v1alpha1.ReasonAvailable},
-		"DisabledAsAsked":        {spec(false, false), "k1", key(kms.StateDisabled), false, v1alpha1.ReasonKeyDisabled},
-		"DisabledWantEnabled":    {spec(true, false), "k1", key(kms.StateDisabled), false, v1alpha1.ReasonProgressing},
-		"PendingDeletion":        {spec(false, true), "k1", key(kms.StatePendingDeletion), false, v1alpha1.ReasonPendingDeletion},
-		"PendingImport":          {spec(true, false), "k1", key(kms.StatePendingImport), false, v1alpha1.ReasonPendingImport},
-		"Deleted":                {spec(true, false), "k1", key(kms.StateDeleted), false, v1alpha1.ReasonKeyDeleted},
-		"Gone":                   {spec(true, false), "k1", nil, false, v1alpha1.ReasonKeyDeleted},
-		"NotCreatedWhileDeleted": {spec(false, true), "", nil, false, v1alpha1.ReasonNotCreated},
+		"Enabled":                {Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateEnabled)}, true, v1alpha1.ReasonAvailable},
+		"DisabledAsAsked":        {Input{Spec: spec(false, false), KeyID: "k1", Key: key(kms.StateDisabled)}, false, v1alpha1.ReasonKeyDisabled},
+		"DisabledWantEnabled":    {Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateDisabled)}, false, v1alpha1.ReasonProgressing},
+		"PendingDeletion":        {Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), PendingDays: 7}, false, v1alpha1.ReasonPendingDeletion},
+		"Rescheduling":           {Input{Spec: withDays(spec(false, true), 30), KeyID: "k1", Key: key(kms.StatePendingDeletion), PendingDays: 7}, false, v1alpha1.ReasonProgressing},
+		"PendingImport":          {Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StatePendingImport)}, false, v1alpha1.ReasonPendingImport},
+		"Deleted":                {Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateDeleted)}, false, v1alpha1.ReasonKeyDeleted},
+		"Gone":                   {Input{Spec: spec(true, false), KeyID: "k1"}, false, v1alpha1.ReasonKeyDeleted},
+		"NotCreatedWhileDeleted": {Input{Spec: spec(false, true)}, false, v1alpha1.ReasonNotCreated},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			got := Ready(tc.spec, tc.keyID, tc.key)
+			got := Ready(tc.in)
 			if got.Ready != tc.ready || got.Reason != tc.want || got.Message == "" {
 				t.Errorf("Ready(...) = %+v, want ready=%v reason %s with a message", got, tc.ready, tc.want)
+			}
+		})
+	}
+}
+
+// TestWindow is the deletion-date rule of API.md: a key pending deletion keeps its date only
+// when the date follows the spec's pendingDays, or was set outside Kubernetes on a key the
+// operator adopted (or knew pending before windows were recorded).
+func TestWindow(t *testing.T) {
+	cases := map[string]struct {
+		in   Input
+		want WindowVerdict
+	}{
+		"SameWindow":          {Input{Spec: spec(false, true), PendingDays: 7}, Keep},
+		"LongerWindow":        {Input{Spec: withDays(spec(false, true), 30), PendingDays: 7, LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
+		"ShorterWindow":       {Input{Spec: spec(false, true), PendingDays: 30, LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
+		"AdoptedFirstLook":    {Input{Spec: spec(false, true), Adopted: true}, Accept},
+		"AdoptedWindowChange": {Input{Spec: withDays(spec(false, true), 30), PendingDays: 7, Adopted: true, LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
+		"KnownPending":        {Input{Spec: spec(false, true), LastPhase: v1alpha1.PhasePendingDeletion}, Accept},
+		"CrashAfterSchedule":  {Input{Spec: spec(false, true), LastPhase: v1alpha1.PhaseDisabled}, Reschedule},
+		"OwnKeyFirstLook":     {Input{Spec: spec(false, true)}, Reschedule},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := Window(tc.in); got != tc.want {
+				t.Errorf("Window(%+v) = %v, want %v", tc.in, got, tc.want)
 			}
 		})
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -72,7 +73,8 @@ var (
 	_ kms.Notifier = (*Provider)(nil)
 )
 
-// New builds an embedded provider, creating its root key on first use.
+// New builds an embedded provider, creating its root key on first use. It refuses to start
+// with a root key that cannot open the keys it holds (see rootkey.go).
 func New(ctx context.Context, env kms.Env, opts Options) (*Provider, error) {
 	if env.Clock == nil {
 		env.Clock = clock.RealClock{}
@@ -88,7 +90,7 @@ func New(ctx context.Context, env kms.Env, opts Options) (*Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Provider{
+	p := &Provider{
 		client:       env.Client,
 		namespace:    env.Namespace,
 		clock:        env.Clock,
@@ -97,7 +99,11 @@ func New(ctx context.Context, env kms.Env, opts Options) (*Provider, error) {
 		reapInterval: opts.ReapInterval,
 		wake:         make(chan struct{}, 1),
 		changes:      make(chan string, 1024),
-	}, nil
+	}
+	if err := p.verifyRootKey(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // Changes delivers the IDs of keys the reaper deleted.
@@ -110,6 +116,16 @@ func (p *Provider) Observe(ctx context.Context, keyID string) (kms.Key, error) {
 		return kms.Key{}, err
 	}
 	return r.key(), nil
+}
+
+// Lookup reports the key a Create with this token made. The key ID is derived from the token,
+// so the answer is exact: a Create that wrote its Secret is always found, one that did not
+// never is.
+func (p *Provider) Lookup(ctx context.Context, token string) (kms.Key, error) {
+	if token == "" {
+		return kms.Key{}, &kms.NotFoundError{Token: token}
+	}
+	return p.Observe(ctx, keyIDFor(token))
 }
 
 // Create makes a key, or returns the one an earlier Create with the same token made.
@@ -131,16 +147,17 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 	}
 
 	r := &record{
-		ID:          id,
-		Alias:       req.Alias,
-		Description: req.Description,
-		KeySpec:     req.KeySpec,
-		KeyUsage:    req.KeyUsage,
-		Origin:      req.Origin,
-		State:       kms.StatePendingImport,
-		CreatedAt:   p.clock.Now().UTC(),
-		Token:       req.Token,
-		Tags:        req.Tags,
+		ID:           id,
+		RootKeyCheck: p.sealer.check(),
+		Alias:        req.Alias,
+		Description:  req.Description,
+		KeySpec:      req.KeySpec,
+		KeyUsage:     req.KeyUsage,
+		Origin:       req.Origin,
+		State:        kms.StatePendingImport,
+		CreatedAt:    p.clock.Now().UTC(),
+		Token:        req.Token,
+		Tags:         req.Tags,
 	}
 	var sealed []byte
 	if req.Origin != kms.OriginExternal {
@@ -278,7 +295,8 @@ func (p *Provider) get(ctx context.Context, keyID string) (*corev1.Secret, *reco
 	}
 	r, err := readRecord(s)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, &kms.UnreadableError{KeyID: keyID, Reason: fmt.Sprintf(
+			"%v; restore Secret %s/%s from a backup", err, s.Namespace, s.Name)}
 	}
 	return s, r, nil
 }
@@ -290,26 +308,32 @@ func (p *Provider) transition(ctx context.Context, keyID, call string, change fu
 	return p.transitionSecret(ctx, keyID, call, func(r *record, _ *corev1.Secret) (bool, error) { return change(r) })
 }
 
-// transitionSecret is transition for changes that also set sealed fields of the Secret.
+// transitionSecret is transition for changes that also set sealed fields of the Secret. A
+// write that loses a race with another writer of the key (the reaper, another call) is tried
+// again on a fresh read, so the change is judged against the state that won.
 func (p *Provider) transitionSecret(ctx context.Context, keyID, call string, change func(*record, *corev1.Secret) (bool, error)) error {
-	s, r, err := p.get(ctx, keyID)
-	if err != nil {
-		return err
-	}
-	if s.Data == nil {
-		s.Data = map[string][]byte{}
-	}
-	changed, err := change(r, s)
-	if err != nil || !changed {
-		return err
-	}
-	if err := writeRecord(s, r); err != nil {
-		return err
-	}
-	if err := p.client.Update(ctx, s); err != nil {
-		return fmt.Errorf("%s key %s: %w", call, keyID, err)
-	}
-	return nil
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		s, r, err := p.get(ctx, keyID)
+		if err != nil {
+			return err
+		}
+		if s.Data == nil {
+			s.Data = map[string][]byte{}
+		}
+		changed, err := change(r, s)
+		if err != nil || !changed {
+			return err
+		}
+		r.RootKeyCheck = p.sealer.check()
+		if err := writeRecord(s, r); err != nil {
+			return err
+		}
+		if err := p.client.Update(ctx, s); err != nil {
+			return fmt.Errorf("%s key %s: %w", call, keyID, err)
+		}
+		return nil
+	})
+	return err
 }
 
 func (p *Provider) wakeReaper() {

@@ -10,6 +10,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 
@@ -63,7 +64,8 @@ func checkSupported(spec string) error {
 
 func unsupportedSpec(spec string) error {
 	return &kms.UnsupportedError{Reason: fmt.Sprintf(
-		"key spec %s is not supported by the embedded provider: choose another keySpec, or run the operator with a cloud KMS provider", spec)}
+		"key spec %s is not supported by the embedded provider: keySpec cannot change, so create a new CustomerMasterKey "+
+			"with another keySpec (and delete this one), or run the operator with a cloud KMS provider (--kms-provider=huaweicloud)", spec)}
 }
 
 func randomBytes(n int) ([]byte, error) {
@@ -80,6 +82,8 @@ func randomBytes(n int) ([]byte, error) {
 type sealer struct {
 	aead   cipher.AEAD
 	macKey []byte
+	// checkValue names the root key without revealing it (see check).
+	checkValue string
 }
 
 func newSealer(rootKey []byte) (*sealer, error) {
@@ -98,8 +102,15 @@ func newSealer(rootKey []byte) (*sealer, error) {
 	// about the encryption key.
 	mac := hmac.New(sha256.New, rootKey)
 	mac.Write([]byte("cmk-operator/embedded-kms/material-hash"))
-	return &sealer{aead: aead, macKey: mac.Sum(nil)}, nil
+	check := hmac.New(sha256.New, rootKey)
+	check.Write([]byte("cmk-operator/embedded-kms/root-key-check"))
+	return &sealer{aead: aead, macKey: mac.Sum(nil), checkValue: hex.EncodeToString(check.Sum(nil)[:8])}, nil
 }
+
+// check is the root key's check value: 16 hex digits of a keyed hash of a fixed label. Equal
+// root keys give equal values, so each key records the root key it is sealed under, and a
+// backup can be matched to its keys, without the value saying anything about the root key.
+func (s *sealer) check() string { return s.checkValue }
 
 // materialHash is a keyed hash of a key's material: equal for the same material of the same
 // key, and useless to anyone without the root key.

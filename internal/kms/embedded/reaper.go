@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -20,9 +21,13 @@ func (p *Provider) Start(ctx context.Context) error {
 	for {
 		next, err := p.ReapDue(ctx)
 		wait := p.reapInterval
+		if ctx.Err() != nil {
+			return nil
+		}
 		if err != nil {
 			log.Error(err, "Acting on keys past their deletion date or material expiry")
-		} else if !next.IsZero() {
+		}
+		if !next.IsZero() {
 			wait = min(wait, next.Sub(p.clock.Now()))
 		}
 		timer := p.clock.NewTimer(wait)
@@ -38,7 +43,9 @@ func (p *Provider) Start(ctx context.Context) error {
 }
 
 // ReapDue deletes every key whose deletion date has come and expires every imported material
-// whose time has come, and returns the earliest such time still ahead (zero when none is).
+// whose time has come, and returns the earliest such time still ahead (zero when none is). A
+// key it cannot update does not hold up the others: each such key is in the error returned,
+// and is tried again at the next pass.
 func (p *Provider) ReapDue(ctx context.Context) (time.Time, error) {
 	var list corev1.SecretList
 	if err := p.client.List(ctx, &list, client.InNamespace(p.namespace),
@@ -47,9 +54,11 @@ func (p *Provider) ReapDue(ctx context.Context) (time.Time, error) {
 	}
 	now := p.clock.Now()
 	var next time.Time
+	var failed []error
 	for i := range list.Items {
 		r, err := readRecord(&list.Items[i])
 		if err != nil {
+			failed = append(failed, fmt.Errorf("key Secret %s: %w", list.Items[i].Name, err))
 			continue
 		}
 		due, ok := r.nextDue()
@@ -63,7 +72,16 @@ func (p *Provider) ReapDue(ctx context.Context) (time.Time, error) {
 			continue
 		}
 		if err := p.transition(ctx, r.ID, "reap", p.reap); err != nil {
-			return next, err
+			if ctx.Err() != nil {
+				return next, ctx.Err()
+			}
+			p.log.Error(err, "Key is due but could not be updated; trying the others", "keyID", r.ID)
+			failed = append(failed, err)
+			// Looked at again soon, not only at the next interval.
+			if retry := now.Add(reapRetry); next.IsZero() || retry.Before(next) {
+				next = retry
+			}
+			continue
 		}
 		p.log.Info("Key reached its deletion date or material expiry", "keyID", r.ID)
 		select {
@@ -72,8 +90,11 @@ func (p *Provider) ReapDue(ctx context.Context) (time.Time, error) {
 			// Nobody is draining the channel; the operator's resync reports the change later.
 		}
 	}
-	return next, nil
+	return next, errors.Join(failed...)
 }
+
+// reapRetry is how soon a due key the reaper could not update is tried again.
+const reapRetry = 10 * time.Second
 
 // reap applies what is due to a key, on a fresh read, so a deletion canceled meanwhile stands:
 // at the deletion date the key is Deleted and its material destroyed; at the material's expiry

@@ -27,6 +27,9 @@ const (
 	labelKey                           = "kms.cmk.io/embedded-key"
 	labelState                         = "kms.cmk.io/state"
 	labelAliasHash                     = "kms.cmk.io/alias-hash"
+	// labelRootKeyCheck names the root key a key's material is sealed under (see sealer.check),
+	// so a start with another root key finds the keys it could not open with one list.
+	labelRootKeyCheck = "kms.cmk.io/root-key-check"
 	// labelDue marks keys the reaper must act on at a time: a deletion date or material expiry.
 	labelDue = "kms.cmk.io/due"
 )
@@ -46,6 +49,8 @@ type record struct {
 	HasMaterial  bool              `json:"hasMaterial"`
 	Token        string            `json:"token"`
 	Tags         map[string]string `json:"tags,omitempty"`
+	// RootKeyCheck is the check value of the root key the key's sealed fields are sealed under.
+	RootKeyCheck string `json:"rootKeyCheck,omitempty"`
 
 	// Bring your own key. MaterialHash is a keyed hash of the first material imported, so that
 	// a re-import can be checked to be the same without keeping the plaintext anywhere else.
@@ -144,6 +149,9 @@ func writeRecord(s *corev1.Secret, r *record) error {
 	s.Labels[labelKey] = "true"
 	s.Labels[labelState] = string(r.State)
 	s.Labels[labelAliasHash] = aliasHash(r.Alias)
+	if r.RootKeyCheck != "" {
+		s.Labels[labelRootKeyCheck] = r.RootKeyCheck
+	}
 	if _, due := r.nextDue(); due {
 		s.Labels[labelDue] = "true"
 	} else {

@@ -92,6 +92,19 @@ func millis(s string) time.Time {
 	return time.UnixMilli(ms).UTC()
 }
 
+// Lookup finds the key a Create with this token made, by the UID tag Create puts on it. A
+// create that died between making the key and tagging it is not found (see Create).
+func (p *Provider) Lookup(ctx context.Context, token string) (kms.Key, error) {
+	id, err := p.findByToken(token)
+	if err != nil {
+		return kms.Key{}, err
+	}
+	if id == "" {
+		return kms.Key{}, &kms.NotFoundError{Token: token}
+	}
+	return p.Observe(ctx, id)
+}
+
 // Create finds the key an earlier Create with this token made (by its UID tag), else creates
 // one and tags it.
 func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, error) {

@@ -1,0 +1,86 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/planner"
+)
+
+// ownKey reads the resource's own key: the one status records, else, for a resource that
+// creates its key, the one the KMS made with its creation token. Status may have lost the ID
+// (a crash right after the create, a status write that lost a race), so "no key ID" is never
+// taken to mean "no key" without asking the KMS. A key found that way is recorded at once. nil
+// means there is no such key: none was ever made, or the KMS no longer has it.
+func (r *CustomerMasterKeyReconciler) ownKey(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (*kms.Key, error) {
+	if id := cmk.Status.KeyID; id != "" {
+		return r.observe(ctx, id)
+	}
+	if cmk.Spec.KeyID != "" {
+		return nil, nil // Adopts a key instead (see adopt); none is made with the token.
+	}
+	key, err := r.KMS.Lookup(ctx, creationToken(cmk))
+	if kms.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("looking up the key made for %s/%s: %w", cmk.Namespace, cmk.Name, err)
+	}
+	log.FromContext(ctx).Info("Found the key made for this resource, whose ID status had lost", "keyID", key.ID)
+	cmk.Status.KeyID = key.ID
+	return &key, nil
+}
+
+// findKey reads the key the resource manages: its own, or the one spec.keyID asks to adopt.
+func (r *CustomerMasterKeyReconciler) findKey(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (*kms.Key, error) {
+	if cmk.Status.KeyID == "" && cmk.Spec.KeyID != "" {
+		return r.observe(ctx, cmk.Spec.KeyID)
+	}
+	return r.ownKey(ctx, cmk)
+}
+
+// observe reads the key from the KMS; nil when the KMS no longer has it.
+func (r *CustomerMasterKeyReconciler) observe(ctx context.Context, keyID string) (*kms.Key, error) {
+	key, err := r.KMS.Observe(ctx, keyID)
+	if kms.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &key, nil
+}
+
+// creationToken makes Create idempotent and Lookup possible: the resource's UID, which no
+// other resource, and no later resource of the same name, ever has.
+func creationToken(cmk *v1alpha1.CustomerMasterKey) string { return string(cmk.UID) }
+
+// adopt records the key spec.keyID names as this resource's key, in whatever state it is. When
+// the KMS has no such key it says so and reports the resource blocked: nothing is created in
+// its place.
+func (r *CustomerMasterKeyReconciler) adopt(cmk *v1alpha1.CustomerMasterKey, key *kms.Key) (blocked bool) {
+	if cmk.Status.KeyID != "" || cmk.Spec.KeyID == "" {
+		return false
+	}
+	if key == nil {
+		r.setBlocked(cmk, v1alpha1.ReasonKeyNotFound, fmt.Sprintf(
+			"The KMS has no key %s to adopt: check spec.keyID, which can still change until a key is adopted", cmk.Spec.KeyID))
+		return true
+	}
+	cmk.Status.KeyID = key.ID
+	r.event(cmk, "Normal", v1alpha1.EventAdopted, "AdoptKey", "Adopted key %s, which is %s", key.ID, key.State)
+	return false
+}
+
+// mismatch describes how the key differs from the spec in what cannot change; empty when it
+// matches or there is no key.
+func mismatch(cmk *v1alpha1.CustomerMasterKey, key *kms.Key) string {
+	if key == nil || key.State == kms.StateDeleted {
+		return ""
+	}
+	return planner.Mismatch(cmk.Spec, key)
+}
