@@ -52,6 +52,8 @@ type CustomerMasterKeyReconciler struct {
 	SyncPeriod time.Duration
 	// ImportRetry is how soon a refused import is tried again.
 	ImportRetry time.Duration
+
+	writes ownWrites
 }
 
 // +kubebuilder:rbac:groups=kms.cmk.io,resources=customermasterkeys,verbs=get;list;watch;patch
@@ -66,6 +68,9 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 	if err := r.Get(ctx, req.NamespacedName, cmk); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	if r.writes.behind(cmk) {
+		return requeueRateLimited(), nil
+	}
 	if !cmk.DeletionTimestamp.IsZero() {
 		if !controllerutil.ContainsFinalizer(cmk, Finalizer) {
 			return ctrl.Result{}, nil
@@ -73,6 +78,7 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		before := cmk.DeepCopy()
 		result, released, err := r.finalize(ctx, cmk)
 		if released {
+			r.writes.forget(cmk.UID)
 			return r.settle(ctx, result, err)
 		}
 		return r.report(ctx, before, cmk, result, err)
@@ -198,7 +204,8 @@ func (r *CustomerMasterKeyReconciler) resync() ctrl.Result {
 }
 
 // requeueRateLimited asks for another reconcile through the controller's rate limiter (backoff
-// per key under an overall rate), for a write that lost a race. RequeueAfter would bypass it.
+// per key under an overall rate), for a write that lost a race or a cache that lags behind the
+// operator's own write. RequeueAfter would bypass it.
 func requeueRateLimited() ctrl.Result {
 	return ctrl.Result{Requeue: true} //nolint:staticcheck // The one way to use the rate limiter without an error.
 }
@@ -224,6 +231,7 @@ func (r *CustomerMasterKeyReconciler) ensureFinalizer(ctx context.Context, cmk *
 	if err := r.Patch(ctx, cmk, patch); err != nil {
 		return fmt.Errorf("adding finalizer: %w", err)
 	}
+	r.writes.wrote(cmk)
 	return nil
 }
 

@@ -136,6 +136,7 @@ func (r *CustomerMasterKeyReconciler) writeStatus(ctx context.Context, before, a
 	}
 	err := r.Status().Patch(ctx, after, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
 	if err == nil {
+		r.writes.wrote(after)
 		return nil
 	}
 	if !apierrors.IsConflict(err) {
@@ -145,9 +146,13 @@ func (r *CustomerMasterKeyReconciler) writeStatus(ctx context.Context, before, a
 	if equality.Semantic.DeepEqual(before.Status, facts.Status) {
 		return err
 	}
-	if ferr := r.Status().Patch(ctx, facts, client.MergeFrom(before)); ferr != nil && !apierrors.IsNotFound(ferr) {
+	if ferr := r.Status().Patch(ctx, facts, client.MergeFrom(before)); ferr != nil {
+		if apierrors.IsNotFound(ferr) {
+			return err
+		}
 		return fmt.Errorf("writing key %s to status after a conflict: %w", after.Status.KeyID, ferr)
 	}
+	r.writes.wrote(facts)
 	return err
 }
 

@@ -64,7 +64,9 @@ func (o *options) importMaterial(ctx context.Context, name string, f *importFlag
 	if err := o.client.Get(ctx, key, c); err != nil {
 		return fmt.Errorf("%s: %s", key, notFound(err))
 	}
-	keyMaterial := map[string]any{}
+	// Without --expires-at the material does not expire: an expiresAt left from an earlier
+	// import is removed (null in a merge patch), or it would be refused as passed.
+	keyMaterial := map[string]any{"expiresAt": nil}
 	if f.expiresAt != "" {
 		at, err := time.Parse(time.RFC3339, f.expiresAt)
 		if err != nil {

@@ -284,3 +284,42 @@ func TestWrapMaterialRefusesExpiredParameters(t *testing.T) {
 		t.Errorf("expired parameters: %v", err)
 	}
 }
+
+// TestReimportAfterExpiry imports material that expires, lets it expire, and imports the same
+// material again with no --expires-at: fresh parameters are published while spec.keyMaterial is
+// still set, and the old expiresAt is cleared rather than refused as passed.
+func TestReimportAfterExpiry(t *testing.T) {
+	ns := namespace(t)
+	create(t, newKey(ns, "own", nil, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal }))
+	get := func() *v1alpha1.CustomerMasterKey {
+		c := &v1alpha1.CustomerMasterKey{}
+		if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "own"}, c); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	NewWithT(t).Eventually(func() *v1alpha1.ImportParameters { return get().Status.ImportParameters }).
+		WithTimeout(30 * time.Second).ShouldNot(BeNil())
+	file := filepath.Join(t.TempDir(), "material.bin")
+	if err := os.WriteFile(file, bytes.Repeat([]byte{0x3c}, 32), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expiry := time.Now().Add(4 * time.Second).UTC().Format(time.RFC3339)
+	if out, err := kubectlCmk(t, "-n", ns, "import-material", "own", "--material-file", file, "--expires-at", expiry, "--wait"); err != nil {
+		t.Fatalf("first import: %v\n%s", err, out)
+	}
+	// The material expires: the key waits for material again, with parameters to wrap it.
+	NewWithT(t).Eventually(func(g Gomega) {
+		c := get()
+		g.Expect(c.Status.Phase).To(Equal(v1alpha1.PhasePendingImport))
+		g.Expect(c.Status.ImportParameters).NotTo(BeNil())
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+
+	out, err := kubectlCmk(t, "-n", ns, "import-material", "own", "--material-file", file, "--wait", "--timeout", "30s")
+	if err != nil || !strings.Contains(out, "PendingImport → Enabled") {
+		t.Fatalf("re-import without --expires-at: %v\n%s\n%+v", err, out, get().Status)
+	}
+	if c := get(); c.Spec.KeyMaterial.ExpiresAt != nil || c.Status.MaterialExpiresAt != nil {
+		t.Errorf("expiry kept after a re-import without --expires-at: spec %v, status %v", c.Spec.KeyMaterial.ExpiresAt, c.Status.MaterialExpiresAt)
+	}
+}
