@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -333,7 +334,11 @@ func TestTerminalFailures(t *testing.T) {
 		if c.Status.ObservedGeneration != c.Generation || cond(c, v1alpha1.ConditionReady).Status != metav1.ConditionFalse {
 			t.Errorf("%s: %+v", name, c.Status)
 		}
-		t.Logf("%s: %s", name, cond(c, v1alpha1.ConditionSynced).Message)
+		msg := cond(c, v1alpha1.ConditionSynced).Message
+		t.Logf("%s: %s", name, msg)
+		if name == "sm2" && (strings.Contains(msg, "choose another keySpec") || !strings.Contains(msg, "create a new CustomerMasterKey with another keySpec")) {
+			t.Errorf("the SM2 message must not ask to change keySpec, which is immutable: %s", msg)
+		}
 		rv := c.ResourceVersion
 		time.Sleep(2 * time.Second)
 		if now := h.get(name); now.ResourceVersion != rv {

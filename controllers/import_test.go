@@ -24,7 +24,7 @@ import (
 
 // wrapFor wraps material as a user does with openssl, under the public key the resource
 // publishes, and returns it with the token to go beside it.
-func wrapFor(t *testing.T, c *v1alpha1.CustomerMasterKey, material []byte) (wrapped []byte, token string) {
+func wrapFor(t testing.TB, c *v1alpha1.CustomerMasterKey, material []byte) (wrapped []byte, token string) {
 	t.Helper()
 	p := c.Status.ImportParameters
 	if p == nil {
@@ -280,4 +280,49 @@ func TestImportFailures(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestImportRetriesKeepParameters retries refused imports quickly. A token the operator never
+// published is refused once with one Warning, and the published parameters stay as they are,
+// so the user has their whole validity to wrap material. Only when the KMS refuses the
+// published token itself (superseded outside the operator) are new parameters published, once.
+func TestImportRetriesKeepParameters(t *testing.T) {
+	h := newHarness(t)
+	h.start(managerOptions{importRetry: 200 * time.Millisecond})
+	h.create(h.cmk("patient", external))
+	c := h.waitImportParameters("patient", "")
+	first := c.Status.ImportParameters.ImportToken
+	wrapped, _ := wrapFor(t, c, randomMaterial(t, 32))
+	h.putSecret("patient-material", materialSecret(wrapped, "a-token-nobody-published"))
+	h.patch("patient", keyMaterial("patient-material"))
+	h.eventually("patient", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+		g.Expect(cond(c, v1alpha1.ConditionSynced).Reason).To(Equal(v1alpha1.ReasonImportTokenInvalid))
+	})
+	time.Sleep(1500 * time.Millisecond) // several retries
+	if got := h.get("patient").Status.ImportParameters.ImportToken; got != first {
+		t.Errorf("import parameters replaced while retrying an unpublished token")
+	}
+	if n := countOf(h.events("patient"), v1alpha1.EventImportFailed); n != 1 {
+		t.Errorf("%d ImportFailed warnings over several retries, want 1: %v", n, h.events("patient"))
+	}
+
+	// The KMS stops accepting the published token: new parameters, once.
+	imp := kms.Importer(h.kms)
+	if _, err := imp.ImportParameters(context.Background(), c.Status.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	wrapped, token := wrapFor(t, c, randomMaterial(t, 32))
+	h.putSecret("patient-material", materialSecret(wrapped, token))
+	c = h.waitImportParameters("patient", first)
+	second := c.Status.ImportParameters.ImportToken
+	time.Sleep(1500 * time.Millisecond)
+	if got := h.get("patient").Status.ImportParameters.ImportToken; got != second {
+		t.Errorf("import parameters replaced again at a retry")
+	}
+	if n := countOf(h.events("patient"), v1alpha1.EventImportParameters); n != 2 {
+		t.Errorf("%d sets of import parameters published, want 2: %v", n, h.events("patient"))
+	}
+	wrapped, token = wrapFor(t, c, randomMaterial(t, 32))
+	h.putSecret("patient-material", materialSecret(wrapped, token))
+	h.waitPhase("patient", v1alpha1.PhaseEnabled)
 }

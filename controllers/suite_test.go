@@ -81,6 +81,10 @@ type managerOptions struct {
 	wrap func(client.Client) client.Client
 	// logs, when set, receives the manager's and reconciler's logs.
 	logs io.Writer
+	// provider, when set, wraps the harness's provider (to delay or fail KMS calls).
+	provider func(*embedded.Provider) kms.Provider
+	// noReaper leaves the embedded KMS's reaper off, as a KMS that is late to act.
+	noReaper bool
 }
 
 // start runs a manager with the reconciler and the harness's provider until the test ends or
@@ -105,12 +109,18 @@ func (h *harness) start(opts managerOptions) {
 	if opts.wrap != nil {
 		c = opts.wrap(c)
 	}
-	if err := mgr.Add(h.kms); err != nil {
-		h.t.Fatal(err)
+	if !opts.noReaper {
+		if err := mgr.Add(h.kms); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+	var provider kms.Provider = h.kms
+	if opts.provider != nil {
+		provider = opts.provider(h.kms)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &CustomerMasterKeyReconciler{
-		Client: c, KMS: h.kms, Recorder: mgr.GetEventRecorder("cmk-operator"), Clock: h.clock,
+		Client: c, KMS: provider, Recorder: mgr.GetEventRecorder("cmk-operator"), Clock: h.clock,
 		SyncPeriod: opts.syncPeriod, ImportRetry: opts.importRetry, SecretReader: mgr.GetAPIReader(),
 	}
 	if err := r.SetupWithManager(ctx, mgr, controller.Options{SkipNameValidation: ptr.To(true), Logger: logger}); err != nil {

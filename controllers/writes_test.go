@@ -2,11 +2,16 @@ package controllers
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -122,4 +127,38 @@ func TestWritesPerReconcile(t *testing.T) {
 	if res.RequeueAfter != time.Minute {
 		t.Errorf("a minute before the deletion date, requeue after %v, want 1m", res.RequeueAfter)
 	}
+}
+
+// recordingEvents keeps the events a direct reconciler sends.
+type recordingEvents struct {
+	mu     sync.Mutex
+	events []string // "type reason: note"
+}
+
+func (e *recordingEvents) Eventf(_ runtime.Object, _ runtime.Object, eventtype, reason, _, note string, args ...any) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.events = append(e.events, eventtype+" "+reason+": "+fmt.Sprintf(note, args...))
+}
+
+func (e *recordingEvents) reasons() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []string
+	for _, ev := range e.events {
+		out = append(out, strings.SplitN(strings.SplitN(ev, " ", 2)[1], ":", 2)[0])
+	}
+	return out
+}
+
+func (e *recordingEvents) has(reason string) bool { return slices.Contains(e.reasons(), reason) }
+
+// reconcileOnce runs one reconcile of a resource with a direct reconciler, which must not fail.
+func reconcileOnce(t testing.TB, r *CustomerMasterKeyReconciler, h *harness, name string) reconcile.Result {
+	t.Helper()
+	res, err := r.Reconcile(context.Background(), reconcile.Request{NamespacedName: client.ObjectKey{Namespace: h.ns, Name: name}})
+	if err != nil {
+		t.Fatalf("reconciling %s: %v", name, err)
+	}
+	return res
 }

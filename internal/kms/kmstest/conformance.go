@@ -201,7 +201,7 @@ func deletionAtDate(t *testing.T, f Fixture) {
 }
 
 // Wrap wraps material as a user does: RSA-OAEP SHA-256 under the issued public key.
-func Wrap(t *testing.T, p kms.ImportParameters, material []byte) []byte {
+func Wrap(t testing.TB, p kms.ImportParameters, material []byte) []byte {
 	t.Helper()
 	pub, err := x509.ParsePKIXPublicKey(p.PublicKey)
 	if err != nil {

@@ -1,0 +1,146 @@
+package controllers
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/kms/embedded"
+	"github.com/cmk-operator/cmk-operator/internal/planner"
+)
+
+// countingKMS counts how often the reconciler reads keys.
+type countingKMS struct {
+	*embedded.Provider
+	observed atomic.Int64
+}
+
+func (c *countingKMS) Observe(ctx context.Context, keyID string) (kms.Key, error) {
+	c.observed.Add(1)
+	return c.Provider.Observe(ctx, keyID)
+}
+
+// importWithExpiry brings an External resource to Enabled with material expiring at expiry.
+func (h *harness) importWithExpiry(name string, expiry time.Time) {
+	h.t.Helper()
+	c := h.waitImportParameters(name, "")
+	wrapped, token := wrapFor(h.t, c, randomMaterial(h.t, 32))
+	h.putSecret(name+"-material", materialSecret(wrapped, token))
+	h.patch(name, map[string]any{"keyMaterial": map[string]any{
+		"secretRef": map[string]any{"name": name + "-material"}, "expiresAt": expiry.Format(time.RFC3339)}})
+	h.waitPhase(name, v1alpha1.PhaseEnabled)
+}
+
+// TestOverdueExpiryIsNotPolled lets imported material pass its expiry while the KMS has not
+// removed it yet (Huawei takes up to a day): the key is looked at again with a growing wait,
+// never in a loop.
+func TestOverdueExpiryIsNotPolled(t *testing.T) {
+	h := newHarness(t)
+	counter := &countingKMS{Provider: h.kms}
+	h.start(managerOptions{noReaper: true, provider: func(*embedded.Provider) kms.Provider { return counter }})
+	h.create(h.cmk("late", external))
+	h.importWithExpiry("late", h.clock.Now().Add(time.Hour))
+
+	h.clock.Step(time.Hour + time.Second)
+	counter.observed.Store(0)
+	h.patch("late", map[string]any{"description": "looked at after the expiry"}) // a reconcile, now
+	h.eventually("late", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+		g.Expect(c.Status.ObservedGeneration).To(Equal(c.Generation))
+	})
+	time.Sleep(2 * time.Second)
+	if n := counter.observed.Load(); n > 8 {
+		t.Errorf("%d reads of a key whose expiry passed in 2s, want a handful", n)
+	}
+
+	// Directly: the wait after the expiry grows with how late the KMS is.
+	r, _ := directReconciler(h)
+	r.KMS = counter
+	for _, late := range []time.Duration{0, 10 * time.Minute} {
+		h.clock.Step(late)
+		res := reconcileOnce(t, r, h, "late")
+		if min := max(planner.OverdueRecheck, late); res.RequeueAfter < min {
+			t.Errorf("%v after the expiry: requeue after %v, want at least %v", late, res.RequeueAfter, min)
+		}
+	}
+}
+
+// TestTerminalFailureKeepsObserving gives a key a failure retrying cannot fix (the embedded KMS
+// takes no RSA material), then schedules its deletion in the KMS behind the operator's back:
+// the slow resync still sees the key and cancels the deletion, and the Warning about the
+// failure is sent once, also across a restart.
+func TestTerminalFailureKeepsObserving(t *testing.T) {
+	h := newHarness(t)
+	h.start(managerOptions{syncPeriod: 300 * time.Millisecond})
+	h.create(h.cmk("rsa", external, func(c *v1alpha1.CustomerMasterKey) {
+		c.Spec.KeySpec, c.Spec.KeyUsage = v1alpha1.KeySpecRSA2048, v1alpha1.KeyUsageSignVerify
+	}))
+	c := h.eventually("rsa", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+		g.Expect(cond(c, v1alpha1.ConditionSynced).Reason).To(Equal(v1alpha1.ReasonUnsupported))
+	})
+	if err := h.kms.ScheduleDeletion(context.Background(), c.Status.KeyID, 7); err != nil {
+		t.Fatal(err)
+	}
+	NewWithT(t).Eventually(func() kms.State { return h.kmsState(c.Status.KeyID) }).WithTimeout(timeout).Should(Equal(kms.StatePendingImport),
+		"a deletion scheduled outside Kubernetes on a key with a terminal failure was never seen")
+	h.stopManager()
+	h.kms = h.newProvider(env.Client)
+	h.start(managerOptions{syncPeriod: 300 * time.Millisecond})
+	time.Sleep(1500 * time.Millisecond)
+	if n := countOf(h.events("rsa"), v1alpha1.ReasonUnsupported); n != 1 {
+		t.Errorf("%d Unsupported warnings over resyncs and a restart, want 1: %v", n, h.events("rsa"))
+	}
+}
+
+// conflicting makes the embedded KMS's first n writes of key Secrets lose a race, as they do
+// when the reaper writes the same key at the same moment; left counts down the races still to
+// lose.
+func conflicting(c client.Client, left *atomic.Int64) client.Client {
+	return interceptor.NewClient(withoutWatch{c}, interceptor.Funcs{
+		Update: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.UpdateOption) error {
+			if _, ok := o.(*corev1.Secret); ok && left.Add(-1) >= 0 {
+				return apierrors.NewConflict(schema.GroupResource{Resource: "secrets"}, o.GetName(), nil)
+			}
+			return c.Update(ctx, o, opts...)
+		},
+	})
+}
+
+// TestKMSWriteConflictsAreQuiet makes the KMS's writes lose races, a few times (retried inside
+// the KMS) and many times (retried by the reconciler): the key gets where the spec asks, with
+// no Warning and no Synced=False on the way.
+func TestKMSWriteConflictsAreQuiet(t *testing.T) {
+	for name, n := range map[string]int64{"Few": 2, "Many": 12} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t)
+			h.start(managerOptions{})
+			h.create(h.cmk("contended"))
+			h.waitPhase("contended", v1alpha1.PhaseEnabled)
+			h.stopManager()
+			var left atomic.Int64
+			left.Store(n)
+			h.kms = h.newProvider(conflicting(env.Client, &left))
+			h.start(managerOptions{})
+			h.patch("contended", map[string]any{"enabled": false})
+			c := h.waitPhase("contended", v1alpha1.PhaseDisabled)
+			if s := cond(c, v1alpha1.ConditionSynced); s.Reason != v1alpha1.ReasonReconcileSuccess {
+				t.Errorf("Synced %+v", s)
+			}
+			if left.Load() > 0 {
+				t.Fatalf("%d of %d write races never happened: the test proves nothing", left.Load(), n)
+			}
+			if n := countOf(h.events("contended"), v1alpha1.EventFailed); n != 0 {
+				t.Errorf("%d Failed warnings for lost write races: %v", n, h.events("contended"))
+			}
+		})
+	}
+}
