@@ -10,6 +10,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -417,5 +419,48 @@ func TestRootKey(t *testing.T) {
 	_ = os.WriteFile(short, []byte("too short"), 0o600)
 	if _, err := readRootKeyFile(short); err == nil {
 		t.Error("a 9-byte root key file was accepted")
+	}
+}
+
+// TestReaperMovesPastStuckKey makes the write of one due key fail: the reaper still deletes
+// the others, reports the stuck one, and deletes it at a later pass once it can.
+func TestReaperMovesPastStuckKey(t *testing.T) {
+	f := newFixture(t)
+	a, b := f.create(t, "AES_256", kms.OriginKMS), f.create(t, "AES_256", kms.OriginKMS)
+	stuck, other := a.ID, b.ID
+	if secretName(b.ID) < secretName(a.ID) {
+		stuck, other = b.ID, a.ID // the one the reaper lists first
+	}
+	for _, id := range []string{stuck, other} {
+		if err := f.do(id, kmstest.Schedule); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var failing atomic.Bool
+	failing.Store(true)
+	p, err := New(context.Background(), kms.Env{Client: interceptor.NewClient(env.Client, interceptor.Funcs{
+		Update: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.UpdateOption) error {
+			if o.GetName() == secretName(stuck) && failing.Load() {
+				return apierrors.NewInternalError(errors.New("injected: etcd is unhappy"))
+			}
+			return c.Update(ctx, o, opts...)
+		},
+	}), Namespace: f.ns, Clock: f.clock, Log: logr.Discard()}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Step(8 * 24 * time.Hour)
+	if _, err := p.ReapDue(context.Background()); err == nil || !strings.Contains(err.Error(), stuck) {
+		t.Errorf("ReapDue with a stuck key: %v, want an error naming %s", err, stuck)
+	}
+	if got := f.state(t, other); got != kms.StateDeleted {
+		t.Errorf("the key after the stuck one is %s, want Deleted", got)
+	}
+	failing.Store(false)
+	if _, err := p.ReapDue(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.state(t, stuck); got != kms.StateDeleted {
+		t.Errorf("the stuck key, once writable, is %s", got)
 	}
 }

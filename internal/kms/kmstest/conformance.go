@@ -33,6 +33,7 @@ func Run(t *testing.T, newFixture func(t *testing.T) Fixture) {
 	t.Run("Lifecycle", func(t *testing.T) { lifecycle(t, newFixture(t)) })
 	t.Run("CreateIsIdempotent", func(t *testing.T) { createIdempotent(t, newFixture(t)) })
 	t.Run("ObserveUnknownKey", func(t *testing.T) { observeUnknown(t, newFixture(t)) })
+	t.Run("LookupByToken", func(t *testing.T) { lookupByToken(t, newFixture(t)) })
 	t.Run("DeletionAtDate", func(t *testing.T) { deletionAtDate(t, newFixture(t)) })
 	t.Run("Import", func(t *testing.T) { importFlow(t, newFixture(t)) })
 	t.Run("ImportRefusals", func(t *testing.T) { importRefusals(t, newFixture(t)) })
@@ -173,6 +174,30 @@ func createIdempotent(t *testing.T, f Fixture) {
 	b, err := f.Provider.Create(context.Background(), req)
 	if err != nil || a.ID != b.ID {
 		t.Errorf("Create twice with one token: %s then %s (%v)", a.ID, b.ID, err)
+	}
+}
+
+// lookupByToken checks the operator can tell "no key made yet" from "a key whose ID was lost":
+// Lookup finds the key a Create with the token made, in any state, and nothing for a token no
+// Create used.
+func lookupByToken(t *testing.T, f Fixture) {
+	ctx := context.Background()
+	token := fmt.Sprintf("lookup-%d", time.Now().UnixNano())
+	if k, err := f.Provider.Lookup(ctx, token); !kms.IsNotFound(err) {
+		t.Fatalf("Lookup before any Create: %+v, %v; want NotFoundError", k, err)
+	}
+	made, err := f.Provider.Create(ctx, kms.CreateRequest{Alias: "conformance/" + token, KeySpec: "AES_256",
+		KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doAll(t, f, made.ID, Disable, Schedule)
+	found, err := f.Provider.Lookup(ctx, token)
+	if err != nil || found.ID != made.ID || found.State != kms.StatePendingDeletion {
+		t.Errorf("Lookup after Create: %s (%s), %v; want %s PendingDeletion", found.ID, found.State, err, made.ID)
+	}
+	if _, err := f.Provider.Lookup(ctx, token+"-other"); !kms.IsNotFound(err) {
+		t.Errorf("Lookup of another token: %v, want NotFoundError", err)
 	}
 }
 
