@@ -93,7 +93,9 @@ func (h *harness) keyStates() map[string]kms.State {
 	return states
 }
 
-func deletePolicy(c *v1alpha1.CustomerMasterKey) { c.Spec.DeletionPolicy = v1alpha1.DeletionPolicyDelete }
+func deletePolicy(c *v1alpha1.CustomerMasterKey) {
+	c.Spec.DeletionPolicy = v1alpha1.DeletionPolicyDelete
+}
 
 // TestChangedWhileKeyIsCreated changes a resource while its key is being created, so the
 // status write that records the key loses its race: deleted (with deletionPolicy Delete), the
