@@ -123,6 +123,7 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 			return r.actFailed(cmk, key, string(decision.Action), err)
 		}
 		key = after
+		r.recordKey(cmk, key) // the next decision starts from what the KMS now reports
 		decision = planner.Next(r.input(cmk, key))
 	}
 	r.setObserved(cmk, key)
@@ -182,6 +183,9 @@ func (r *CustomerMasterKeyReconciler) input(cmk *v1alpha1.CustomerMasterKey, key
 	}
 	if p := cmk.Status.ImportParameters; p != nil {
 		in.ImportParametersExpireAt = p.ExpiresAt.Time
+	}
+	if d := cmk.Status.DeletionDate; d != nil {
+		in.DeletionDate = d.Time
 	}
 	return in
 }

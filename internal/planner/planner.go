@@ -62,6 +62,8 @@ type Input struct {
 	// PendingDays is the deletion window status records for the key's current deletion; zero
 	// when none is recorded.
 	PendingDays int32
+	// DeletionDate is the deletion date status records; zero when none is.
+	DeletionDate time.Time
 	// LastPhase is the phase status last reported; empty before the key was first seen.
 	LastPhase v1alpha1.Phase
 	// Adopted is true when the resource manages a key it did not create (spec.keyID).
@@ -149,6 +151,11 @@ const (
 // whether the date follows the spec's pendingDays. API.md, "Deletion dates".
 func Window(in Input) WindowVerdict {
 	switch {
+	case in.PendingDays != 0 && in.Key != nil && in.Key.DeletionDate.Before(in.DeletionDate):
+		// Moved earlier than the date recorded, by someone else: the recorded window no
+		// longer holds. (Status keeps whole seconds, so the KMS's date is never before the
+		// one recorded from it.)
+		return Reschedule
 	case in.PendingDays == in.Spec.PendingDays:
 		return Keep
 	case in.PendingDays != 0:

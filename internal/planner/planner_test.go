@@ -416,8 +416,12 @@ func TestWindow(t *testing.T) {
 		"AdoptedFirstLook":    {Input{Spec: spec(false, true), Adopted: true}, Accept},
 		"AdoptedWindowChange": {Input{Spec: withDays(spec(false, true), 30), PendingDays: 7, Adopted: true, LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
 		"KnownPending":        {Input{Spec: spec(false, true), LastPhase: v1alpha1.PhasePendingDeletion}, Accept},
-		"CrashAfterSchedule":  {Input{Spec: spec(false, true), LastPhase: v1alpha1.PhaseDisabled}, Reschedule},
-		"OwnKeyFirstLook":     {Input{Spec: spec(false, true)}, Reschedule},
+		"MovedEarlierOutside": {Input{Spec: spec(false, true), PendingDays: 7, Key: key(kms.StatePendingDeletion),
+			DeletionDate: now.Add(8 * 24 * time.Hour), LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
+		"MovedLaterOutside": {Input{Spec: spec(false, true), PendingDays: 7, Key: key(kms.StatePendingDeletion),
+			DeletionDate: now.Add(6 * 24 * time.Hour), LastPhase: v1alpha1.PhasePendingDeletion}, Keep},
+		"CrashAfterSchedule": {Input{Spec: spec(false, true), LastPhase: v1alpha1.PhaseDisabled}, Reschedule},
+		"OwnKeyFirstLook":    {Input{Spec: spec(false, true)}, Reschedule},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
