@@ -69,7 +69,7 @@ type trial struct {
 	// asked with before (askedDays); zero before it ever asked.
 	askedAt   time.Time
 	askedDays int32
-	keyID   string
+	keyID     string
 	// conflicts makes the next optimistic-lock status writes lose their race.
 	conflicts bool
 }
