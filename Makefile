@@ -90,9 +90,15 @@ docker-build: ## Build the manager image (needs a Docker engine).
 deploy: manifests ## Deploy the operator to the cluster in KUBECONFIG.
 	kubectl apply -k config/default
 
+# undeploy removes the operator and nothing it manages: the namespace holds the embedded KMS's
+# keys and its root key, and deleting the CRD would delete every CustomerMasterKey. Removing
+# those is a separate, deliberate step (README, "Removing the operator").
 .PHONY: undeploy
-undeploy: ## Remove the operator from the cluster in KUBECONFIG.
-	kubectl delete -k config/default --ignore-not-found
+undeploy: ## Remove the operator (Deployment, RBAC); keep the CRD, the keys and the KMS namespace.
+	kubectl delete -k config/manager --ignore-not-found
+	kubectl delete -k config/rbac --ignore-not-found
+	@echo "Removed the operator. Kept: the CustomerMasterKey CRD and resources, and namespace cmk-system with the"
+	@echo "embedded KMS's keys and root key. Removing those destroys the keys: see README, \"Removing the operator\"."
 
 .PHONY: verify-generated
 verify-generated: manifests generate ## Fail when generated files differ from what is committed.

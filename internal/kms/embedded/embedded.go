@@ -103,6 +103,8 @@ func New(ctx context.Context, env kms.Env, opts Options) (*Provider, error) {
 	if err := p.verifyRootKey(ctx); err != nil {
 		return nil, err
 	}
+	// The check value lets a person match a root key backup to the keys (README).
+	p.log.Info("Embedded KMS root key loaded", "rootKeyCheck", s.check())
 	return p, nil
 }
 
