@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"time"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
@@ -14,6 +15,9 @@ import (
 // the outcome of a call (cancel gives Disabled or PendingImport) is never assumed.
 func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, key *kms.Key, action planner.Action) (*kms.Key, error) {
 	id := cmk.Status.KeyID
+	if key != nil {
+		id = key.ID // the key found, also one status does not record (see findKey)
+	}
 	switch action {
 	case planner.Create:
 		created, err := r.KMS.Create(ctx, createRequest(cmk))
@@ -36,11 +40,7 @@ func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.Cus
 		}
 		r.event(cmk, "Normal", v1alpha1.EventDisabled, "DisableKey", "Disabled key %s", id)
 	case planner.ScheduleDeletion:
-		if err := r.KMS.ScheduleDeletion(ctx, id, int(cmk.Spec.PendingDays)); err != nil {
-			return nil, err
-		}
-		cmk.Status.PendingDays = cmk.Spec.PendingDays
-		r.event(cmk, "Normal", v1alpha1.EventDeletionScheduled, "ScheduleKeyDeletion", "Scheduled deletion of key %s in %d days", id, cmk.Spec.PendingDays)
+		return r.scheduleDeletion(ctx, cmk, id)
 	case planner.CancelDeletion:
 		again := cmk.Spec.DeletionScheduled // canceled only to schedule again with another window
 		if err := r.KMS.CancelDeletion(ctx, id); err != nil {
@@ -73,6 +73,33 @@ func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.Cus
 	}
 	return r.readBack(ctx, id)
 }
+
+// scheduleDeletion schedules the key's deletion with spec.pendingDays and records that window
+// in status, but only when the date read back follows it: a KMS answers "already pending" with
+// success, so a deletion someone scheduled a moment earlier with a shorter window would
+// otherwise pass for the spec's. Unrecorded, it is scheduled again.
+func (r *CustomerMasterKeyReconciler) scheduleDeletion(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string) (*kms.Key, error) {
+	days := cmk.Spec.PendingDays
+	asked := r.Clock.Now()
+	if err := r.KMS.ScheduleDeletion(ctx, id, int(days)); err != nil {
+		return nil, err
+	}
+	why := ""
+	if !cmk.DeletionTimestamp.IsZero() {
+		why = ", as deletionPolicy Delete asks"
+	}
+	r.event(cmk, "Normal", v1alpha1.EventDeletionScheduled, "ScheduleKeyDeletion", "Scheduled deletion of key %s in %d days%s", id, days, why)
+	key, err := r.readBack(ctx, id)
+	if err == nil && key != nil && key.State == kms.StatePendingDeletion &&
+		!key.DeletionDate.Before(asked.Add(time.Duration(days)*24*time.Hour-kmsClockSkew)) {
+		cmk.Status.PendingDays = days
+	}
+	return key, err
+}
+
+// kmsClockSkew is how far the KMS's clock may be behind the operator's when a deletion date is
+// checked against the window it was asked with. Windows differ by whole days.
+const kmsClockSkew = time.Hour
 
 func (r *CustomerMasterKeyReconciler) readBack(ctx context.Context, keyID string) (*kms.Key, error) {
 	key, err := r.observe(ctx, keyID)

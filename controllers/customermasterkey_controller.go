@@ -134,25 +134,25 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 // actFailed records a failed observation or call. What the user must fix (a refused import,
 // a refusal of the KMS, a damaged key record) is reported and looked at again later; what may
 // pass is returned for a retry with backoff. key is the key as last read, so status shows the
-// state the calls before the failure left it in.
+// state the calls before the failure left it in; nil when the key could not be read at all,
+// and then status keeps what it knew: a failed read says nothing about the key.
 func (r *CustomerMasterKeyReconciler) actFailed(cmk *v1alpha1.CustomerMasterKey, key *kms.Key, doing string, err error) (ctrl.Result, error) {
+	if key != nil {
+		r.recordKey(cmk, key)
+	}
 	var refused *importFailure
 	switch {
 	case errors.As(err, &refused):
-		r.recordKey(cmk, key)
 		r.setBlocked(cmk, refused.reason, refused.message)
 		return ctrl.Result{RequeueAfter: r.ImportRetry}, nil
 	case kms.IsTerminal(err), kms.IsUnreadable(err):
 		// Still looked at on the slow resync, so drift and the deletion date are seen.
-		r.recordKey(cmk, key)
 		r.setBlocked(cmk, terminalReason(err), err.Error())
 		return r.resync(), nil
 	case apierrors.IsConflict(err):
 		// Another writer of the KMS's record won; the next attempt starts from its state.
-		r.recordKey(cmk, key)
 		return requeueRateLimited(), nil
 	}
-	r.recordKey(cmk, key)
 	return ctrl.Result{}, r.failed(cmk, doing, err)
 }
 

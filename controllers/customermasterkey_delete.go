@@ -17,37 +17,34 @@ import (
 // finalize applies deletionPolicy to the key of a resource being deleted, then lets the
 // resource go at once: a key scheduled for deletion does not hold its resource for the window.
 // The key is found as in a normal reconcile, by status or by the creation token, so a resource
-// deleted while its key was being created does not leave the key behind unnoticed.
+// deleted while its key was being created does not leave the key behind unnoticed; and the
+// last spec's word on the deletion (a cancel, a new window) is carried out first.
 func (r *CustomerMasterKeyReconciler) finalize(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (ctrl.Result, bool, error) {
 	key, err := r.ownKey(ctx, cmk)
 	if err != nil {
 		return r.finalizeFailed(cmk, "Observing", err)
 	}
-	decision := planner.Next(r.input(cmk, key))
-	switch decision.Action {
-	case planner.ScheduleDeletion:
-		if err := r.KMS.ScheduleDeletion(ctx, key.ID, int(cmk.Spec.PendingDays)); err != nil {
-			return r.finalizeFailed(cmk, "ScheduleDeletion", err)
+	for actions := 0; ; actions++ {
+		decision := planner.Next(r.input(cmk, key))
+		if decision.Action == planner.Release {
+			break
 		}
-		cmk.Status.PendingDays = cmk.Spec.PendingDays
-		r.event(cmk, "Normal", v1alpha1.EventDeletionScheduled, "ScheduleKeyDeletion",
-			"Scheduled deletion of key %s in %d days, as deletionPolicy Delete asks", key.ID, cmk.Spec.PendingDays)
-		if key, err = r.readBack(ctx, key.ID); err != nil {
-			return r.finalizeFailed(cmk, "Observing", err)
-		}
-		if decision = planner.Next(r.input(cmk, key)); decision.Action != planner.Release {
-			r.recordKey(cmk, key)
-			return r.requeue(decision), false, nil
-		}
-	case planner.Release:
-		if key != nil && cmk.Spec.DeletionPolicy == v1alpha1.DeletionPolicyRetain &&
-			key.State != kms.StateDeleted && key.State != kms.StatePendingDeletion {
-			r.event(cmk, "Normal", v1alpha1.EventRetained, "RetainKey",
-				"Left key %s in the KMS (%s), as deletionPolicy Retain asks", key.ID, key.State)
-		}
-	default:
 		r.recordKey(cmk, key)
-		return r.requeue(decision), false, nil
+		switch {
+		case decision.Action == planner.None:
+			return r.requeue(decision), false, nil
+		case actions == maxActions:
+			return requeueRateLimited(), false, nil
+		}
+		after, err := r.act(ctx, cmk, key, decision.Action)
+		if err != nil {
+			return r.finalizeFailed(cmk, string(decision.Action), err)
+		}
+		key = after
+	}
+	if key != nil && key.State != kms.StateDeleted && key.State != kms.StatePendingDeletion {
+		r.event(cmk, "Normal", v1alpha1.EventRetained, "RetainKey",
+			"Left key %s in the KMS (%s), as deletionPolicy Retain asks", key.ID, key.State)
 	}
 
 	patch := client.MergeFromWithOptions(cmk.DeepCopy(), client.MergeFromWithOptimisticLock{})

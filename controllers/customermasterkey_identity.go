@@ -11,17 +11,14 @@ import (
 	"github.com/cmk-operator/cmk-operator/internal/planner"
 )
 
-// ownKey reads the resource's own key: the one status records, else, for a resource that
-// creates its key, the one the KMS made with its creation token. Status may have lost the ID
-// (a crash right after the create, a status write that lost a race), so "no key ID" is never
-// taken to mean "no key" without asking the KMS. A key found that way is recorded at once. nil
+// ownKey reads the resource's own key: the one status records, else the one the KMS made with
+// its creation token. Status may have lost the ID (a crash right after the create, a status
+// write that lost a race), so "no key ID" is never taken to mean "no key" without asking the
+// KMS. A key found that way is recorded at once, unless spec.keyID names another key. nil
 // means there is no such key: none was ever made, or the KMS no longer has it.
 func (r *CustomerMasterKeyReconciler) ownKey(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (*kms.Key, error) {
 	if id := cmk.Status.KeyID; id != "" {
 		return r.observe(ctx, id)
-	}
-	if cmk.Spec.KeyID != "" {
-		return nil, nil // Adopts a key instead (see adopt); none is made with the token.
 	}
 	key, err := r.KMS.Lookup(ctx, creationToken(cmk))
 	if kms.IsNotFound(err) {
@@ -30,17 +27,27 @@ func (r *CustomerMasterKeyReconciler) ownKey(ctx context.Context, cmk *v1alpha1.
 	if err != nil {
 		return nil, fmt.Errorf("looking up the key made for %s/%s: %w", cmk.Namespace, cmk.Name, err)
 	}
-	log.FromContext(ctx).Info("Found the key made for this resource, whose ID status had lost", "keyID", key.ID)
-	cmk.Status.KeyID = key.ID
+	if cmk.Spec.KeyID == "" || cmk.Spec.KeyID == key.ID {
+		log.FromContext(ctx).Info("Found the key made for this resource, whose ID status had lost", "keyID", key.ID)
+		cmk.Status.KeyID = key.ID
+	}
 	return &key, nil
 }
 
-// findKey reads the key the resource manages: its own, or the one spec.keyID asks to adopt.
+// findKey reads the key the resource manages: its own, or the one spec.keyID asks to adopt. A
+// resource that made a key of its own (its ID lost before spec.keyID was set) keeps that one:
+// adopting another would leave it behind, owned by nothing.
 func (r *CustomerMasterKeyReconciler) findKey(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (*kms.Key, error) {
-	if cmk.Status.KeyID == "" && cmk.Spec.KeyID != "" {
-		return r.observe(ctx, cmk.Spec.KeyID)
+	own, err := r.ownKey(ctx, cmk)
+	if err != nil || cmk.Status.KeyID != "" || cmk.Spec.KeyID == "" {
+		return own, err
 	}
-	return r.ownKey(ctx, cmk)
+	if own != nil {
+		return nil, &kms.RejectedError{Reason: fmt.Sprintf(
+			"This resource already made key %s, so it cannot adopt key %s: remove spec.keyID to keep its own key, "+
+				"or delete this resource (its deletionPolicy applies to %s) and adopt %s with a new one", own.ID, cmk.Spec.KeyID, own.ID, cmk.Spec.KeyID)}
+	}
+	return r.observe(ctx, cmk.Spec.KeyID)
 }
 
 // observe reads the key from the KMS; nil when the KMS no longer has it.

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -28,13 +29,17 @@ func (r *CustomerMasterKeyReconciler) recordKey(cmk *v1alpha1.CustomerMasterKey,
 		// The KMS no longer knows the key: deleted, for every purpose a user has.
 		st.Phase = v1alpha1.PhaseDeleted
 	}
-	st.DeletionDate = nil
 	switch {
 	case key == nil || key.State != kms.StatePendingDeletion:
+		st.PendingDays = 0
+	case planner.Window(in) == planner.Reschedule:
+		// The window recorded no longer vouches for the key's date (moved earlier outside,
+		// say): recorded with it, that date would pass for one that follows the spec.
 		st.PendingDays = 0
 	case st.PendingDays == 0 && cmk.Spec.DeletionScheduled && planner.Window(in) == planner.Accept:
 		st.PendingDays = cmk.Spec.PendingDays
 	}
+	st.DeletionDate = nil
 	if key != nil && key.State == kms.StatePendingDeletion && !key.DeletionDate.IsZero() {
 		st.DeletionDate = &metav1.Time{Time: key.DeletionDate}
 	}
@@ -112,6 +117,13 @@ func (r *CustomerMasterKeyReconciler) setCondition(cmk *v1alpha1.CustomerMasterK
 // and tells the controller what to do next.
 func (r *CustomerMasterKeyReconciler) report(ctx context.Context, before, cmk *v1alpha1.CustomerMasterKey, result ctrl.Result, syncErr error) (ctrl.Result, error) {
 	if ctx.Err() != nil {
+		// Stopping: the next start redoes the reconcile, but a key made in this one is
+		// recorded now, on a context of its own, rather than left for Lookup to find.
+		if before.Status.KeyID == "" && cmk.Status.KeyID != "" {
+			last, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownWrite)
+			defer cancel()
+			_ = r.Status().Patch(last, keyFacts(before, cmk), client.MergeFrom(before))
+		}
 		return r.settle(ctx, result, syncErr)
 	}
 	if err := r.writeStatus(ctx, before, cmk); err != nil {
@@ -123,6 +135,9 @@ func (r *CustomerMasterKeyReconciler) report(ctx context.Context, before, cmk *v
 	r.warnOnNewFailure(before, cmk)
 	return r.settle(ctx, result, syncErr)
 }
+
+// shutdownWrite bounds the one status write a stopping manager still makes.
+const shutdownWrite = 5 * time.Second
 
 // writeStatus writes status once, as a merge patch carrying the resourceVersion read, and only
 // when it changed: a reconcile that finds nothing new writes nothing. When the patch loses a

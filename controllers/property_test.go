@@ -3,6 +3,7 @@ package controllers
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -24,8 +25,8 @@ import (
 
 // TestKeySafetyProperties drives the reconciler, against a real apiserver and the embedded KMS,
 // through random histories: spec edits (several between two reconciles, so the operator sees
-// them as one), crashes right after a KMS call (before status is written), status writes that
-// lose their race, changes made in the KMS behind the operator's back, clock jumps past
+// them as one), KMS calls that fail before they are made or whose answer is lost, crashes right
+// after a KMS call (before status is written), status writes that lose their race, changes made in the KMS behind the operator's back, clock jumps past
 // deletion dates, and finally the resource's deletion. After every settled reconcile it checks:
 //
 //   - no key is scheduled for deletion earlier than the latest spec asks: the date is never
@@ -130,16 +131,30 @@ func (tr *trial) run(steps int) {
 	}
 	tr.settle()
 	tr.check()
-	if tr.rng.IntN(2) == 0 {
+	switch tr.rng.IntN(3) {
+	case 0:
+		tr.deleteResource()
+	case 1:
+		// Edits the operator has not seen yet, then the deletion: the finalizer carries out
+		// the last spec.
+		for range 1 + tr.rng.IntN(3) {
+			tr.editDeletion()
+		}
 		tr.deleteResource()
 	}
 }
 
 // edit changes the spec as a user may (the apiserver's rules hold), one patch at a time.
-func (tr *trial) edit() {
+func (tr *trial) edit() { tr.editKind(tr.rng.IntN(5)) }
+
+// editDeletion changes what the spec says of the deletion: schedules, cancels, or sets another
+// window.
+func (tr *trial) editDeletion() { tr.editKind(1 + tr.rng.IntN(3)) }
+
+func (tr *trial) editKind(n int) {
 	s := &tr.spec
 	patch := map[string]any{}
-	switch n := tr.rng.IntN(5); {
+	switch {
 	case n == 0 && !s.DeletionScheduled:
 		s.Enabled = !s.Enabled
 		patch["enabled"] = s.Enabled
@@ -301,25 +316,34 @@ func (tr *trial) deleteResource() {
 			tr.fail("the resource was never let go")
 		}
 	}
-	if before.ID == "" {
+	if before.ID == "" || before.State == kms.StateDeleted {
 		return
 	}
-	after := tr.h.kmsState(before.ID)
-	switch {
-	case before.State == kms.StateDeleted || before.State == kms.StatePendingDeletion:
-		if after != before.State {
-			tr.fail("deleting the resource moved a key that was %s to %s", before.State, after)
-		}
-	case tr.spec.DeletionPolicy == v1alpha1.DeletionPolicyDelete && after != kms.StatePendingDeletion:
-		tr.fail("deletionPolicy Delete left the key %s", after)
-	case tr.spec.DeletionPolicy == v1alpha1.DeletionPolicyRetain && after != before.State:
-		tr.fail("deletionPolicy Retain changed the key from %s to %s", before.State, after)
+	after, err := tr.h.kms.Observe(context.Background(), before.ID)
+	if err != nil {
+		tr.fail("reading the key after its resource went: %v", err)
 	}
+	wants := tr.spec.DeletionScheduled || tr.spec.DeletionPolicy == v1alpha1.DeletionPolicyDelete
+	switch {
+	case wants && after.State != kms.StatePendingDeletion:
+		tr.fail("the last spec (%+v) asks for the key's deletion, and it is %s after its resource went", tr.spec, after.State)
+	case !wants && after.State == kms.StatePendingDeletion:
+		tr.fail("deletionPolicy Retain and a spec that does not ask for the deletion left the key pending deletion")
+	case !wants && before.State != kms.StatePendingDeletion && after.State != before.State:
+		tr.fail("deletionPolicy Retain changed the key from %s to %s", before.State, after.State)
+	case tr.spec.DeletionScheduled:
+		if earliest := tr.askedAt.Add(time.Duration(tr.askedDays) * day).Truncate(time.Second); after.DeletionDate.Before(earliest) {
+			tr.fail("after its resource went, the key is deleted on %v, earlier than the spec asks: %d days from %v",
+				after.DeletionDate, tr.askedDays, tr.askedAt)
+		}
+	}
+	tr.logf("resource gone; key %s %v", after.State, after.DeletionDate)
 }
 
-// crashingKMS is the embedded KMS where, when crashOneIn > 0, one call in crashOneIn is made
-// and then the operator "crashes": the reconcile's context ends before it sees the answer. It
-// also checks every deletion the operator schedules uses the spec's pendingDays.
+// crashingKMS is the embedded KMS where, when crashOneIn > 0, about one call in crashOneIn goes
+// wrong: it fails before the KMS sees it, or it is made and then the operator "crashes" (the
+// reconcile's context ends before it hears the answer) or hears a transient error instead of
+// the answer. It also checks every deletion the operator schedules uses the spec's pendingDays.
 type crashingKMS struct {
 	*embedded.Provider
 	rng        *rand.Rand
@@ -331,12 +355,47 @@ type crashingKMS struct {
 	bad        string
 }
 
+// after decides what the operator hears of a call that was made: the answer, nothing (it
+// crashed), or a transient error as if the answer were lost on the way.
 func (c *crashingKMS) after(err error) error {
-	if err == nil && c.crashOneIn > 0 && c.rng.IntN(c.crashOneIn) == 0 {
+	if err != nil || c.crashOneIn == 0 {
+		return err
+	}
+	switch c.rng.IntN(2 * c.crashOneIn) {
+	case 0:
 		c.cancel()
 		return context.Canceled
+	case 1:
+		return errLostAnswer
 	}
-	return err
+	return nil
+}
+
+// before fails, now and then, a call before the KMS sees it, as an unavailable KMS does.
+func (c *crashingKMS) before() error {
+	if c.crashOneIn > 0 && c.rng.IntN(2*c.crashOneIn) == 0 {
+		return errUnavailable
+	}
+	return nil
+}
+
+var (
+	errLostAnswer  = errors.New("injected: connection reset after the call was made")
+	errUnavailable = errors.New("injected: 503 Service Unavailable")
+)
+
+func (c *crashingKMS) Observe(ctx context.Context, id string) (kms.Key, error) {
+	if err := c.before(); err != nil {
+		return kms.Key{}, err
+	}
+	return c.Provider.Observe(ctx, id)
+}
+
+func (c *crashingKMS) Lookup(ctx context.Context, token string) (kms.Key, error) {
+	if err := c.before(); err != nil {
+		return kms.Key{}, err
+	}
+	return c.Provider.Lookup(ctx, token)
 }
 
 func (c *crashingKMS) takeBadSchedule() string {
@@ -348,19 +407,31 @@ func (c *crashingKMS) takeBadSchedule() string {
 }
 
 func (c *crashingKMS) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, error) {
+	if err := c.before(); err != nil {
+		return kms.Key{}, err
+	}
 	k, err := c.Provider.Create(ctx, req)
 	return k, c.after(err)
 }
 
 func (c *crashingKMS) Enable(ctx context.Context, id string) error {
+	if err := c.before(); err != nil {
+		return err
+	}
 	return c.after(c.Provider.Enable(ctx, id))
 }
 
 func (c *crashingKMS) Disable(ctx context.Context, id string) error {
+	if err := c.before(); err != nil {
+		return err
+	}
 	return c.after(c.Provider.Disable(ctx, id))
 }
 
 func (c *crashingKMS) CancelDeletion(ctx context.Context, id string) error {
+	if err := c.before(); err != nil {
+		return err
+	}
 	return c.after(c.Provider.CancelDeletion(ctx, id))
 }
 
@@ -369,6 +440,9 @@ func (c *crashingKMS) ScheduleDeletion(ctx context.Context, id string, days int)
 		c.mu.Lock()
 		c.bad = fmt.Sprintf("the operator scheduled a deletion with %d days; the spec asks for %d", days, c.spec.PendingDays)
 		c.mu.Unlock()
+	}
+	if err := c.before(); err != nil {
+		return err
 	}
 	return c.after(c.Provider.ScheduleDeletion(ctx, id, days))
 }

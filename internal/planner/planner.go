@@ -138,12 +138,13 @@ type WindowVerdict int
 const (
 	// Keep: the deletion follows the spec's pendingDays (status records it).
 	Keep WindowVerdict = iota
-	// Accept: a deletion scheduled outside Kubernetes, on an adopted key or before status
-	// recorded windows; its date stands, and the spec's pendingDays is recorded as its window.
+	// Accept: a key adopted while it was already pending deletion, scheduled outside
+	// Kubernetes; its date stands, and the spec's pendingDays is recorded as its window.
 	Accept
 	// Reschedule: the deletion was scheduled with another window than the spec's, or with one
-	// nobody recorded (a crash right after the call): cancel it and schedule it again, so the
-	// key is never deleted earlier than the spec asks. The new date is only ever later.
+	// nobody recorded (a crash right after the call, a deletion scheduled in the console, a
+	// key scheduled before windows were recorded): cancel it and schedule it again, so the key
+	// is never deleted earlier than the spec asks. The new date is only ever later.
 	Reschedule
 )
 
@@ -162,8 +163,10 @@ func Window(in Input) WindowVerdict {
 		// pendingDays changed while the deletion was canceled and scheduled again, in edits
 		// the operator may have seen as one.
 		return Reschedule
-	case in.LastPhase == v1alpha1.PhasePendingDeletion || (in.LastPhase == "" && in.Adopted):
-		// Pending before the operator knew the key, or before it recorded windows.
+	case in.LastPhase == "" && in.Adopted:
+		// Pending before the operator ever saw the key. Only then: a status that reports the
+		// key pending with no window may have been written by a reconcile that failed halfway
+		// through rescheduling, and accepting it would keep the early date.
 		return Accept
 	}
 	return Reschedule
@@ -223,16 +226,31 @@ func nextOnDelete(in Input) Decision {
 		return Decision{Action: Release}
 	}
 	switch in.Key.State {
-	case kms.StateDeleted, kms.StatePendingDeletion:
-		// Already going or gone: the resource does not wait out the deletion window.
+	case kms.StateDeleted:
+		return Decision{Action: Release}
+	case kms.StatePendingDeletion:
+		if !wantsDeletion(in.Spec) || Window(in) == Reschedule {
+			// Neither the last spec nor deletionPolicy asks for this deletion (a cancel not
+			// acted on yet), or it was scheduled with another window: cancel it first, so
+			// deleting the resource never deletes the key earlier than the spec asked.
+			return Decision{Action: CancelDeletion}
+		}
+		// Going as asked: the resource does not wait out the deletion window.
 		return Decision{Action: Release}
 	case kms.StateCreating:
 		return Decision{Action: None, RecheckAt: in.Now.Add(CreatingRecheck)}
 	}
-	if in.Spec.DeletionPolicy == v1alpha1.DeletionPolicyDelete {
+	if wantsDeletion(in.Spec) {
 		return Decision{Action: ScheduleDeletion}
 	}
 	return Decision{Action: Release}
+}
+
+// wantsDeletion says whether deleting the resource leaves its key scheduled for deletion:
+// deletionPolicy Delete asks for it, and so does a spec that asked for the deletion itself
+// (the resource goes; the deletion it asked for stands, whatever the policy).
+func wantsDeletion(spec v1alpha1.CustomerMasterKeySpec) bool {
+	return spec.DeletionPolicy == v1alpha1.DeletionPolicyDelete || spec.DeletionScheduled
 }
 
 // recheck is when to look again at a key the KMS changes by itself at t (zero: never). Once t

@@ -177,10 +177,11 @@ func TestNext(t *testing.T) {
 			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), Adopted: true},
 			want:   Decision{Action: None, RecheckAt: now.Add(7 * 24 * time.Hour)},
 		},
-		"PendingDeletionFromBeforeWindowsKeepsDate": {
-			reason: "A key status already reported pending, with no window (recorded before windows were), keeps its date.",
-			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), LastPhase: v1alpha1.PhasePendingDeletion},
-			want:   Decision{Action: None, RecheckAt: now.Add(7 * 24 * time.Hour)},
+		"PendingDeletionWithoutWindowRescheduled": {
+			reason: "A key status reported pending with no window (a reconcile failed halfway through rescheduling, " +
+				"or it was scheduled before windows were recorded) is scheduled again: only ever later.",
+			in:   Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), LastPhase: v1alpha1.PhasePendingDeletion},
+			want: Decision{Action: CancelDeletion},
 		},
 		"PendingDeletionOverdue": {
 			reason: "Past the date the KMS has not deleted it yet: look again shortly.",
@@ -269,8 +270,24 @@ func TestNext(t *testing.T) {
 		},
 		"DeletePolicyDeleteAlreadyPending": {
 			reason: "The resource does not wait out the deletion window.",
-			in:     Input{Spec: withPolicy(spec(false, true), v1alpha1.DeletionPolicyDelete), KeyID: "k1", Key: key(kms.StatePendingDeletion), Deleting: true},
+			in:     Input{Spec: withPolicy(spec(false, true), v1alpha1.DeletionPolicyDelete), KeyID: "k1", Key: key(kms.StatePendingDeletion), PendingDays: 7, Deleting: true},
 			want:   Decision{Action: Release},
+		},
+		"DeleteRetainAfterCancelNotActedOn": {
+			reason: "The last spec canceled the deletion and the policy retains the key: cancel it, then let go.",
+			in:     Input{Spec: spec(false, false), KeyID: "k1", Key: key(kms.StatePendingDeletion), PendingDays: 7, Deleting: true},
+			want:   Decision{Action: CancelDeletion},
+		},
+		"DeleteWithNewWindowNotActedOn": {
+			reason: "Deleting the resource does not keep a date the last spec's pendingDays no longer allows.",
+			in: Input{Spec: withDays(spec(false, true), 30), KeyID: "k1", Key: key(kms.StatePendingDeletion), PendingDays: 7,
+				LastPhase: v1alpha1.PhasePendingDeletion, Deleting: true},
+			want: Decision{Action: CancelDeletion},
+		},
+		"DeleteRetainScheduledSpec": {
+			reason: "A deletion the spec asked for stands when the resource goes, whatever the policy.",
+			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StateDisabled), Deleting: true},
+			want:   Decision{Action: ScheduleDeletion},
 		},
 		"DeleteNeverCreated": {
 			in:   Input{Spec: withPolicy(spec(true, false), v1alpha1.DeletionPolicyDelete), Deleting: true},
@@ -410,12 +427,13 @@ func TestWindow(t *testing.T) {
 		in   Input
 		want WindowVerdict
 	}{
-		"SameWindow":          {Input{Spec: spec(false, true), PendingDays: 7}, Keep},
-		"LongerWindow":        {Input{Spec: withDays(spec(false, true), 30), PendingDays: 7, LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
-		"ShorterWindow":       {Input{Spec: spec(false, true), PendingDays: 30, LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
-		"AdoptedFirstLook":    {Input{Spec: spec(false, true), Adopted: true}, Accept},
-		"AdoptedWindowChange": {Input{Spec: withDays(spec(false, true), 30), PendingDays: 7, Adopted: true, LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
-		"KnownPending":        {Input{Spec: spec(false, true), LastPhase: v1alpha1.PhasePendingDeletion}, Accept},
+		"SameWindow":           {Input{Spec: spec(false, true), PendingDays: 7}, Keep},
+		"LongerWindow":         {Input{Spec: withDays(spec(false, true), 30), PendingDays: 7, LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
+		"ShorterWindow":        {Input{Spec: spec(false, true), PendingDays: 30, LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
+		"AdoptedFirstLook":     {Input{Spec: spec(false, true), Adopted: true}, Accept},
+		"AdoptedWindowChange":  {Input{Spec: withDays(spec(false, true), 30), PendingDays: 7, Adopted: true, LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
+		"KnownPendingNoWindow": {Input{Spec: spec(false, true), LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
+		"AdoptedLaterNoWindow": {Input{Spec: spec(false, true), Adopted: true, LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
 		"MovedEarlierOutside": {Input{Spec: spec(false, true), PendingDays: 7, Key: key(kms.StatePendingDeletion),
 			DeletionDate: now.Add(8 * 24 * time.Hour), LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
 		"MovedLaterOutside": {Input{Spec: spec(false, true), PendingDays: 7, Key: key(kms.StatePendingDeletion),

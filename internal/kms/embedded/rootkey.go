@@ -78,8 +78,9 @@ func refuseIfKeysExist(ctx context.Context, c client.Client, namespace string) e
 	if len(list.Items) == 0 {
 		return nil
 	}
-	return fmt.Errorf("the root key Secret %s/%s is missing, but the embedded KMS holds keys sealed under root key %s "+
-		"(key %s and maybe more): restore the Secret from your backup (kubectl apply -f <backup>.yaml), or start with "+
+	return fmt.Errorf("the root key Secret %[1]s/%[2]s is missing, but the embedded KMS holds keys sealed under the root key "+
+		"with check value %[3]s (key Secret %[4]s and maybe more): restore it from your backup "+
+		"(kubectl -n %[1]s create secret generic %[2]s --from-file=root-key=<backup file>), or start with "+
 		"--embedded-root-key-file; a new root key would leave every key unusable, so none is made (README: \"Back up the root key\")",
 		namespace, RootKeySecret, checkOf(&list.Items[0]), list.Items[0].Name)
 }

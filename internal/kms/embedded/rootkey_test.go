@@ -49,7 +49,7 @@ func TestRootKeyLostIsRefused(t *testing.T) {
 	}
 
 	_, err := f.restart(Options{})
-	if err == nil || !strings.Contains(err.Error(), "restore the Secret from your backup") || !strings.Contains(err.Error(), f.p.sealer.check()) {
+	if err == nil || !strings.Contains(err.Error(), "restore it from your backup") || !strings.Contains(err.Error(), f.p.sealer.check()) {
 		t.Fatalf("start without the root key: %v", err)
 	}
 	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(root), &corev1.Secret{}); !apierrors.IsNotFound(err) {
