@@ -38,6 +38,16 @@ func (f *flaky) CancelDeletion(ctx context.Context, id string) error {
 	return f.Provider.CancelDeletion(ctx, id)
 }
 
+// flakyReconciler is a direct reconciler on a KMS that fails calls when the test says so.
+func flakyReconciler(h *harness) (*CustomerMasterKeyReconciler, *flaky) {
+	r, _ := directReconciler(h)
+	f := &flaky{Provider: h.kms}
+	f.failObserve.Store(-1)
+	f.failCancel.Store(-1)
+	r.KMS = f
+	return r, f
+}
+
 func reconcileErr(r *CustomerMasterKeyReconciler, h *harness, name string) error {
 	_, err := r.Reconcile(context.Background(), reconcile.Request{NamespacedName: client.ObjectKey{Namespace: h.ns, Name: name}})
 	return err
@@ -57,11 +67,7 @@ func reconcileAll(t *testing.T, r *CustomerMasterKeyReconciler, h *harness, name
 // user is wrapping material with are not replaced afterwards.
 func TestFailedReadKeepsImportParameters(t *testing.T) {
 	h := newHarness(t)
-	r, _ := directReconciler(h)
-	f := &flaky{Provider: h.kms}
-	f.failObserve.Store(-1000)
-	f.failCancel.Store(-1000)
-	r.KMS = f
+	r, f := flakyReconciler(h)
 	h.create(h.cmk("byok", external))
 	c := reconcileAll(t, r, h, "byok")
 	if c.Status.Phase != v1alpha1.PhasePendingImport || c.Status.ImportParameters == nil {
@@ -87,11 +93,7 @@ func TestFailedReadKeepsImportParameters(t *testing.T) {
 // stays, so the deletion is not canceled and scheduled again for nothing.
 func TestFailedReadKeepsWindow(t *testing.T) {
 	h := newHarness(t)
-	r, _ := directReconciler(h)
-	f := &flaky{Provider: h.kms}
-	f.failObserve.Store(-1000)
-	f.failCancel.Store(-1000)
-	r.KMS = f
+	r, f := flakyReconciler(h)
 	h.create(h.cmk("w"))
 	reconcileAll(t, r, h, "w")
 	h.patch("w", schedule)
@@ -114,11 +116,7 @@ func TestFailedReadKeepsWindow(t *testing.T) {
 // shows the key pending with no window, which must still be scheduled again, not accepted.
 func TestFailedRescheduleKeepsTrying(t *testing.T) {
 	h := newHarness(t)
-	r, _ := directReconciler(h)
-	f := &flaky{Provider: h.kms}
-	f.failObserve.Store(-1000)
-	f.failCancel.Store(-1000)
-	r.KMS = f
+	r, f := flakyReconciler(h)
 	h.create(h.cmk("early"))
 	c := reconcileAll(t, r, h, "early")
 	id := c.Status.KeyID
@@ -178,11 +176,7 @@ func TestDeletionCarriesOutLastSpec(t *testing.T) {
 // TestFailedReadIsNotDeleted fails one read of an Enabled key: status must not call it Deleted.
 func TestFailedReadIsNotDeleted(t *testing.T) {
 	h := newHarness(t)
-	r, _ := directReconciler(h)
-	f := &flaky{Provider: h.kms}
-	f.failObserve.Store(-1000)
-	f.failCancel.Store(-1000)
-	r.KMS = f
+	r, f := flakyReconciler(h)
 	h.create(h.cmk("rd"))
 	reconcileAll(t, r, h, "rd")
 	f.failObserve.Store(1)
