@@ -144,3 +144,27 @@ func TestKMSWriteConflictsAreQuiet(t *testing.T) {
 		})
 	}
 }
+
+// TestFollowUpActionsInOneReconcile removes a GitOps patch in one go: the deletion is canceled
+// and the key enabled in one reconcile, with one status write, and no 1 ms requeue that would
+// skip the rate limiter.
+func TestFollowUpActionsInOneReconcile(t *testing.T) {
+	h := newHarness(t)
+	r, w := directReconciler(h)
+	h.create(h.cmk("both"))
+	reconcileOnce(t, r, h, "both")
+	h.patch("both", schedule)
+	reconcileOnce(t, r, h, "both")
+	h.patch("both", map[string]any{"deletionScheduled": false, "enabled": true})
+	w.reset()
+	res := reconcileOnce(t, r, h, "both")
+	if c := h.get("both"); c.Status.Phase != v1alpha1.PhaseEnabled {
+		t.Errorf("after one reconcile: %s, want Enabled", c.Status.Phase)
+	}
+	if got := w.get(); got != [3]int64{1, 0, 2} {
+		t.Errorf("wrote [status, object, secret] = %v, want one status write and two KMS writes", got)
+	}
+	if res.RequeueAfter < time.Minute {
+		t.Errorf("a settled key requeues after %v", res.RequeueAfter)
+	}
+}
