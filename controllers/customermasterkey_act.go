@@ -92,7 +92,9 @@ func (r *CustomerMasterKeyReconciler) scheduleDeletion(ctx context.Context, cmk 
 	key, err := r.readBack(ctx, id)
 	if err == nil && key != nil && key.State == kms.StatePendingDeletion &&
 		!key.DeletionDate.Before(asked.Add(time.Duration(days)*24*time.Hour-kmsClockSkew)) {
-		cmk.Status.PendingDays = days
+		// The date recorded before is of a deletion that no longer exists; the new one is
+		// recorded from the key.
+		cmk.Status.PendingDays, cmk.Status.DeletionDate = days, nil
 	}
 	return key, err
 }
