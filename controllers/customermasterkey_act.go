@@ -91,7 +91,7 @@ func (r *CustomerMasterKeyReconciler) scheduleDeletion(ctx context.Context, cmk 
 	r.event(cmk, "Normal", v1alpha1.EventDeletionScheduled, "ScheduleKeyDeletion", "Scheduled deletion of key %s in %d days%s", id, days, why)
 	key, err := r.readBack(ctx, id)
 	if err == nil && key != nil && key.State == kms.StatePendingDeletion &&
-		!key.DeletionDate.Before(asked.Add(time.Duration(days)*24*time.Hour-kmsClockSkew)) {
+		!key.DeletionDate.Before(asked.Add(time.Duration(days)*24*time.Hour-windowTolerance)) {
 		// The date recorded before is of a deletion that no longer exists; the new one is
 		// recorded from the key.
 		cmk.Status.PendingDays, cmk.Status.DeletionDate = days, nil
@@ -99,9 +99,14 @@ func (r *CustomerMasterKeyReconciler) scheduleDeletion(ctx context.Context, cmk 
 	return key, err
 }
 
-// kmsClockSkew is how far the KMS's clock may be behind the operator's when a deletion date is
-// checked against the window it was asked with. Windows differ by whole days.
-const kmsClockSkew = time.Hour
+// windowTolerance is how much earlier than "asked + pendingDays" a deletion date may be and
+// still be the one the operator asked for. Windows are whole days (pending_days is an integer
+// of days, 7-1096, in Huawei's schedule-key-deletion reference and in the embedded KMS), so a
+// deletion someone scheduled with a shorter window is at least a day short and always caught,
+// while the KMS's clock skew, or a date it rounds down (its reference does not say how it
+// computes scheduled_deletion_date), never makes the operator reschedule its own deletion
+// over and over: that would keep moving the date, and the key would never be deleted.
+const windowTolerance = 24*time.Hour - time.Minute
 
 func (r *CustomerMasterKeyReconciler) readBack(ctx context.Context, keyID string) (*kms.Key, error) {
 	key, err := r.observe(ctx, keyID)

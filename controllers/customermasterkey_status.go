@@ -122,7 +122,7 @@ func (r *CustomerMasterKeyReconciler) report(ctx context.Context, before, cmk *v
 		if before.Status.KeyID == "" && cmk.Status.KeyID != "" {
 			last, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownWrite)
 			defer cancel()
-			_ = r.Status().Patch(last, keyFacts(before, cmk), client.MergeFrom(before))
+			_ = r.writeKeyFacts(last, before, cmk)
 		}
 		return r.settle(ctx, result, syncErr)
 	}
@@ -157,27 +157,28 @@ func (r *CustomerMasterKeyReconciler) writeStatus(ctx context.Context, before, a
 	if !apierrors.IsConflict(err) {
 		return fmt.Errorf("writing status: %w", err)
 	}
-	facts := keyFacts(before, after)
-	if equality.Semantic.DeepEqual(before.Status, facts.Status) {
-		return err
-	}
-	if ferr := r.Status().Patch(ctx, facts, client.MergeFrom(before)); ferr != nil {
-		if apierrors.IsNotFound(ferr) {
-			return err
-		}
+	if ferr := r.writeKeyFacts(ctx, before, after); ferr != nil {
 		return fmt.Errorf("writing key %s to status after a conflict: %w", after.Status.KeyID, ferr)
 	}
-	r.writes.wrote(facts)
 	return err
 }
 
-// keyFacts is before with the fields of after's status that record the key in the KMS.
-func keyFacts(before, after *v1alpha1.CustomerMasterKey) *v1alpha1.CustomerMasterKey {
+// writeKeyFacts writes, without the lock, the fields of after's status that record the key in
+// the KMS (its ID, phase, dates, window, import parameters), over before. A resource already
+// gone has nothing to record.
+func (r *CustomerMasterKeyReconciler) writeKeyFacts(ctx context.Context, before, after *v1alpha1.CustomerMasterKey) error {
 	facts := before.DeepCopy()
 	st, from := &facts.Status, &after.Status
 	st.KeyID, st.Phase, st.DeletionDate, st.PendingDays = from.KeyID, from.Phase, from.DeletionDate, from.PendingDays
 	st.ImportParameters, st.MaterialExpiresAt = from.ImportParameters, from.MaterialExpiresAt
-	return facts
+	if equality.Semantic.DeepEqual(before.Status, facts.Status) {
+		return nil
+	}
+	if err := r.Status().Patch(ctx, facts, client.MergeFrom(before)); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	r.writes.wrote(facts)
+	return nil
 }
 
 // warnOnNewFailure sends one Warning event when the reconcile ended in a failure status did not

@@ -248,3 +248,35 @@ func TestScheduleRaceRecordsNoWindow(t *testing.T) {
 			c.Status.PendingDays, k.DeletionDate, min.Sub(k.DeletionDate))
 	}
 }
+
+// roundingKMS reports deletion dates rounded down to the start of their day, as a KMS whose
+// reference does not say how it computes the date might.
+type roundingKMS struct{ *embedded.Provider }
+
+func (k roundingKMS) Observe(ctx context.Context, id string) (kms.Key, error) {
+	key, err := k.Provider.Observe(ctx, id)
+	key.DeletionDate = key.DeletionDate.Truncate(24 * time.Hour)
+	return key, err
+}
+
+// TestRoundedDateIsNotRescheduled schedules a deletion on a KMS that reports a date up to a
+// day earlier than asked: the operator's own deletion is recognised, its window recorded, and
+// it is not canceled and scheduled again (which would move the date on forever).
+func TestRoundedDateIsNotRescheduled(t *testing.T) {
+	h := newHarness(t)
+	h.clock.SetTime(time.Date(2026, 11, 27, 23, 0, 0, 0, time.UTC)) // 23 hours lost to rounding
+	r, _ := directReconciler(h)
+	r.KMS = roundingKMS{h.kms}
+	rec := &recordingEvents{}
+	r.Recorder = rec
+	h.create(h.cmk("rounded"))
+	reconcileAll(t, r, h, "rounded")
+	h.patch("rounded", schedule)
+	c := reconcileAll(t, r, h, "rounded")
+	if c.Status.Phase != v1alpha1.PhasePendingDeletion || c.Status.PendingDays != 7 {
+		t.Errorf("phase %s, window %d; want PendingDeletion with window 7", c.Status.Phase, c.Status.PendingDays)
+	}
+	if rec.has(v1alpha1.EventDeletionCanceled) {
+		t.Errorf("the operator's own deletion was canceled and scheduled again: %v", rec.reasons())
+	}
+}

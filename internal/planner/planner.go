@@ -100,9 +100,7 @@ func Next(in Input) Decision {
 	case kms.StateCreating:
 		return Decision{Action: None, RecheckAt: in.Now.Add(CreatingRecheck)}
 	case kms.StatePendingDeletion:
-		if !in.Spec.DeletionScheduled || Window(in) == Reschedule {
-			// Rescheduling goes through Disabled too: the KMS only schedules a key that is
-			// not pending deletion.
+		if !pendingAsAsked(in, in.Spec.DeletionScheduled) {
 			return Decision{Action: CancelDeletion}
 		}
 		return Decision{Action: None, RecheckAt: recheck(k.DeletionDate, in.Now)}
@@ -229,10 +227,9 @@ func nextOnDelete(in Input) Decision {
 	case kms.StateDeleted:
 		return Decision{Action: Release}
 	case kms.StatePendingDeletion:
-		if !wantsDeletion(in.Spec) || Window(in) == Reschedule {
-			// Neither the last spec nor deletionPolicy asks for this deletion (a cancel not
-			// acted on yet), or it was scheduled with another window: cancel it first, so
-			// deleting the resource never deletes the key earlier than the spec asked.
+		if !pendingAsAsked(in, wantsDeletion(in.Spec)) {
+			// A cancel not acted on yet, or another window: carried out before the resource
+			// goes, so deleting it never deletes the key earlier than the spec asked.
 			return Decision{Action: CancelDeletion}
 		}
 		// Going as asked: the resource does not wait out the deletion window.
@@ -244,6 +241,14 @@ func nextOnDelete(in Input) Decision {
 		return Decision{Action: ScheduleDeletion}
 	}
 	return Decision{Action: Release}
+}
+
+// pendingAsAsked says whether a key pending deletion may stay so: the deletion is asked for,
+// and its date follows the spec's window. Otherwise it is canceled, and scheduled again if
+// asked for: rescheduling goes through Disabled, since the KMS only schedules a key that is
+// not pending deletion.
+func pendingAsAsked(in Input, asked bool) bool {
+	return asked && Window(in) != Reschedule
 }
 
 // wantsDeletion says whether deleting the resource leaves its key scheduled for deletion:
