@@ -84,7 +84,8 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		return r.report(ctx, before, cmk, result, err)
 	}
 	if err := r.ensureFinalizer(ctx, cmk); err != nil {
-		return r.settle(ctx, ctrl.Result{}, err)
+		// Not found: deleted before it ever had the finalizer, so before any key was made.
+		return r.settle(ctx, ctrl.Result{}, client.IgnoreNotFound(err))
 	}
 	before := cmk.DeepCopy()
 	result, err := r.sync(ctx, cmk)

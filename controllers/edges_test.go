@@ -9,7 +9,9 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
@@ -116,5 +118,29 @@ func TestShutdownIsQuiet(t *testing.T) {
 	h.waitPhase("interrupted", v1alpha1.PhaseDisabled)
 	if n := countOf(h.events("interrupted"), v1alpha1.EventFailed); n != 0 {
 		t.Errorf("%d Failed warnings for a stop: %v", n, h.events("interrupted"))
+	}
+}
+
+// TestGoneBeforeFinalizerIsQuiet deletes a resource between the reconcile's read and its
+// finalizer patch (kubectl apply then delete at once): nothing was made for it, and nothing is
+// reported as an error.
+func TestGoneBeforeFinalizerIsQuiet(t *testing.T) {
+	h := newHarness(t)
+	r, _ := directReconciler(h)
+	r.Client = interceptor.NewClient(withoutWatch{r.Client}, interceptor.Funcs{
+		Patch: func(ctx context.Context, c client.WithWatch, o client.Object, p client.Patch, opts ...client.PatchOption) error {
+			if err := c.Delete(ctx, o); err != nil {
+				return err
+			}
+			return c.Patch(ctx, o, p, opts...)
+		},
+	})
+	h.create(h.cmk("fleeting"))
+	res, err := r.Reconcile(context.Background(), reconcile.Request{NamespacedName: client.ObjectKey{Namespace: h.ns, Name: "fleeting"}})
+	if err != nil || res.RequeueAfter != 0 {
+		t.Errorf("reconciling a resource deleted before its finalizer: %+v, %v", res, err)
+	}
+	if n := h.keySecrets(); n != 0 {
+		t.Errorf("%d keys made for a resource deleted before its finalizer", n)
 	}
 }
