@@ -111,7 +111,7 @@ func run(ctx context.Context, cfg managerConfig) error {
 	if err := (&controllers.CustomerMasterKeyReconciler{
 		Client:       mgr.GetClient(),
 		KMS:          provider,
-		SecretReader: mgr.GetAPIReader(),
+		APIReader: mgr.GetAPIReader(),
 		Recorder:     mgr.GetEventRecorder("cmk-operator"),
 		Clock:        clock.RealClock{},
 		SyncPeriod:   cfg.syncPeriod,

@@ -6,11 +6,30 @@ import (
 	"testing"
 
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 )
+
+// allowAdoption labels the harness's namespace so its resources may adopt keys made outside
+// the operator, as an administrator would.
+func (h *harness) allowAdoption() {
+	h.t.Helper()
+	ns := &corev1.Namespace{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Name: h.ns}, ns); err != nil {
+		h.t.Fatal(err)
+	}
+	if ns.Labels == nil {
+		ns.Labels = map[string]string{}
+	}
+	ns.Labels[AllowAdoptionLabel] = "true"
+	if err := env.Client.Update(context.Background(), ns); err != nil {
+		h.t.Fatal(err)
+	}
+}
 
 // outsideKey makes a key in the KMS as the console would, with no resource behind it.
 func (h *harness) outsideKey(spec, usage, description string) string {
@@ -25,6 +44,9 @@ func (h *harness) outsideKey(spec, usage, description string) string {
 	return k.ID
 }
 
+// unknownKeyID has the form of a key ID, and no KMS has it.
+const unknownKeyID = "00000000-0000-4000-8000-00000000dead"
+
 func adopting(id string) func(*v1alpha1.CustomerMasterKey) {
 	return func(c *v1alpha1.CustomerMasterKey) { c.Spec.KeyID = id }
 }
@@ -33,6 +55,7 @@ func adopting(id string) func(*v1alpha1.CustomerMasterKey) {
 // and cancels the deletion: it comes back Disabled, and no key is created.
 func TestAdoptKeyPendingDeletion(t *testing.T) {
 	h := newHarness(t)
+	h.allowAdoption()
 	h.start(managerOptions{})
 	id := h.outsideKey("AES_256", "ENCRYPT_DECRYPT", "made in the console")
 	if err := h.kms.ScheduleDeletion(context.Background(), id, 7); err != nil {
@@ -51,12 +74,12 @@ func TestAdoptKeyPendingDeletion(t *testing.T) {
 		ContainElements(v1alpha1.EventAdopted, v1alpha1.EventDeletionCanceled))
 
 	// Once adopted, spec.keyID is fixed.
-	err := env.Client.Patch(context.Background(), c, rawMerge(t, map[string]any{"spec": map[string]any{"keyID": "another"}}))
+	err := env.Client.Patch(context.Background(), c, rawMerge(t, map[string]any{"spec": map[string]any{"keyID": unknownKeyID}}))
 	if err == nil || !strings.Contains(err.Error(), "spec.keyID must name the key this resource already manages") {
 		t.Errorf("changing an adopted keyID: %v", err)
 	}
 	err = env.Client.Patch(context.Background(), c, rawMerge(t, map[string]any{"spec": map[string]any{"keyID": nil}}))
-	if err == nil || !strings.Contains(err.Error(), "spec.keyID cannot be removed once set") {
+	if err == nil || !strings.Contains(err.Error(), "spec.keyID cannot be removed once the key is adopted") {
 		t.Errorf("removing an adopted keyID: %v", err)
 	}
 }
@@ -65,12 +88,13 @@ func TestAdoptKeyPendingDeletion(t *testing.T) {
 // created, and the ID can be corrected.
 func TestAdoptUnknownKey(t *testing.T) {
 	h := newHarness(t)
+	h.allowAdoption()
 	h.start(managerOptions{})
-	h.create(h.cmk("typo", adopting("no-such-key")))
+	h.create(h.cmk("typo", adopting(unknownKeyID)))
 	c := h.eventually("typo", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
 		g.Expect(cond(c, v1alpha1.ConditionReady).Reason).To(Equal(v1alpha1.ReasonKeyNotFound))
 	})
-	if msg := cond(c, v1alpha1.ConditionReady).Message; !strings.Contains(msg, "The KMS has no key no-such-key to adopt") ||
+	if msg := cond(c, v1alpha1.ConditionReady).Message; !strings.Contains(msg, "The KMS has no key "+unknownKeyID+" to adopt") ||
 		c.Status.KeyID != "" || c.Status.Phase != "" || h.keySecrets() != 0 {
 		t.Errorf("unknown key: %q, status %+v, %d keys", msg, c.Status, h.keySecrets())
 	}
@@ -84,6 +108,7 @@ func TestAdoptUnknownKey(t *testing.T) {
 // TestAdoptMismatch adopts a key whose spec differs from the resource's: nothing is done to it.
 func TestAdoptMismatch(t *testing.T) {
 	h := newHarness(t)
+	h.allowAdoption()
 	h.start(managerOptions{})
 	id := h.outsideKey("RSA_2048", "SIGN_VERIFY", "")
 	h.create(h.cmk("wrong", adopting(id), func(c *v1alpha1.CustomerMasterKey) { c.Spec.Enabled = false }))

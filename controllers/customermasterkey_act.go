@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"regexp"
 	"time"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
@@ -20,7 +19,13 @@ func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.Cus
 	}
 	switch action {
 	case planner.Create:
+		if msg := reservedAlias(cmk); msg != "" {
+			return nil, &refusal{reason: v1alpha1.ReasonAliasReserved, message: msg}
+		}
 		created, err := r.KMS.Create(ctx, createRequest(cmk))
+		if inUse := kms.AsAliasInUse(err); inUse != nil {
+			return r.reclaim(ctx, cmk, inUse)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -124,21 +129,6 @@ func createRequest(cmk *v1alpha1.CustomerMasterKey) kms.CreateRequest {
 		KeyUsage:    string(cmk.Spec.KeyUsage),
 		Origin:      string(cmk.Spec.Origin),
 		Token:       creationToken(cmk),
-		Tags: map[string]string{
-			"kms.cmk.io/namespace": cmk.Namespace,
-			"kms.cmk.io/name":      cmk.Name,
-			"kms.cmk.io/uid":       string(cmk.UID),
-		},
+		Owner:       ownerOf(cmk),
 	}
-}
-
-var aliasUnsafe = regexp.MustCompile(`[^a-zA-Z0-9:/_-]`)
-
-// Alias is the key's alias: spec.alias, or one derived from the resource's namespace and name
-// ("k8s/<namespace>/<name>", with characters an alias cannot hold, such as '.', as '_').
-func Alias(cmk *v1alpha1.CustomerMasterKey) string {
-	if cmk.Spec.Alias != "" {
-		return cmk.Spec.Alias
-	}
-	return aliasUnsafe.ReplaceAllString("k8s/"+cmk.Namespace+"/"+cmk.Name, "_")
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -43,9 +44,10 @@ type CustomerMasterKeyReconciler struct {
 	client.Client
 	KMS      kms.Provider
 	Recorder events.EventRecorder
-	// SecretReader reads keyMaterial Secrets directly, without a cache (the manager's API
-	// reader); nil means the client.
-	SecretReader client.Reader
+	// APIReader reads what the operator does not cache (keyMaterial Secrets, Namespaces) and
+	// what must not be stale (a key's owner) straight from the apiserver: the manager's API
+	// reader. nil means the client.
+	APIReader client.Reader
 	// Clock is the time source; tests pass a fake one.
 	Clock clock.PassiveClock
 	// SyncPeriod is the slow resync of settled keys.
@@ -54,6 +56,8 @@ type CustomerMasterKeyReconciler struct {
 	ImportRetry time.Duration
 
 	writes ownWrites
+	// owned remembers, by resource UID, the key whose ownership verifyOwner confirmed.
+	owned sync.Map
 }
 
 // +kubebuilder:rbac:groups=kms.cmk.io,resources=customermasterkeys,verbs=get;list;watch;patch
@@ -79,6 +83,7 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		result, released, err := r.finalize(ctx, cmk)
 		if released {
 			r.writes.forget(cmk.UID)
+			r.owned.Delete(cmk.UID)
 			return r.settle(ctx, result, err)
 		}
 		return r.report(ctx, before, cmk, result, err)
@@ -98,9 +103,6 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 	key, err := r.findKey(ctx, cmk)
 	if err != nil {
 		return r.actFailed(cmk, nil, "Observing", err)
-	}
-	if blocked := r.adopt(cmk, key); blocked {
-		return r.resync(), nil
 	}
 	if msg := mismatch(cmk, key); msg != "" {
 		r.recordKey(cmk, key)
@@ -142,16 +144,21 @@ func (r *CustomerMasterKeyReconciler) actFailed(cmk *v1alpha1.CustomerMasterKey,
 		r.recordKey(cmk, key)
 	}
 	var refused *importFailure
+	var notYours *refusal
 	switch {
 	case errors.As(err, &refused):
 		r.setBlocked(cmk, refused.reason, refused.message)
 		return ctrl.Result{RequeueAfter: r.ImportRetry}, nil
+	case errors.As(err, &notYours):
+		r.setBlocked(cmk, notYours.reason, notYours.message)
+		return r.resync(), nil
 	case kms.IsTerminal(err), kms.IsUnreadable(err):
 		// Still looked at on the slow resync, so drift and the deletion date are seen.
 		r.setBlocked(cmk, terminalReason(err), err.Error())
 		return r.resync(), nil
-	case apierrors.IsConflict(err):
-		// Another writer of the KMS's record won; the next attempt starts from its state.
+	case apierrors.IsConflict(err), kms.IsClaimLost(err):
+		// Another writer of the KMS's record, or another claim of the key, won; the next
+		// attempt starts from what it left.
 		return requeueRateLimited(), nil
 	}
 	return ctrl.Result{}, r.failed(cmk, doing, err)

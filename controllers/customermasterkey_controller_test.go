@@ -327,7 +327,7 @@ func TestTerminalFailures(t *testing.T) {
 	h.waitPhase("first", v1alpha1.PhaseEnabled)
 	h.create(h.cmk("second", func(c *v1alpha1.CustomerMasterKey) { c.Spec.Alias = "team/shared" }))
 
-	for name, reason := range map[string]string{"sm2": v1alpha1.ReasonUnsupported, "second": v1alpha1.ReasonRejected} {
+	for name, reason := range map[string]string{"sm2": v1alpha1.ReasonUnsupported, "second": v1alpha1.ReasonAliasInUse} {
 		c := h.eventually(name, func(g Gomega, c *v1alpha1.CustomerMasterKey) {
 			g.Expect(cond(c, v1alpha1.ConditionSynced).Reason).To(Equal(reason))
 		})

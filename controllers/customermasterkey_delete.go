@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -23,6 +24,19 @@ func (r *CustomerMasterKeyReconciler) finalize(ctx context.Context, cmk *v1alpha
 	key, err := r.ownKey(ctx, cmk)
 	if err != nil {
 		return r.finalizeFailed(cmk, "Observing", err)
+	}
+	if key != nil && key.State != kms.StateDeleted {
+		err := r.verifyOwner(ctx, cmk, key.ID)
+		var notYours *refusal
+		switch {
+		case errors.As(err, &notYours):
+			// Another resource's key: this one goes without doing anything to it.
+			r.event(cmk, "Normal", v1alpha1.EventRetained, "RetainKey",
+				"Left key %s alone: the KMS records it as another resource's, so deletionPolicy does not apply to it", key.ID)
+			return r.release(ctx, cmk)
+		case err != nil:
+			return r.finalizeFailed(cmk, "Observing", err)
+		}
 	}
 	for actions := 0; ; actions++ {
 		decision := planner.Next(r.input(cmk, key))
@@ -47,6 +61,11 @@ func (r *CustomerMasterKeyReconciler) finalize(ctx context.Context, cmk *v1alpha
 			"Left key %s in the KMS (%s), as deletionPolicy Retain asks", key.ID, key.State)
 	}
 
+	return r.release(ctx, cmk)
+}
+
+// release takes the finalizer off, letting the resource go.
+func (r *CustomerMasterKeyReconciler) release(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (ctrl.Result, bool, error) {
 	patch := client.MergeFromWithOptions(cmk.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	controllerutil.RemoveFinalizer(cmk, Finalizer)
 	if err := r.Patch(ctx, cmk, patch); err != nil {
@@ -68,7 +87,7 @@ func (r *CustomerMasterKeyReconciler) finalizeFailed(cmk *v1alpha1.CustomerMaste
 			"Applying deletionPolicy failed: %v. Fix that, or let the resource go without applying deletionPolicy to its key: "+
 				"kubectl patch cmk %s -n %s --type merge -p '{\"metadata\":{\"finalizers\":null}}'", err, cmk.Name, cmk.Namespace))
 		return r.resync(), false, nil
-	case apierrors.IsConflict(err):
+	case apierrors.IsConflict(err), kms.IsClaimLost(err):
 		return requeueRateLimited(), false, nil
 	}
 	return ctrl.Result{}, false, r.failed(cmk, doing, fmt.Errorf("applying deletionPolicy: %w", err))

@@ -34,20 +34,33 @@ func (r *CustomerMasterKeyReconciler) ownKey(ctx context.Context, cmk *v1alpha1.
 	return &key, nil
 }
 
-// findKey reads the key the resource manages: its own, or the one spec.keyID asks to adopt. A
-// resource that made a key of its own (its ID lost before spec.keyID was set) keeps that one:
-// adopting another would leave it behind, owned by nothing.
+// findKey reads the key the resource manages: its own (see ownKey), or the one spec.keyID
+// asks to adopt, once the adoption rules allow it (see adoptKey). A resource that made a key
+// of its own (its ID lost before spec.keyID was set) keeps that one: adopting another would
+// leave it behind, owned by nothing. A key in status that the KMS records as another
+// resource's is refused: nothing is done to it from here.
 func (r *CustomerMasterKeyReconciler) findKey(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (*kms.Key, error) {
 	own, err := r.ownKey(ctx, cmk)
-	if err != nil || cmk.Status.KeyID != "" || cmk.Spec.KeyID == "" {
-		return own, err
+	if err != nil {
+		return nil, err
+	}
+	if cmk.Status.KeyID != "" {
+		if own != nil && own.State != kms.StateDeleted {
+			if err := r.verifyOwner(ctx, cmk, own.ID); err != nil {
+				return nil, err
+			}
+		}
+		return own, nil
+	}
+	if cmk.Spec.KeyID == "" {
+		return own, nil
 	}
 	if own != nil {
 		return nil, &kms.RejectedError{Reason: fmt.Sprintf(
 			"This resource already made key %s, so it cannot adopt key %s: remove spec.keyID to keep its own key, "+
 				"or delete this resource (its deletionPolicy applies to %s) and adopt %s with a new one", own.ID, cmk.Spec.KeyID, own.ID, cmk.Spec.KeyID)}
 	}
-	return r.observe(ctx, cmk.Spec.KeyID)
+	return r.adoptKey(ctx, cmk)
 }
 
 // observe reads the key from the KMS; nil when the KMS no longer has it.
@@ -65,23 +78,6 @@ func (r *CustomerMasterKeyReconciler) observe(ctx context.Context, keyID string)
 // creationToken makes Create idempotent and Lookup possible: the resource's UID, which no
 // other resource, and no later resource of the same name, ever has.
 func creationToken(cmk *v1alpha1.CustomerMasterKey) string { return string(cmk.UID) }
-
-// adopt records the key spec.keyID names as this resource's key, in whatever state it is. When
-// the KMS has no such key it says so and reports the resource blocked: nothing is created in
-// its place.
-func (r *CustomerMasterKeyReconciler) adopt(cmk *v1alpha1.CustomerMasterKey, key *kms.Key) (blocked bool) {
-	if cmk.Status.KeyID != "" || cmk.Spec.KeyID == "" {
-		return false
-	}
-	if key == nil {
-		r.setBlocked(cmk, v1alpha1.ReasonKeyNotFound, fmt.Sprintf(
-			"The KMS has no key %s to adopt: check spec.keyID, which can still change until a key is adopted", cmk.Spec.KeyID))
-		return true
-	}
-	cmk.Status.KeyID = key.ID
-	r.event(cmk, "Normal", v1alpha1.EventAdopted, "AdoptKey", "Adopted key %s, which is %s", key.ID, key.State)
-	return false
-}
 
 // mismatch describes how the key differs from the spec in what cannot change; empty when it
 // matches or there is no key.

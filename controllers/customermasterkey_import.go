@@ -91,20 +91,9 @@ func (r *CustomerMasterKeyReconciler) tryImport(ctx context.Context, cmk *v1alph
 				message: "spec.keyMaterial.expiresAt has passed: set a time in the future, or remove it for material that does not expire"}
 		}
 	}
-	secret := &corev1.Secret{}
-	if err := r.secretReader().Get(ctx, client.ObjectKey{Namespace: cmk.Namespace, Name: name}, secret); err != nil {
-		if apierrors.IsNotFound(err) {
-			return &importFailure{reason: v1alpha1.ReasonSecretNotFound, message: fmt.Sprintf(
-				"Secret %s not found in namespace %s: create it with keys %s (the wrapped material) and %s",
-				name, cmk.Namespace, v1alpha1.SecretKeyEncryptedKeyMaterial, v1alpha1.SecretKeyImportToken)}
-		}
-		return fmt.Errorf("reading Secret %s: %w", name, err)
-	}
-	wrapped := secret.Data[v1alpha1.SecretKeyEncryptedKeyMaterial]
-	token := strings.TrimSpace(string(secret.Data[v1alpha1.SecretKeyImportToken]))
-	if len(wrapped) == 0 || token == "" {
-		return &importFailure{reason: v1alpha1.ReasonSecretInvalid, message: fmt.Sprintf(
-			"Secret %s must hold non-empty keys %s and %s", name, v1alpha1.SecretKeyEncryptedKeyMaterial, v1alpha1.SecretKeyImportToken)}
+	wrapped, token, err := r.readMaterial(ctx, cmk, name)
+	if err != nil {
+		return err
 	}
 
 	err = imp.ImportMaterial(ctx, cmk.Status.KeyID, token, wrapped, expiresAt)
@@ -117,6 +106,25 @@ func (r *CustomerMasterKeyReconciler) tryImport(ctx context.Context, cmk *v1alph
 	r.event(cmk, "Normal", v1alpha1.EventMaterialImported, "ImportKeyMaterial",
 		"Imported key material from Secret %s into key %s", name, cmk.Status.KeyID)
 	return nil
+}
+
+// readMaterial reads the wrapped material and import token from the Secret spec.keyMaterial
+// names. A Secret that does not exist and one without both keys get one answer: whoever may
+// edit the resource but not read Secrets learns nothing about the namespace's Secrets from it.
+func (r *CustomerMasterKeyReconciler) readMaterial(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, name string) ([]byte, string, error) {
+	secret := &corev1.Secret{}
+	err := r.apiReader().Get(ctx, client.ObjectKey{Namespace: cmk.Namespace, Name: name}, secret)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, "", fmt.Errorf("reading Secret %s: %w", name, err)
+	}
+	wrapped := secret.Data[v1alpha1.SecretKeyEncryptedKeyMaterial]
+	token := strings.TrimSpace(string(secret.Data[v1alpha1.SecretKeyImportToken]))
+	if len(wrapped) == 0 || token == "" {
+		return nil, "", &importFailure{reason: v1alpha1.ReasonSecretNotFound, message: fmt.Sprintf(
+			"Secret %s in namespace %s was not found, or does not hold non-empty keys %s (the wrapped material) and %s: create it with both",
+			name, cmk.Namespace, v1alpha1.SecretKeyEncryptedKeyMaterial, v1alpha1.SecretKeyImportToken)}
+	}
+	return wrapped, token, nil
 }
 
 // importRefused turns the KMS's refusal into what the user must do. The token message is the
@@ -153,9 +161,9 @@ func materialSize(spec v1alpha1.KeySpec) string {
 	return "32 bytes of AES_256 key material"
 }
 
-func (r *CustomerMasterKeyReconciler) secretReader() client.Reader {
-	if r.SecretReader != nil {
-		return r.SecretReader
+func (r *CustomerMasterKeyReconciler) apiReader() client.Reader {
+	if r.APIReader != nil {
+		return r.APIReader
 	}
 	return r.Client
 }

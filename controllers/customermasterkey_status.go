@@ -201,7 +201,7 @@ func warningReason(conditionReason string) string {
 	switch conditionReason {
 	case v1alpha1.ReasonReconcileError:
 		return v1alpha1.EventFailed
-	case v1alpha1.ReasonSecretNotFound, v1alpha1.ReasonSecretInvalid, v1alpha1.ReasonImportTokenInvalid,
+	case v1alpha1.ReasonSecretNotFound, v1alpha1.ReasonImportTokenInvalid,
 		v1alpha1.ReasonMaterialInvalid, v1alpha1.ReasonMaterialMismatch, v1alpha1.ReasonExpiryPassed:
 		return v1alpha1.EventImportFailed
 	}

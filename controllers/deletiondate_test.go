@@ -55,6 +55,7 @@ func TestNewWindowWhileStopped(t *testing.T) {
 // a later change of pendingDays schedules it again.
 func TestAdoptedDeletionKeepsDate(t *testing.T) {
 	h := newHarness(t)
+	h.allowAdoption()
 	id := h.outsideKey("AES_256", "ENCRYPT_DECRYPT", "")
 	if err := h.kms.ScheduleDeletion(context.Background(), id, 10); err != nil {
 		t.Fatal(err)

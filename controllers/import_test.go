@@ -217,11 +217,11 @@ func TestImportFailures(t *testing.T) {
 		reason string
 		says   string
 	}{
-		"SecretMissing": {reason: v1alpha1.ReasonSecretNotFound, says: "create it with keys encryptedKeyMaterial",
+		"SecretMissing": {reason: v1alpha1.ReasonSecretNotFound, says: "was not found, or does not hold non-empty keys encryptedKeyMaterial (the wrapped material) and importToken",
 			setup: func(t *testing.T, name string, _ *v1alpha1.CustomerMasterKey) map[string]any {
 				return keyMaterial(name + "-nothing")
 			}},
-		"WrongKeyNames": {reason: v1alpha1.ReasonSecretInvalid, says: "must hold non-empty keys encryptedKeyMaterial and importToken",
+		"WrongKeyNames": {reason: v1alpha1.ReasonSecretNotFound, says: "was not found, or does not hold non-empty keys encryptedKeyMaterial (the wrapped material) and importToken",
 			setup: func(t *testing.T, name string, c *v1alpha1.CustomerMasterKey) map[string]any {
 				wrapped, token := wrapFor(t, c, randomMaterial(t, 32))
 				h.putSecret(name, map[string][]byte{"material": wrapped, "token": []byte(token)})

@@ -121,7 +121,7 @@ func (h *harness) start(opts managerOptions) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &CustomerMasterKeyReconciler{
 		Client: c, KMS: provider, Recorder: mgr.GetEventRecorder("cmk-operator"), Clock: h.clock,
-		SyncPeriod: opts.syncPeriod, ImportRetry: opts.importRetry, SecretReader: mgr.GetAPIReader(),
+		SyncPeriod: opts.syncPeriod, ImportRetry: opts.importRetry, APIReader: mgr.GetAPIReader(),
 	}
 	if err := r.SetupWithManager(ctx, mgr, controller.Options{SkipNameValidation: ptr.To(true), Logger: logger}); err != nil {
 		h.t.Fatal(err)

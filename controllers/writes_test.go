@@ -90,8 +90,9 @@ func TestWritesPerReconcile(t *testing.T) {
 		return res
 	}
 
-	// The first reconcile adds the finalizer, creates the key and records it.
-	step("create", [3]int64{1, 1, 1})
+	// The first reconcile adds the finalizer, creates the key (its Secret, and the reservation
+	// of its alias) and records it.
+	step("create", [3]int64{1, 1, 2})
 	res := step("no-op after create", [3]int64{0, 0, 0})
 	if res.RequeueAfter < 9*time.Minute {
 		t.Errorf("a settled key requeues after %v, want the slow resync", res.RequeueAfter)

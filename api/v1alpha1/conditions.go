@@ -28,6 +28,20 @@ const (
 	ReasonNotCreated = "NotCreated"
 	// ReasonKeyNotFound: spec.keyID names a key the KMS does not have.
 	ReasonKeyNotFound = "KeyNotFound"
+	// ReasonAdoptionRefused: spec.keyID names a key this resource may not adopt: another
+	// live resource owns it, it belongs (or last belonged) to another namespace, or it was made
+	// outside the operator and the namespace does not allow adopting such keys. Nothing is
+	// recorded or done to the key; spec.keyID can still be corrected.
+	ReasonAdoptionRefused = "AdoptionRefused"
+	// ReasonKeyOwnedElsewhere: the KMS records another resource as the owner of the key in
+	// status; nothing is done to the key from this resource.
+	ReasonKeyOwnedElsewhere = "KeyOwnedElsewhere"
+	// ReasonAliasInUse: the alias is held by another key; the message says whether it can be
+	// adopted, else re-create the resource with another spec.alias.
+	ReasonAliasInUse = "AliasInUse"
+	// ReasonAliasReserved: spec.alias begins with k8s/<namespace>/ of another namespace, a
+	// prefix reserved to that namespace's resources.
+	ReasonAliasReserved = "AliasReserved"
 	// ReasonKeyUnreadable: the KMS holds a record of the key that cannot be read; a person
 	// must restore it (the message says where), or remove the finalizer to give the key up.
 	ReasonKeyUnreadable = "KeyUnreadable"
@@ -39,10 +53,10 @@ const (
 // Reasons of both conditions when key material cannot be imported. Each message says what to
 // change; the import is tried again every half minute and whenever the spec changes.
 const (
-	// ReasonSecretNotFound: spec.keyMaterial.secretRef names a Secret that does not exist.
+	// ReasonSecretNotFound: spec.keyMaterial.secretRef names a Secret that does not exist, or
+	// lacks encryptedKeyMaterial or importToken. The two are one answer, so that the right to
+	// edit a CustomerMasterKey does not tell which Secrets exist and what they hold.
 	ReasonSecretNotFound = "KeyMaterialSecretNotFound"
-	// ReasonSecretInvalid: the Secret lacks encryptedKeyMaterial or importToken.
-	ReasonSecretInvalid = "KeyMaterialSecretInvalid"
 	// ReasonImportTokenInvalid: the token expired, was superseded, or is another key's; fresh
 	// import parameters are published, to wrap the material again.
 	ReasonImportTokenInvalid = "ImportTokenInvalid"
@@ -82,5 +96,8 @@ const (
 	EventDriftDetected     = "DriftDetected"
 	EventRetained          = "Retained"
 	EventAdopted           = "Adopted"
+	// EventReclaimed: a resource created again with a retained key's namespace and name took
+	// the key back.
+	EventReclaimed = "KeyReclaimed"
 	EventFailed            = "Failed"
 )

@@ -65,7 +65,6 @@ const (
 // +kubebuilder:validation:XValidation:rule="!(self.keySpec in ['EC_P256', 'EC_P384']) || self.keyUsage == 'SIGN_VERIFY'",message="EC_P256 and EC_P384 keys only sign and verify: set keyUsage: SIGN_VERIFY"
 // +kubebuilder:validation:XValidation:rule="has(self.alias) == has(oldSelf.alias)",message="alias cannot be added or removed after creation: it names the key in the KMS; create a new CustomerMasterKey for another alias"
 // +kubebuilder:validation:XValidation:rule="!(oldSelf.deletionScheduled && self.deletionScheduled) || self.pendingDays == oldSelf.pendingDays",message="pendingDays cannot change while deletionScheduled stays true: the deletion date is already set; cancel with deletionScheduled: false, then schedule again with the new pendingDays"
-// +kubebuilder:validation:XValidation:rule="!has(oldSelf.keyID) || has(self.keyID)",message="spec.keyID cannot be removed once set: the resource manages that key; delete the resource (deletionPolicy Retain keeps the key) to stop managing it"
 // +kubebuilder:validation:XValidation:rule="!has(self.keyMaterial) || self.origin == 'External'",message="keyMaterial is only for keys with origin: External; a KMS key has material the KMS made"
 // +kubebuilder:validation:XValidation:rule="!has(self.keyMaterial) || !has(self.keyMaterial.expiresAt) || self.keySpec in ['AES_256', 'SM4']",message="keyMaterial.expiresAt is only for symmetric keys (AES_256, SM4): remove it, imported key pairs do not expire"
 type CustomerMasterKeySpec struct {
@@ -131,10 +130,13 @@ type CustomerMasterKeySpec struct {
 
 	// KeyID adopts an existing key: the operator manages the key with this ID, in whatever
 	// state it is (PendingDeletion included), instead of creating one. keySpec, keyUsage and
-	// origin must describe the key as it is. It cannot change once the key is adopted.
+	// origin must describe the key as it is. A key belongs to one resource: one another live
+	// resource owns, or one last owned from another namespace, is refused; one made outside
+	// the operator only from a namespace labeled kms.cmk.io/allow-key-adoption=true. Until
+	// the key is adopted (status.keyID), it can be corrected or removed; then it cannot change.
 	// +optional
-	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:MaxLength=36
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9a-z]{8}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{12}$')",message="keyID must be a KMS key ID: a UUID in lower case, such as 0d0466b0-e727-4d9c-b35d-f84bb474a37f (kubectl get cmk shows the IDs of your keys)"
 	KeyID string `json:"keyID,omitempty"`
 }
 
@@ -154,9 +156,10 @@ type KeyMaterial struct {
 
 // LocalSecretReference names a Secret in the resource's own namespace.
 type LocalSecretReference struct {
-	// Name of the Secret.
+	// Name of the Secret, in the resource's namespace.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="secretRef.name must be the name of a Secret in this namespace: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
 	Name string `json:"name"`
 }
 
@@ -244,6 +247,7 @@ type CustomerMasterKeyStatus struct {
 // CustomerMasterKey is a KMS customer master key managed from Kubernetes.
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.status) || !has(oldSelf.status.keyID) || (has(self.status) && has(self.status.keyID) && self.status.keyID == oldSelf.status.keyID)",message="status.keyID cannot change or be removed once recorded: it is the only link to the key in the KMS, and a resource never gets a second key; create a new CustomerMasterKey for a new key"
 // +kubebuilder:validation:XValidation:rule="!has(self.spec.keyID) || !has(self.status) || !has(self.status.keyID) || self.status.keyID == self.spec.keyID",message="spec.keyID must name the key this resource already manages (status.keyID): create a new CustomerMasterKey to adopt another key"
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.spec.keyID) || has(self.spec.keyID) || !has(oldSelf.status) || !has(oldSelf.status.keyID)",message="spec.keyID cannot be removed once the key is adopted: the resource manages that key; delete the resource (deletionPolicy Retain keeps the key) to stop managing it"
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=cmk,categories=kms

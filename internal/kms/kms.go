@@ -5,8 +5,11 @@ package kms
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 )
 
@@ -50,6 +53,57 @@ type Key struct {
 	MaterialExpiresAt time.Time
 }
 
+// Ownership is what the KMS records about whom a key belongs to.
+type Ownership struct {
+	// Owner is the resource the key belongs to; zero when none is recorded (a key made
+	// outside the operator and never adopted).
+	Owner Owner
+	// MadeByOperator is true for a key a Create made for a resource, false for one made in a
+	// console, by Terraform, or by anything else.
+	MadeByOperator bool
+}
+
+// Owner is the CustomerMasterKey a key belongs to, recorded in the KMS itself (tags, or the
+// embedded key record), so that ownership survives the loss of any status. A provider whose
+// tags cannot hold a long namespace or name records a digest of it (see Shorten): compare
+// with In and Is, never field by field.
+type Owner struct {
+	Namespace string
+	Name      string
+	// UID is the resource's UID: the owner's identity. A resource deleted and created again
+	// under the same name has another UID.
+	UID string
+}
+
+// IsZero reports whether no owner is recorded.
+func (o Owner) IsZero() bool { return o.UID == "" }
+
+// In reports whether the owner is a resource of this namespace.
+func (o Owner) In(namespace string) bool {
+	return o.UID != "" && o.Namespace != "" && (o.Namespace == namespace || o.Namespace == Shorten(namespace, maxShortened))
+}
+
+// Is reports whether the owner is the resource of this namespace and name (any UID).
+func (o Owner) Is(namespace, name string) bool {
+	return o.In(namespace) && (o.Name == name || o.Name == Shorten(name, maxShortened))
+}
+
+// maxShortened is the longest value Shorten is asked for by a provider: Huawei tag values
+// hold at most 43 characters (KMS-FACTS.md, "Verified against the SDK").
+const maxShortened = 43
+
+// Shorten fits s into n characters: s itself when it fits, else a prefix and a digest of
+// the whole, so two long values never shorten to the same string. A provider with short tag
+// values stores owners this way; Owner.In and Owner.Is recognise both forms.
+func Shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	sum := sha256.Sum256([]byte(s))
+	digest := hex.EncodeToString(sum[:])[:16]
+	return s[:n-len(digest)-1] + "." + digest
+}
+
 // CreateRequest describes a key to create.
 type CreateRequest struct {
 	Alias       string
@@ -61,9 +115,20 @@ type CreateRequest struct {
 	// first one made. The reconciler passes the resource's UID, so a crash between creating a
 	// key and recording its ID never makes a second key.
 	Token string
-	// Tags are kept with the key, so that a person looking at the KMS can find its resource.
-	Tags map[string]string
+	// Owner is recorded with the key, so that the key stays the resource's, and a person
+	// looking at the KMS can find the resource.
+	Owner Owner
 }
+
+// keyIDPattern is the form of every provider's key IDs, a UUID in lower case: Huawei's API
+// reference gives key_id as "^[0-9a-z]{8}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{12}$"
+// (Adding or Deleting CMK Tags in Batches, path parameters), and the embedded KMS derives its
+// IDs in that form. The CRD holds spec.keyID to the same pattern.
+var keyIDPattern = regexp.MustCompile(`^[0-9a-z]{8}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{12}$`)
+
+// ValidKeyID reports whether id has the form of a key ID. Providers answer NotFound for
+// anything else without looking it up, so an ID never names something that is not a key.
+func ValidKeyID(id string) bool { return keyIDPattern.MatchString(id) }
 
 // Provider is a key management service. Every call is idempotent: asking for the state a key
 // is already in succeeds without doing anything. Calls that a key's state does not allow fail
@@ -90,6 +155,49 @@ type Provider interface {
 	CancelDeletion(ctx context.Context, keyID string) error
 	// SetDescription changes the key's description.
 	SetDescription(ctx context.Context, keyID, description string) error
+	// Ownership reports whom the KMS records the key as belonging to. It is separate from
+	// Observe because a cloud KMS keeps it in tags, one more call, needed only when a
+	// resource takes a key or is about to act on one irreversibly.
+	Ownership(ctx context.Context, keyID string) (Ownership, error)
+	// Claim records owner as the key's owner, provided the key's recorded owner is still
+	// previous (the zero Owner for none): two resources claiming one key never both succeed.
+	// A claim that finds another owner fails with a *ClaimError.
+	Claim(ctx context.Context, keyID string, owner, previous Owner) error
+}
+
+// ClaimError says a claim lost: the key's recorded owner is no longer the one the claimant
+// saw. The caller reads the key again and judges the new owner.
+type ClaimError struct{ KeyID string }
+
+func (e *ClaimError) Error() string {
+	return fmt.Sprintf("the owner of key %s changed while it was being claimed", e.KeyID)
+}
+
+// IsClaimLost reports whether err is a lost claim.
+func IsClaimLost(err error) bool {
+	var c *ClaimError
+	return errors.As(err, &c)
+}
+
+// AliasInUseError says Create was refused because another key, not deleted, has the alias.
+// KeyID names that key for the caller to judge; the message does not, since it may reach a
+// person who has no business knowing it.
+type AliasInUseError struct {
+	Alias string
+	KeyID string
+}
+
+func (e *AliasInUseError) Error() string {
+	return fmt.Sprintf("alias %q is already used by another key", e.Alias)
+}
+
+// AsAliasInUse returns err as an *AliasInUseError, or nil.
+func AsAliasInUse(err error) *AliasInUseError {
+	var a *AliasInUseError
+	if errors.As(err, &a) {
+		return a
+	}
+	return nil
 }
 
 // WrappingAlgorithm is the one wrapping algorithm the import seam speaks: RSA-OAEP with SHA-256
@@ -219,7 +327,7 @@ func IsNotFound(err error) bool {
 func IsTerminal(err error) bool {
 	var u *UnsupportedError
 	var r *RejectedError
-	return errors.As(err, &u) || errors.As(err, &r)
+	return errors.As(err, &u) || errors.As(err, &r) || AsAliasInUse(err) != nil
 }
 
 // IsUnsupported reports whether err says the provider cannot serve the request.

@@ -144,6 +144,13 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 	if err := checkSupported(req.KeySpec); err != nil {
 		return kms.Key{}, err
 	}
+	// Bounded, so that a create that reserved the alias and stalled is over long before its
+	// reservation may be taken over (see staleReservation).
+	ctx, cancel := context.WithTimeout(ctx, createDeadline)
+	defer cancel()
+	if err := p.reserveAlias(ctx, req.Alias, id); err != nil {
+		return kms.Key{}, err
+	}
 	if err := p.checkAliasFree(ctx, req.Alias, id); err != nil {
 		return kms.Key{}, err
 	}
@@ -159,7 +166,10 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 		State:        kms.StatePendingImport,
 		CreatedAt:    p.clock.Now().UTC(),
 		Token:        req.Token,
-		Tags:         req.Tags,
+	}
+	if !req.Owner.IsZero() {
+		owner := req.Owner
+		r.Owner, r.MadeForOwner = &owner, true
 	}
 	var sealed []byte
 	if req.Origin != kms.OriginExternal {
@@ -190,6 +200,8 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 
 // checkAliasFree refuses an alias that another key, not yet deleted, already has, as a cloud
 // KMS does. The key being created (a concurrent Create with the same token) does not count.
+// Aliases are reserved atomically (see reserveAlias); this finds the keys made before
+// reservations existed.
 func (p *Provider) checkAliasFree(ctx context.Context, alias, id string) error {
 	var list corev1.SecretList
 	if err := p.client.List(ctx, &list, client.InNamespace(p.namespace),
@@ -198,8 +210,7 @@ func (p *Provider) checkAliasFree(ctx context.Context, alias, id string) error {
 	}
 	for i := range list.Items {
 		if r, err := readRecord(&list.Items[i]); err == nil && r.ID != id && r.Alias == alias && r.State != kms.StateDeleted {
-			return &kms.RejectedError{Reason: fmt.Sprintf(
-				"alias %q is already used by key %s: choose another spec.alias", alias, r.ID)}
+			return &kms.AliasInUseError{Alias: alias, KeyID: r.ID}
 		}
 	}
 	return nil
@@ -273,6 +284,33 @@ func (p *Provider) CancelDeletion(ctx context.Context, keyID string) error {
 	})
 }
 
+// Ownership reports the key's recorded owner.
+func (p *Provider) Ownership(ctx context.Context, keyID string) (kms.Ownership, error) {
+	_, r, err := p.get(ctx, keyID)
+	if err != nil {
+		return kms.Ownership{}, err
+	}
+	return r.ownership(), nil
+}
+
+// Claim records owner as the key's owner if its recorded owner is still previous. The write
+// carries the resourceVersion read, so of two claims from one previous owner only one wins.
+func (p *Provider) Claim(ctx context.Context, keyID string, owner, previous kms.Owner) error {
+	return p.transition(ctx, keyID, "claim", func(r *record) (bool, error) {
+		current := r.ownership().Owner
+		switch {
+		case current == owner:
+			return false, nil
+		case current != previous:
+			return false, &kms.ClaimError{KeyID: keyID}
+		case r.State == kms.StateDeleted:
+			return false, &kms.StateError{KeyID: keyID, Call: "claim", State: r.State}
+		}
+		r.Owner, r.Tags = &owner, nil
+		return true, nil
+	})
+}
+
 // SetDescription changes the key's description.
 func (p *Provider) SetDescription(ctx context.Context, keyID, description string) error {
 	return p.transition(ctx, keyID, "describe", func(r *record) (bool, error) {
@@ -287,13 +325,23 @@ func (p *Provider) SetDescription(ctx context.Context, keyID, description string
 	})
 }
 
+// get reads a key's Secret. Only an ID of the form the KMS gives out is looked up, and only a
+// Secret that is a key record is answered with: any other ID, or Secret, is no key. An ID comes
+// from a tenant's spec.keyID, so it must never name another Secret of the KMS namespace (the
+// root key's, an alias reservation) nor tell which of them exist.
 func (p *Provider) get(ctx context.Context, keyID string) (*corev1.Secret, *record, error) {
+	if !kms.ValidKeyID(keyID) {
+		return nil, nil, &kms.NotFoundError{KeyID: keyID}
+	}
 	s := &corev1.Secret{}
 	if err := p.client.Get(ctx, client.ObjectKey{Namespace: p.namespace, Name: secretName(keyID)}, s); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, nil, &kms.NotFoundError{KeyID: keyID}
 		}
 		return nil, nil, fmt.Errorf("reading key %s: %w", keyID, err)
+	}
+	if !isKeySecret(s) {
+		return nil, nil, &kms.NotFoundError{KeyID: keyID}
 	}
 	r, err := readRecord(s)
 	if err != nil {

@@ -48,7 +48,13 @@ type record struct {
 	DeletedAt    *time.Time        `json:"deletedAt,omitempty"`
 	HasMaterial  bool              `json:"hasMaterial"`
 	Token        string            `json:"token"`
-	Tags         map[string]string `json:"tags,omitempty"`
+	// Owner is the resource the key belongs to (see kms.Owner); nil for a key made for no
+	// resource and never claimed.
+	Owner *kms.Owner `json:"owner,omitempty"`
+	// MadeForOwner is true when Create made the key for a resource (the operator's key).
+	MadeForOwner bool `json:"madeForOwner,omitempty"`
+	// Tags are the owner as records written before Owner existed kept it.
+	Tags map[string]string `json:"tags,omitempty"`
 	// RootKeyCheck is the check value of the root key the key's sealed fields are sealed under.
 	RootKeyCheck string `json:"rootKeyCheck,omitempty"`
 
@@ -101,6 +107,16 @@ func (r *record) key() kms.Key {
 	return k
 }
 
+// ownership is the key's recorded owner, and whether Create made the key for it. Records
+// written before Owner existed kept the creating resource in their tags.
+func (r *record) ownership() kms.Ownership {
+	if r.Owner != nil {
+		return kms.Ownership{Owner: *r.Owner, MadeByOperator: r.MadeForOwner}
+	}
+	legacy := kms.Owner{Namespace: r.Tags["kms.cmk.io/namespace"], Name: r.Tags["kms.cmk.io/name"], UID: r.Tags["kms.cmk.io/uid"]}
+	return kms.Ownership{Owner: legacy, MadeByOperator: !legacy.IsZero()}
+}
+
 // keyIDFor derives a key's ID from its creation token, so that Create is idempotent without a
 // lookup table: the same token always names the same Secret. It is shaped like a UUID, as
 // cloud KMS key IDs are.
@@ -111,6 +127,11 @@ func keyIDFor(token string) string {
 }
 
 func secretName(keyID string) string { return secretPrefix + keyID }
+
+// isKeySecret tells a key's Secret from any other Secret that happens to have a key's name.
+func isKeySecret(s *corev1.Secret) bool {
+	return s.Type == secretType && s.Labels[labelKey] == "true"
+}
 
 // aliasHash fits an alias, which may hold ':' and '/', into a label value.
 func aliasHash(alias string) string {

@@ -6,10 +6,12 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/controllers"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/testenv"
 	"github.com/cmk-operator/cmk-operator/internal/testenv/operator"
@@ -25,14 +27,16 @@ func TestMain(m *testing.M) { testenv.Main(m, &env) }
 func TestOperatorAdoptsKeyScheduledInConsole(t *testing.T) {
 	p, s := newStandIn(t)
 	ctx := context.Background()
-	console, err := p.Create(ctx, kms.CreateRequest{Alias: "console/app", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "console"})
+	consoleID, err := s.CreateKeyInConsole("console/app")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.ScheduleDeletion(ctx, console.ID, 7); err != nil {
+	if err := p.ScheduleDeletion(ctx, consoleID, 7); err != nil {
 		t.Fatal(err)
 	}
-	if err := env.CreateNamespace(ctx, "hw"); err != nil {
+	// Keys made outside the operator are adopted only where an administrator allows it.
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "hw", Labels: map[string]string{controllers.AllowAdoptionLabel: "true"}}}
+	if err := env.Client.Create(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
 	operator.Run(t, env, "hw", p)
@@ -40,7 +44,7 @@ func TestOperatorAdoptsKeyScheduledInConsole(t *testing.T) {
 	spec := v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
 		Origin: v1alpha1.OriginKMS, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain}
 	adopted := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "adopted", Namespace: "hw"}, Spec: spec}
-	adopted.Spec.KeyID = console.ID
+	adopted.Spec.KeyID = consoleID
 	created := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "created", Namespace: "hw"}, Spec: spec}
 	created.Spec.Enabled = true
 	for _, c := range []*v1alpha1.CustomerMasterKey{adopted, created} {
@@ -58,7 +62,7 @@ func TestOperatorAdoptsKeyScheduledInConsole(t *testing.T) {
 	}
 	NewWithT(t).Eventually(phase("adopted")).WithTimeout(30 * time.Second).Should(Equal(v1alpha1.PhaseDisabled))
 	NewWithT(t).Eventually(phase("created")).WithTimeout(30 * time.Second).Should(Equal(v1alpha1.PhaseEnabled))
-	if k, err := p.Observe(ctx, console.ID); err != nil || k.State != kms.StateDisabled {
+	if k, err := p.Observe(ctx, consoleID); err != nil || k.State != kms.StateDisabled {
 		t.Errorf("the adopted key in the KMS: %+v (%v), want Disabled", k, err)
 	}
 	if s.Unsigned() != 0 {

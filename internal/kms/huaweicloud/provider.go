@@ -18,8 +18,19 @@ import (
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 )
 
-// uidTag is the tag key that carries the creation token (the resource's UID).
+// uidTag is the tag key that carries the creation token (the resource's UID): a key with it
+// was made by the operator.
 const uidTag = "cmk-operator-uid"
+
+// The owner's tags (kms.Owner). Huawei tag keys hold at most 36 characters and values at most
+// 43 (KMS-FACTS.md; the BatchCreateKmsTags reference, TagItem), so a longer namespace or name is
+// recorded shortened (kms.Shorten).
+const (
+	ownerNamespaceTag = "cmk-operator-owner-namespace"
+	ownerNameTag      = "cmk-operator-owner-name"
+	ownerUIDTag       = "cmk-operator-owner-uid"
+	maxTagValue       = 43
+)
 
 // key_state codes of the API.
 var states = map[string]kms.State{
@@ -45,6 +56,10 @@ func NewWithClient(c *kmsv2.KmsClient) *Provider { return &Provider{client: c} }
 
 // Observe describes a key.
 func (p *Provider) Observe(_ context.Context, keyID string) (kms.Key, error) {
+	if !kms.ValidKeyID(keyID) {
+		// Not of the documented key_id form (see kms.ValidKeyID): no key, and nothing is sent.
+		return kms.Key{}, &kms.NotFoundError{KeyID: keyID}
+	}
 	resp, err := p.client.ListKeyDetail(&model.ListKeyDetailRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
 	if err != nil {
 		return kms.Key{}, classify(err, "describe", keyID, "")
@@ -136,27 +151,130 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 		// A process that died between creating and tagging left a key with this alias and
 		// no UID tag: that is ours, and is claimed rather than duplicated.
 		if id, ferr := p.findUntaggedByAlias(req.Alias); ferr == nil && id != "" {
-			return p.claim(ctx, id, req.Token)
+			return p.tagNew(ctx, id, req)
 		}
-		return kms.Key{}, classify(err, "create", req.Alias, "")
+		classified := classify(err, "create", req.Alias, "")
+		if _, rejected := classified.(*kms.RejectedError); rejected {
+			// An alias conflict: name the key that holds it, for the caller to judge.
+			if id, ferr := p.findByAlias(req.Alias); ferr == nil && id != "" {
+				return kms.Key{}, &kms.AliasInUseError{Alias: req.Alias, KeyID: id}
+			}
+		}
+		return kms.Key{}, classified
 	}
 	if resp.KeyInfo == nil || resp.KeyInfo.KeyId == nil {
 		return kms.Key{}, fmt.Errorf("create key %s: the response has no key ID", req.Alias)
 	}
-	return p.claim(ctx, *resp.KeyInfo.KeyId, req.Token)
+	return p.tagNew(ctx, *resp.KeyInfo.KeyId, req)
 }
 
-// claim tags a key with the creation token, so a retried Create finds it.
-func (p *Provider) claim(ctx context.Context, id, token string) (kms.Key, error) {
-	if _, err := p.client.CreateKmsTag(&model.CreateKmsTagRequest{KeyId: id,
-		Body: &model.CreateKmsTagRequestBody{Tag: &model.TagItem{Key: uidTag, Value: &token}}}); err != nil {
-		return kms.Key{}, classify(err, "tag", id, "")
+// tagNew tags a new key with the creation token, so a retried Create finds it, and with its
+// owner.
+func (p *Provider) tagNew(ctx context.Context, id string, req kms.CreateRequest) (kms.Key, error) {
+	tags := append([]model.TagItem{{Key: uidTag, Value: ptr(req.Token)}}, ownerTags(req.Owner)...)
+	if err := p.setTags(id, tags); err != nil {
+		return kms.Key{}, err
 	}
 	return p.Observe(ctx, id)
 }
 
-// findUntaggedByAlias pages through the project's keys for one with this alias and no UID tag.
+func ownerTags(o kms.Owner) []model.TagItem {
+	if o.IsZero() {
+		return nil
+	}
+	return []model.TagItem{
+		{Key: ownerNamespaceTag, Value: ptr(kms.Shorten(o.Namespace, maxTagValue))},
+		{Key: ownerNameTag, Value: ptr(kms.Shorten(o.Name, maxTagValue))},
+		{Key: ownerUIDTag, Value: ptr(o.UID)},
+	}
+}
+
+// setTags adds tags in one call; a tag whose key the key already has takes the new value (as
+// the stand-in models it; the read-back in Claim catches a KMS that does otherwise).
+func (p *Provider) setTags(id string, tags []model.TagItem) error {
+	_, err := p.client.BatchCreateKmsTags(&model.BatchCreateKmsTagsRequest{KeyId: id,
+		Body: &model.BatchCreateKmsTagsRequestBody{Action: "create", Tags: tags}})
+	if err != nil {
+		return classify(err, "tag", id, "")
+	}
+	return nil
+}
+
+// Ownership reads the key's tags: the owner's, and the creation token that marks a key the
+// operator made. A key made before owner tags existed has only the token, which is its
+// creating resource's UID; its namespace is unknown until that resource claims it again.
+func (p *Provider) Ownership(_ context.Context, keyID string) (kms.Ownership, error) {
+	resp, err := p.client.ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: keyID})
+	if err != nil {
+		return kms.Ownership{}, classify(err, "read the tags of", keyID, "")
+	}
+	tags := map[string]string{}
+	if resp.Tags != nil {
+		for _, t := range *resp.Tags {
+			tags[t.Key] = deref(t.Value)
+		}
+	}
+	o := kms.Ownership{MadeByOperator: tags[uidTag] != "",
+		Owner: kms.Owner{Namespace: tags[ownerNamespaceTag], Name: tags[ownerNameTag], UID: tags[ownerUIDTag]}}
+	if o.Owner.UID == "" {
+		o.Owner = kms.Owner{UID: tags[uidTag]}
+	}
+	return o, nil
+}
+
+// Claim writes the owner's tags if the recorded owner is still previous. Tags have no
+// compare-and-swap, so the owner is read back after the write: of two claims that overlap,
+// the one whose tags did not stay loses. (Each claim is made by the one operator leader, and
+// only for a key whose previous owner is gone, so overlaps need a person tagging by hand.)
+func (p *Provider) Claim(ctx context.Context, keyID string, owner, previous kms.Owner) error {
+	if owner.IsZero() {
+		return fmt.Errorf("claim key %s: no owner given", keyID)
+	}
+	now, err := p.Ownership(ctx, keyID)
+	if err != nil {
+		return err
+	}
+	if sameOwner(now.Owner, owner) {
+		return nil
+	}
+	if !sameOwner(now.Owner, previous) {
+		return &kms.ClaimError{KeyID: keyID}
+	}
+	if err := p.setTags(keyID, ownerTags(owner)); err != nil {
+		return err
+	}
+	after, err := p.Ownership(ctx, keyID)
+	if err != nil {
+		return err
+	}
+	if !sameOwner(after.Owner, owner) {
+		return &kms.ClaimError{KeyID: keyID}
+	}
+	return nil
+}
+
+// sameOwner compares an owner as read from tags with one as the caller knows it.
+func sameOwner(tagged, o kms.Owner) bool {
+	if o.IsZero() || tagged.IsZero() {
+		return o.IsZero() && tagged.IsZero()
+	}
+	if tagged.Namespace == "" {
+		return tagged.UID == o.UID && o.Namespace == "" // made before owner tags existed
+	}
+	return tagged.UID == o.UID && tagged.Is(o.Namespace, o.Name)
+}
+
+// findUntaggedByAlias finds the key with this alias if it has no UID tag.
 func (p *Provider) findUntaggedByAlias(alias string) (string, error) {
+	id, err := p.findByAlias(alias)
+	if err != nil || id == "" {
+		return "", err
+	}
+	return p.untagged(id)
+}
+
+// findByAlias pages through the project's keys for the one with this alias.
+func (p *Provider) findByAlias(alias string) (string, error) {
 	limit, marker := "100", ""
 	for {
 		body := &model.ListKeysRequestBody{Limit: &limit}
@@ -170,7 +288,7 @@ func (p *Provider) findUntaggedByAlias(alias string) (string, error) {
 		if resp.KeyDetails != nil {
 			for _, d := range *resp.KeyDetails {
 				if deref(d.KeyAlias) == alias && d.KeyId != nil {
-					return p.untagged(*d.KeyId)
+					return *d.KeyId, nil
 				}
 			}
 		}

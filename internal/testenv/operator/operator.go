@@ -58,7 +58,7 @@ func Run(t testing.TB, env *testenv.Env, namespace string, provider kms.Provider
 		}
 	}
 	r := &controllers.CustomerMasterKeyReconciler{
-		Client: mgr.GetClient(), KMS: provider, SecretReader: mgr.GetAPIReader(),
+		Client: mgr.GetClient(), KMS: provider, APIReader: mgr.GetAPIReader(),
 		Recorder: mgr.GetEventRecorder("cmk-operator"), Clock: clock.RealClock{},
 	}
 	opts := controller.Options{SkipNameValidation: ptr.To(true), MaxConcurrentReconciles: 4, Logger: logr.Discard()}

@@ -77,6 +77,18 @@ func (s *Server) Unsigned() int {
 // Advance moves the stand-in's clock, as time passes in the cloud.
 func (s *Server) Advance(d time.Duration) { s.Clock.Step(d) }
 
+// CreateKeyInConsole makes a KMS-generated key with no tags, as a person in the console (or
+// Terraform) would, and returns its ID.
+func (s *Server) CreateKeyInConsole(alias string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	resp, apiErr := s.create(alias, "AES_256", "ENCRYPT_DECRYPT", "kms", "")
+	if apiErr != nil {
+		return "", fmt.Errorf("%s: %s", apiErr.code, apiErr.msg)
+	}
+	return resp.(map[string]any)["key_info"].(map[string]any)["key_id"].(string), nil
+}
+
 type apiError struct {
 	status int
 	code   string
@@ -126,6 +138,9 @@ func (s *Server) dispatch(op string, req map[string]any) (any, *apiError) {
 	str := func(name string) string { v, _ := req[name].(string); return v }
 	if strings.HasSuffix(op, "/tags") {
 		return s.tag(strings.TrimSuffix(op, "/tags"), req)
+	}
+	if strings.HasSuffix(op, "/tags/action") {
+		return s.batchTags(strings.TrimSuffix(op, "/tags/action"), req)
 	}
 	switch op {
 	case "create-key":
@@ -219,6 +234,45 @@ func (s *Server) tag(id string, req map[string]any) (any, *apiError) {
 	name, _ := t["key"].(string)
 	value, _ := t["value"].(string)
 	k.tags[name] = value
+	return map[string]any{}, nil
+}
+
+// batchTags adds or deletes tags: POST /v1.0/{project_id}/kms/{key_id}/tags/action with
+// action "create" or "delete" (Huawei API reference, BatchCreateKmsTags: keys up to 36
+// characters, values up to 43, at most 10 tags a key). A create with a key the key already
+// has replaces its value: the reference does not say, and Huawei's tag APIs of other services
+// document it so.
+func (s *Server) batchTags(id string, req map[string]any) (any, *apiError) {
+	k, ok := s.keys[id]
+	if !ok {
+		return nil, fail(http.StatusNotFound, "KMS.0205", "the key does not exist")
+	}
+	action, _ := req["action"].(string)
+	tags, _ := req["tags"].([]any)
+	next := map[string]string{}
+	for name, value := range k.tags {
+		next[name] = value
+	}
+	for _, t := range tags {
+		tm, _ := t.(map[string]any)
+		name, _ := tm["key"].(string)
+		value, _ := tm["value"].(string)
+		if name == "" || len(name) > 36 || len(value) > 43 {
+			return nil, fail(http.StatusBadRequest, "KMS.0002", "invalid tag")
+		}
+		switch action {
+		case "create":
+			next[name] = value
+		case "delete":
+			delete(next, name)
+		default:
+			return nil, fail(http.StatusBadRequest, "KMS.0002", "action must be create or delete")
+		}
+	}
+	if len(next) > 10 {
+		return nil, fail(http.StatusBadRequest, "KMS.0002", "a key has at most 10 tags")
+	}
+	k.tags = next
 	return map[string]any{}, nil
 }
 
