@@ -10,9 +10,9 @@ import (
 	"github.com/go-logr/logr"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
-	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/uuid"
+	"k8s.io/client-go/rest"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -85,6 +85,10 @@ type managerOptions struct {
 	provider func(*embedded.Provider) kms.Provider
 	// noReaper leaves the embedded KMS's reaper off, as a KMS that is late to act.
 	noReaper bool
+	// config, when set, is who the manager runs as (see tenancy_test.go); else the admin.
+	config *rest.Config
+	// namespaces are watched besides the harness's own.
+	namespaces []string
 }
 
 // start runs a manager with the reconciler and the harness's provider until the test ends or
@@ -95,11 +99,19 @@ func (h *harness) start(opts managerOptions) {
 	if opts.logs != nil {
 		logger = zap.New(zap.WriteTo(opts.logs), zap.UseDevMode(true))
 	}
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+	cfg := env.Config
+	if opts.config != nil {
+		cfg = opts.config
+	}
+	watched := map[string]cache.Config{h.ns: {}}
+	for _, ns := range opts.namespaces {
+		watched[ns] = cache.Config{}
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 testenv.Scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
-		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{h.ns: {}}},
+		Cache:                  cache.Options{DefaultNamespaces: watched},
 		Logger:                 logger,
 	})
 	if err != nil {
@@ -146,17 +158,21 @@ func (h *harness) stopManager() { h.stop() }
 
 // cmk returns a resource with every default the apiserver would set, as a Go client must.
 func (h *harness) cmk(name string, mutate ...func(*v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {
-	c := &v1alpha1.CustomerMasterKey{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: h.ns},
+	c := newCMK(h.ns, name)
+	for _, m := range mutate {
+		m(c)
+	}
+	return c
+}
+
+func newCMK(namespace, name string) *v1alpha1.CustomerMasterKey {
+	return &v1alpha1.CustomerMasterKey{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
 		Spec: v1alpha1.CustomerMasterKeySpec{
 			KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt, Origin: v1alpha1.OriginKMS,
 			Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain,
 		},
 	}
-	for _, m := range mutate {
-		m(c)
-	}
-	return c
 }
 
 func external(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal }
@@ -236,20 +252,7 @@ func (h *harness) keySecrets() int {
 }
 
 // events returns the reasons of the events about a resource, oldest first.
-func (h *harness) events(name string) []string {
-	h.t.Helper()
-	var list eventsv1.EventList
-	if err := env.Client.List(context.Background(), &list, client.InNamespace(h.ns)); err != nil {
-		h.t.Fatal(err)
-	}
-	var reasons []string
-	for _, e := range list.Items {
-		if e.Regarding.Name == name {
-			reasons = append(reasons, e.Reason)
-		}
-	}
-	return reasons
-}
+func (h *harness) events(name string) []string { return h.eventsIn(h.ns, name) }
 
 // kmsState is the key's state straight from the KMS.
 func (h *harness) kmsState(keyID string) kms.State {

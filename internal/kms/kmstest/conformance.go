@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -34,6 +35,8 @@ func Run(t *testing.T, newFixture func(t *testing.T) Fixture) {
 	t.Run("CreateIsIdempotent", func(t *testing.T) { createIdempotent(t, newFixture(t)) })
 	t.Run("ObserveUnknownKey", func(t *testing.T) { observeUnknown(t, newFixture(t)) })
 	t.Run("LookupByToken", func(t *testing.T) { lookupByToken(t, newFixture(t)) })
+	t.Run("AliasInUse", func(t *testing.T) { aliasInUse(t, newFixture(t)) })
+	t.Run("OwnerAndClaim", func(t *testing.T) { ownerAndClaim(t, newFixture(t)) })
 	t.Run("DeletionAtDate", func(t *testing.T) { deletionAtDate(t, newFixture(t)) })
 	t.Run("Import", func(t *testing.T) { importFlow(t, newFixture(t)) })
 	t.Run("ImportRefusals", func(t *testing.T) { importRefusals(t, newFixture(t)) })
@@ -198,6 +201,64 @@ func lookupByToken(t *testing.T, f Fixture) {
 	}
 	if _, err := f.Provider.Lookup(ctx, token+"-other"); !kms.IsNotFound(err) {
 		t.Errorf("Lookup of another token: %v, want NotFoundError", err)
+	}
+}
+
+// aliasInUse checks a second key with an alias is refused with the holder named for the
+// caller, but not in the message, which may reach a tenant who must not learn it.
+func aliasInUse(t *testing.T, f Fixture) {
+	ctx := context.Background()
+	req := kms.CreateRequest{Alias: fmt.Sprintf("conformance/alias/%d", time.Now().UnixNano()), KeySpec: "AES_256",
+		KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: fmt.Sprintf("alias-a-%d", time.Now().UnixNano())}
+	first, err := f.Provider.Create(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Token += "-b"
+	_, err = f.Provider.Create(ctx, req)
+	inUse := kms.AsAliasInUse(err)
+	if inUse == nil || inUse.KeyID != first.ID {
+		t.Fatalf("a second key with alias %s: %v, want an AliasInUseError naming %s", req.Alias, err, first.ID)
+	}
+	if strings.Contains(err.Error(), first.ID) {
+		t.Errorf("the refusal's message names the holder: %q", err)
+	}
+	if _, err := f.Provider.Lookup(ctx, req.Token); !kms.IsNotFound(err) {
+		t.Errorf("the refused create made a key: %v", err)
+	}
+}
+
+// ownerAndClaim checks the KMS records a key's owner from Create, and that Claim replaces it
+// only from the owner the claimant saw.
+func ownerAndClaim(t *testing.T, f Fixture) {
+	ctx := context.Background()
+	n := time.Now().UnixNano()
+	first := kms.Owner{Namespace: "team-a", Name: fmt.Sprintf("a-resource-whose-name-is-too-long-for-a-tag-%d", n), UID: fmt.Sprintf("00000000-0000-4000-8000-%012d", n%1e12)}
+	k, err := f.Provider.Create(ctx, kms.CreateRequest{Alias: fmt.Sprintf("conformance/owner/%d", n), KeySpec: "AES_256",
+		KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: first.UID, Owner: first})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := f.Provider.Ownership(ctx, k.ID)
+	if err != nil || !own.MadeByOperator || own.Owner.UID != first.UID || !own.Owner.Is(first.Namespace, first.Name) || own.Owner.In("team-b") {
+		t.Fatalf("Ownership after Create: %+v, %v; want %+v, made by the operator", own, err, first)
+	}
+	second := kms.Owner{Namespace: "team-a", Name: "second", UID: fmt.Sprintf("11111111-0000-4000-8000-%012d", n%1e12)}
+	if err := f.Provider.Claim(ctx, k.ID, second, kms.Owner{}); !kms.IsClaimLost(err) {
+		t.Errorf("Claim from no owner, while one is recorded: %v, want a ClaimError", err)
+	}
+	if err := f.Provider.Claim(ctx, k.ID, second, own.Owner); err != nil {
+		t.Fatalf("Claim from the recorded owner: %v", err)
+	}
+	if err := f.Provider.Claim(ctx, k.ID, second, own.Owner); err != nil {
+		t.Errorf("Claim repeated: %v, want success (it is already the owner)", err)
+	}
+	third := kms.Owner{Namespace: "team-b", Name: "third", UID: fmt.Sprintf("22222222-0000-4000-8000-%012d", n%1e12)}
+	if err := f.Provider.Claim(ctx, k.ID, third, own.Owner); !kms.IsClaimLost(err) {
+		t.Errorf("Claim from a stale owner: %v, want a ClaimError", err)
+	}
+	if after, err := f.Provider.Ownership(ctx, k.ID); err != nil || after.Owner.UID != second.UID || !after.Owner.Is("team-a", "second") {
+		t.Errorf("Ownership after the claims: %+v, %v; want %+v", after, err, second)
 	}
 }
 
