@@ -109,12 +109,12 @@ func run(ctx context.Context, cfg managerConfig) error {
 	}
 
 	if err := (&controllers.CustomerMasterKeyReconciler{
-		Client:       mgr.GetClient(),
-		KMS:          provider,
-		APIReader: mgr.GetAPIReader(),
-		Recorder:     mgr.GetEventRecorder("cmk-operator"),
-		Clock:        clock.RealClock{},
-		SyncPeriod:   cfg.syncPeriod,
+		Client:     mgr.GetClient(),
+		KMS:        provider,
+		APIReader:  mgr.GetAPIReader(),
+		Recorder:   mgr.GetEventRecorder("cmk-operator"),
+		Clock:      clock.RealClock{},
+		SyncPeriod: cfg.syncPeriod,
 	}).SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: cfg.workers}); err != nil {
 		return fmt.Errorf("setting up controller: %w", err)
 	}

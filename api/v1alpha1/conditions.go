@@ -99,5 +99,5 @@ const (
 	// EventReclaimed: a resource created again with a retained key's namespace and name took
 	// the key back.
 	EventReclaimed = "KeyReclaimed"
-	EventFailed            = "Failed"
+	EventFailed    = "Failed"
 )

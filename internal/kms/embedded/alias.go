@@ -20,10 +20,10 @@ import (
 // refuses a second Create of one name) or take over (an update carrying the resourceVersion
 // read). The reservation names the key that holds the alias.
 const (
-	aliasSecretType  corev1.SecretType = "kms.cmk.io/embedded-alias"
-	aliasPrefix                        = "cmk-alias-"
-	aliasField                         = "alias.json"
-	labelAlias                         = "kms.cmk.io/embedded-alias"
+	aliasSecretType corev1.SecretType = "kms.cmk.io/embedded-alias"
+	aliasPrefix                       = "cmk-alias-"
+	aliasField                        = "alias.json"
+	labelAlias                        = "kms.cmk.io/embedded-alias"
 )
 
 // createDeadline bounds one Create, so a create that reserved an alias either writes its key

@@ -36,18 +36,18 @@ const (
 
 // record is a key's metadata as stored. It never holds material.
 type record struct {
-	ID           string            `json:"id"`
-	Alias        string            `json:"alias"`
-	Description  string            `json:"description,omitempty"`
-	KeySpec      string            `json:"keySpec"`
-	KeyUsage     string            `json:"keyUsage"`
-	Origin       string            `json:"origin"`
-	State        kms.State         `json:"state"`
-	CreatedAt    time.Time         `json:"createdAt"`
-	DeletionDate *time.Time        `json:"deletionDate,omitempty"`
-	DeletedAt    *time.Time        `json:"deletedAt,omitempty"`
-	HasMaterial  bool              `json:"hasMaterial"`
-	Token        string            `json:"token"`
+	ID           string     `json:"id"`
+	Alias        string     `json:"alias"`
+	Description  string     `json:"description,omitempty"`
+	KeySpec      string     `json:"keySpec"`
+	KeyUsage     string     `json:"keyUsage"`
+	Origin       string     `json:"origin"`
+	State        kms.State  `json:"state"`
+	CreatedAt    time.Time  `json:"createdAt"`
+	DeletionDate *time.Time `json:"deletionDate,omitempty"`
+	DeletedAt    *time.Time `json:"deletedAt,omitempty"`
+	HasMaterial  bool       `json:"hasMaterial"`
+	Token        string     `json:"token"`
 	// Owner is the resource the key belongs to (see kms.Owner); nil for a key made for no
 	// resource and never claimed.
 	Owner *kms.Owner `json:"owner,omitempty"`
