@@ -621,3 +621,29 @@ func (h *harness) eventsIn(ns, name string) []string {
 	}
 	return reasons
 }
+
+// A key another namespace took before keys had owners (status.keyID written by the previous
+// version) is left alone: the KMS records its real owner, so the taker's resource does nothing
+// to it, and deleting that resource with deletionPolicy Delete does not schedule its deletion.
+func TestTenancyKeyTakenBeforeOwnersIsLeftAlone(t *testing.T) {
+	w := newWorld(t, managerOptions{syncPeriod: 500 * time.Millisecond})
+	w.a.create("payments")
+	x := w.a.waitPhase("payments", v1alpha1.PhaseEnabled).Status.KeyID
+	w.b.create("taken", keyID(x), deletePolicy, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Enabled = false })
+	w.b.waitReason("taken", v1alpha1.ReasonAdoptionRefused)
+
+	// What the previous version wrote when it adopted across namespaces.
+	taken := w.b.cmk("taken")
+	if err := env.Client.Status().Patch(context.Background(), taken, rawMerge(t, map[string]any{"status": map[string]any{"keyID": x}})); err != nil {
+		t.Fatal(err)
+	}
+	c := w.b.waitReason("taken", v1alpha1.ReasonKeyOwnedElsewhere)
+	if msg := cond(c, v1alpha1.ConditionReady).Message; !strings.Contains(msg, "another namespace") {
+		t.Errorf("message: %q", msg)
+	}
+	w.stillEnabled(t, x)
+	noLeak(t, w.b, "taken", w.a.ns, "payments")
+	w.b.delete("taken")
+	w.stillEnabled(t, x)
+	w.a.waitPhase("payments", v1alpha1.PhaseEnabled)
+}
