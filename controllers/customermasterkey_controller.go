@@ -156,11 +156,13 @@ func (r *CustomerMasterKeyReconciler) actFailed(cmk *v1alpha1.CustomerMasterKey,
 		// Still looked at on the slow resync, so drift and the deletion date are seen.
 		r.setBlocked(cmk, terminalReason(err), err.Error())
 		return r.resync(), nil
-	case apierrors.IsConflict(err), kms.IsClaimLost(err):
-		// Another writer of the KMS's record, or another claim of the key, won; the next
-		// attempt starts from what it left.
+	case apierrors.IsConflict(err):
+		// Another writer of the KMS's record won; the next attempt starts from its state.
 		return requeueRateLimited(), nil
 	}
+	// A lost claim (another resource took the key first, or a KMS whose tags did not keep
+	// this claim) is retried with backoff like any failure, and shown: the next attempt judges
+	// the new owner.
 	return ctrl.Result{}, r.failed(cmk, doing, err)
 }
 

@@ -87,7 +87,7 @@ func (r *CustomerMasterKeyReconciler) finalizeFailed(cmk *v1alpha1.CustomerMaste
 			"Applying deletionPolicy failed: %v. Fix that, or let the resource go without applying deletionPolicy to its key: "+
 				"kubectl patch cmk %s -n %s --type merge -p '{\"metadata\":{\"finalizers\":null}}'", err, cmk.Name, cmk.Namespace))
 		return r.resync(), false, nil
-	case apierrors.IsConflict(err), kms.IsClaimLost(err):
+	case apierrors.IsConflict(err):
 		return requeueRateLimited(), false, nil
 	}
 	return ctrl.Result{}, false, r.failed(cmk, doing, fmt.Errorf("applying deletionPolicy: %w", err))

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -48,18 +49,22 @@ func (r *CustomerMasterKeyReconciler) adoptKey(ctx context.Context, cmk *v1alpha
 		return nil, &refusal{reason: v1alpha1.ReasonKeyNotFound, message: fmt.Sprintf(
 			"The KMS has no key %s to adopt, or it is deleted: check spec.keyID, which can still change until a key is adopted", id)}
 	}
-	own, err := r.KMS.Ownership(ctx, id)
+	own, err := r.KMS.Owner(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	if own.Owner.UID != string(cmk.UID) {
-		if err := r.mayTake(ctx, cmk, id, own); err != nil {
+	if own.UID != string(cmk.UID) {
+		no, err := r.mayTake(ctx, cmk, id, own)
+		if err != nil {
 			return nil, err
+		}
+		if no != nil {
+			return nil, &refusal{reason: v1alpha1.ReasonAdoptionRefused, message: no.why + ": " + no.adopting}
 		}
 		if msg := mismatch(cmk, key); msg != "" {
 			return nil, &refusal{reason: v1alpha1.ReasonSpecMismatch, message: msg + "; nothing is adopted until they match (spec.keyID can still change)"}
 		}
-		if err := r.KMS.Claim(ctx, id, ownerOf(cmk), own.Owner); err != nil {
+		if err := r.KMS.Claim(ctx, id, ownerOf(cmk), own); err != nil {
 			return nil, err
 		}
 	}
@@ -69,35 +74,47 @@ func (r *CustomerMasterKeyReconciler) adoptKey(ctx context.Context, cmk *v1alpha
 	return key, nil
 }
 
-// mayTake applies the adoption rules to a key owned by someone else, or by no one: never
-// across namespaces, never from a live resource, and a key made outside the operator only
-// where the administrator allows it.
-func (r *CustomerMasterKeyReconciler) mayTake(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string, own kms.Ownership) error {
-	switch o := own.Owner; {
-	case o.IsZero() && !own.MadeByOperator:
+// denial says why a resource may not take a key, and what to do when it asked by spec.keyID.
+type denial struct{ why, adopting string }
+
+// mayTake applies the adoption rules to a key owned by another resource, or by none: never
+// across namespaces, never from a live resource, and a key whose owner the KMS does not know
+// (made outside the operator, or by a version that recorded no namespace) only where the
+// administrator allows it. nil when the resource may take the key.
+func (r *CustomerMasterKeyReconciler) mayTake(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string, o kms.Owner) (*denial, error) {
+	elsewhere := &denial{why: fmt.Sprintf("Key %s belongs, or last belonged, to a CustomerMasterKey in another namespace, "+
+		"and keys never move across namespaces", id),
+		adopting: "manage it from that namespace, or remove spec.keyID to have a new key made"}
+	switch {
+	case !o.IsZero() && o.Namespace == "":
+		// Made by a version that recorded only its creating resource's UID. That resource, if
+		// it lives, records its namespace at its next reconcile; until then it is refused.
+		if live, err := r.liveOwner(ctx, "", o.UID); err != nil || live != "" {
+			return elsewhere, err
+		}
+		fallthrough
+	case o.IsZero():
 		allowed, err := r.adoptionAllowed(ctx, cmk.Namespace)
 		if err != nil || allowed {
-			return err
+			return nil, err
 		}
-		return &refusal{reason: v1alpha1.ReasonAdoptionRefused, message: fmt.Sprintf(
-			"Key %s was made outside this operator; such keys can be adopted only in namespaces an administrator labels %s=true, "+
-				"and namespace %s is not: ask for the label, or remove spec.keyID to have a new key made", id, AllowAdoptionLabel, cmk.Namespace)}
+		return &denial{why: fmt.Sprintf("The KMS records no owner for key %s (made outside this operator, or by a version that did not "+
+			"record owners); such keys are adopted only in namespaces an administrator labels %s=true, and namespace %s is not",
+			id, AllowAdoptionLabel, cmk.Namespace),
+			adopting: "ask for the label, or remove spec.keyID to have a new key made"}, nil
 	case !o.In(cmk.Namespace):
-		return &refusal{reason: v1alpha1.ReasonAdoptionRefused, message: fmt.Sprintf(
-			"Key %s belongs, or last belonged, to a CustomerMasterKey in another namespace, and keys are never adopted across namespaces: "+
-				"manage it from that namespace, or remove spec.keyID to have a new key made", id)}
+		return elsewhere, nil
 	}
-	live, err := r.liveOwner(ctx, cmk.Namespace, own.Owner.UID)
+	live, err := r.liveOwner(ctx, cmk.Namespace, o.UID)
 	if err != nil || live == "" {
-		return err
+		return nil, err
 	}
-	return &refusal{reason: v1alpha1.ReasonAdoptionRefused, message: fmt.Sprintf(
-		"Key %s is managed by CustomerMasterKey %s in this namespace, and a key has one resource: delete %s first "+
-			"(with deletionPolicy Retain the key stays), then this resource adopts it", id, live, live)}
+	return &denial{why: fmt.Sprintf("Key %s is managed by CustomerMasterKey %s in this namespace, and a key has one resource", id, live),
+		adopting: fmt.Sprintf("delete %s first (with deletionPolicy Retain the key stays), then this resource adopts it", live)}, nil
 }
 
-// liveOwner is the name of the resource of this namespace with this UID; empty when it is gone.
-// The cache serves: the owner's own reconcile recorded it, from the same cache.
+// liveOwner is the name of the resource of this namespace (any, for "") with this UID; empty
+// when it is gone. The cache serves: the owner's own reconcile recorded it, from the same cache.
 func (r *CustomerMasterKeyReconciler) liveOwner(ctx context.Context, namespace, uid string) (string, error) {
 	var list v1alpha1.CustomerMasterKeyList
 	if err := r.List(ctx, &list, client.InNamespace(namespace)); err != nil {
@@ -120,36 +137,36 @@ func (r *CustomerMasterKeyReconciler) adoptionAllowed(ctx context.Context, names
 }
 
 // verifyOwner checks, once per resource and key in this process, that the KMS records the key
-// in status as this resource's. A key recorded before owners were (adopted under older rules)
-// is claimed now; one the KMS records as another resource's is refused. Once verified it stays
-// so: no one else may claim a key while its owner lives.
+// in status as this resource's. A key recorded without an owner, or with another owner, was
+// taken before owners were recorded (by an earlier version, or a restore onto a new UID): it is
+// kept, and claimed, only if the adoption rules would let this resource adopt it now; else
+// nothing is done to it from here. Once verified it stays so: no one else may claim a key
+// while its owner lives.
 func (r *CustomerMasterKeyReconciler) verifyOwner(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string) error {
 	if known, ok := r.owned.Load(cmk.UID); ok && known == id {
 		return nil
 	}
-	own, err := r.KMS.Ownership(ctx, id)
+	o, err := r.KMS.Owner(ctx, id)
 	if err != nil {
 		return err
 	}
 	me := ownerOf(cmk)
-	switch o := own.Owner; {
-	case o.UID == me.UID && o.Is(me.Namespace, me.Name):
-	case o.UID == me.UID, o.IsZero():
-		// Recorded incompletely (a key made before owner tags), or not at all: complete it.
+	if o.UID != me.UID || !o.Is(me.Namespace, me.Name) {
+		if o.UID != me.UID {
+			no, err := r.mayTake(ctx, cmk, id, o)
+			if err != nil {
+				return err
+			}
+			if no != nil {
+				return &refusal{reason: v1alpha1.ReasonKeyOwnedElsewhere, message: no.why + ". This resource does nothing to it: " +
+					"delete this resource (its deletionPolicy is not applied to a key it does not own)"}
+			}
+		}
+		// Recorded incompletely (a key made before owner tags), as another's that this resource
+		// may take, or not at all: record this resource.
 		if err := r.KMS.Claim(ctx, id, me, o); err != nil {
 			return err
 		}
-	default:
-		where := "in another namespace"
-		if o.In(cmk.Namespace) {
-			where = "in this namespace"
-			if live, err := r.liveOwner(ctx, cmk.Namespace, o.UID); err == nil && live != "" {
-				where = fmt.Sprintf("%s in this namespace", live)
-			}
-		}
-		return &refusal{reason: v1alpha1.ReasonKeyOwnedElsewhere, message: fmt.Sprintf(
-			"The KMS records key %s as belonging to another CustomerMasterKey (%s), so this resource does nothing to it: "+
-				"delete this resource (its deletionPolicy is not applied to a key it does not own)", id, where)}
 	}
 	r.owned.Store(cmk.UID, id)
 	return nil
@@ -167,16 +184,29 @@ func (r *CustomerMasterKeyReconciler) reclaim(ctx context.Context, cmk *v1alpha1
 	if held == nil || held.State == kms.StateDeleted {
 		return nil, fmt.Errorf("alias %q was held by a key that is now gone; creating again", inUse.Alias)
 	}
-	own, err := r.KMS.Ownership(ctx, held.ID)
+	o, err := r.KMS.Owner(ctx, held.ID)
 	if err != nil {
 		return nil, err
 	}
-	o := own.Owner
+	if o.UID == string(cmk.UID) {
+		// Taken back before, and status lost it: a creation token does not find a key taken back.
+		cmk.Status.KeyID = held.ID
+		r.owned.Store(cmk.UID, held.ID)
+		return held, nil
+	}
 	live := ""
 	if o.In(cmk.Namespace) {
 		if live, err = r.liveOwner(ctx, cmk.Namespace, o.UID); err != nil {
 			return nil, err
 		}
+	}
+	if o.Is(cmk.Namespace, cmk.Name) && live == "" && held.State == kms.StatePendingDeletion {
+		// Deleted on purpose (deletionPolicy Delete, or scheduled before): creating the resource
+		// again does not revive it unasked.
+		return nil, &refusal{reason: v1alpha1.ReasonAliasInUse, message: fmt.Sprintf(
+			"Alias %q is held by key %s, which the deleted CustomerMasterKey of this name left scheduled for deletion on %s: "+
+				"to take it back and cancel its deletion, set spec.keyID: %s; else delete this resource and create it again with another "+
+				"spec.alias, or after that date", inUse.Alias, held.ID, held.DeletionDate.UTC().Format(time.RFC3339), held.ID)}
 	}
 	if o.Is(cmk.Namespace, cmk.Name) && live == "" {
 		if msg := mismatch(cmk, held); msg != "" {
@@ -193,23 +223,18 @@ func (r *CustomerMasterKeyReconciler) reclaim(ctx context.Context, cmk *v1alpha1
 			"Took back key %s (%s), which the CustomerMasterKey of this namespace and name deleted before retained", held.ID, held.State)
 		return held, nil
 	}
-	return nil, &refusal{reason: v1alpha1.ReasonAliasInUse, message: r.aliasTaken(ctx, cmk, inUse.Alias, held.ID, own, live)}
+	return nil, &refusal{reason: v1alpha1.ReasonAliasInUse, message: r.aliasTaken(ctx, cmk, inUse.Alias, held.ID, o, live)}
 }
 
-// aliasTaken says what a namespace can do about an alias another key holds.
-func (r *CustomerMasterKeyReconciler) aliasTaken(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, alias, id string, own kms.Ownership, live string) string {
+// aliasTaken says what a namespace can do about an alias another key holds. The key's ID is
+// given only when this namespace may adopt the key.
+func (r *CustomerMasterKeyReconciler) aliasTaken(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, alias, id string, o kms.Owner, live string) string {
 	recreate := "delete this resource and create it again with another spec.alias (an alias cannot change)"
-	o := own.Owner
-	switch {
-	case live != "":
+	if live != "" {
 		return fmt.Sprintf("Alias %q is used by the key of CustomerMasterKey %s in this namespace: %s", alias, live, recreate)
-	case o.In(cmk.Namespace):
-		return fmt.Sprintf("Alias %q is held by key %s, which a deleted CustomerMasterKey of this namespace retained: "+
-			"set spec.keyID: %s to adopt it, or %s", alias, id, id, recreate)
-	case o.IsZero() && !own.MadeByOperator:
-		if allowed, err := r.adoptionAllowed(ctx, cmk.Namespace); err == nil && allowed {
-			return fmt.Sprintf("Alias %q is held by key %s, made outside this operator: set spec.keyID: %s to adopt it, or %s", alias, id, id, recreate)
-		}
+	}
+	if no, err := r.mayTake(ctx, cmk, id, o); err == nil && no == nil {
+		return fmt.Sprintf("Alias %q is held by key %s, which this namespace may adopt: set spec.keyID: %s to adopt it, or %s", alias, id, id, recreate)
 	}
 	return fmt.Sprintf("Alias %q is already used by a key this namespace cannot adopt: %s", alias, recreate)
 }

@@ -308,7 +308,7 @@ func TestTenancyTakeoverByKeyID(t *testing.T) {
 	if c.Status.KeyID != "" || c.Status.Phase != "" {
 		t.Errorf("a refused adoption recorded keyID %q, phase %q", c.Status.KeyID, c.Status.Phase)
 	}
-	if msg := cond(c, v1alpha1.ConditionReady).Message; !strings.Contains(msg, "never adopted across namespaces") {
+	if msg := cond(c, v1alpha1.ConditionReady).Message; !strings.Contains(msg, "keys never move across namespaces") {
 		t.Errorf("refusal message: %q", msg)
 	}
 	w.stillEnabled(t, x)

@@ -53,15 +53,6 @@ type Key struct {
 	MaterialExpiresAt time.Time
 }
 
-// Ownership is what the KMS records about whom a key belongs to.
-type Ownership struct {
-	// Owner is the resource the key belongs to; zero when none is recorded (a key made
-	// outside the operator and never adopted).
-	Owner Owner
-	// MadeByOperator is true for a key a Create made for a resource, false for one made in a
-	// console, by Terraform, or by anything else.
-	MadeByOperator bool
-}
 
 // Owner is the CustomerMasterKey a key belongs to, recorded in the KMS itself (tags, or the
 // embedded key record), so that ownership survives the loss of any status. A provider whose
@@ -155,10 +146,11 @@ type Provider interface {
 	CancelDeletion(ctx context.Context, keyID string) error
 	// SetDescription changes the key's description.
 	SetDescription(ctx context.Context, keyID, description string) error
-	// Ownership reports whom the KMS records the key as belonging to. It is separate from
-	// Observe because a cloud KMS keeps it in tags, one more call, needed only when a
-	// resource takes a key or is about to act on one irreversibly.
-	Ownership(ctx context.Context, keyID string) (Ownership, error)
+	// Owner reports the resource the KMS records the key as belonging to: zero when none is
+	// recorded (a key made outside the operator and never adopted). It is separate from
+	// Observe because a cloud KMS keeps it in tags, one more call, needed only when a resource
+	// takes a key, or first acts on one.
+	Owner(ctx context.Context, keyID string) (Owner, error)
 	// Claim records owner as the key's owner, provided the key's recorded owner is still
 	// previous (the zero Owner for none): two resources claiming one key never both succeed.
 	// A claim that finds another owner fails with a *ClaimError.

@@ -169,7 +169,7 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 	}
 	if !req.Owner.IsZero() {
 		owner := req.Owner
-		r.Owner, r.MadeForOwner = &owner, true
+		r.Owner = &owner
 	}
 	var sealed []byte
 	if req.Origin != kms.OriginExternal {
@@ -284,20 +284,20 @@ func (p *Provider) CancelDeletion(ctx context.Context, keyID string) error {
 	})
 }
 
-// Ownership reports the key's recorded owner.
-func (p *Provider) Ownership(ctx context.Context, keyID string) (kms.Ownership, error) {
+// Owner reports the key's recorded owner.
+func (p *Provider) Owner(ctx context.Context, keyID string) (kms.Owner, error) {
 	_, r, err := p.get(ctx, keyID)
 	if err != nil {
-		return kms.Ownership{}, err
+		return kms.Owner{}, err
 	}
-	return r.ownership(), nil
+	return r.owner(), nil
 }
 
 // Claim records owner as the key's owner if its recorded owner is still previous. The write
 // carries the resourceVersion read, so of two claims from one previous owner only one wins.
 func (p *Provider) Claim(ctx context.Context, keyID string, owner, previous kms.Owner) error {
 	return p.transition(ctx, keyID, "claim", func(r *record) (bool, error) {
-		current := r.ownership().Owner
+		current := r.owner()
 		switch {
 		case current == owner:
 			return false, nil

@@ -51,8 +51,6 @@ type record struct {
 	// Owner is the resource the key belongs to (see kms.Owner); nil for a key made for no
 	// resource and never claimed.
 	Owner *kms.Owner `json:"owner,omitempty"`
-	// MadeForOwner is true when Create made the key for a resource (the operator's key).
-	MadeForOwner bool `json:"madeForOwner,omitempty"`
 	// Tags are the owner as records written before Owner existed kept it.
 	Tags map[string]string `json:"tags,omitempty"`
 	// RootKeyCheck is the check value of the root key the key's sealed fields are sealed under.
@@ -107,14 +105,13 @@ func (r *record) key() kms.Key {
 	return k
 }
 
-// ownership is the key's recorded owner, and whether Create made the key for it. Records
-// written before Owner existed kept the creating resource in their tags.
-func (r *record) ownership() kms.Ownership {
+// owner is the key's recorded owner. Records written before Owner existed kept the creating
+// resource in their tags.
+func (r *record) owner() kms.Owner {
 	if r.Owner != nil {
-		return kms.Ownership{Owner: *r.Owner, MadeByOperator: r.MadeForOwner}
+		return *r.Owner
 	}
-	legacy := kms.Owner{Namespace: r.Tags["kms.cmk.io/namespace"], Name: r.Tags["kms.cmk.io/name"], UID: r.Tags["kms.cmk.io/uid"]}
-	return kms.Ownership{Owner: legacy, MadeByOperator: !legacy.IsZero()}
+	return kms.Owner{Namespace: r.Tags["kms.cmk.io/namespace"], Name: r.Tags["kms.cmk.io/name"], UID: r.Tags["kms.cmk.io/uid"]}
 }
 
 // keyIDFor derives a key's ID from its creation token, so that Create is idempotent without a

@@ -200,13 +200,13 @@ func (p *Provider) setTags(id string, tags []model.TagItem) error {
 	return nil
 }
 
-// Ownership reads the key's tags: the owner's, and the creation token that marks a key the
-// operator made. A key made before owner tags existed has only the token, which is its
-// creating resource's UID; its namespace is unknown until that resource claims it again.
-func (p *Provider) Ownership(_ context.Context, keyID string) (kms.Ownership, error) {
+// Owner reads the owner's tags. A key made before owner tags existed has only its creation
+// token, which is its creating resource's UID: its owner is that UID in a namespace unknown,
+// until that resource claims it again.
+func (p *Provider) Owner(_ context.Context, keyID string) (kms.Owner, error) {
 	resp, err := p.client.ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: keyID})
 	if err != nil {
-		return kms.Ownership{}, classify(err, "read the tags of", keyID, "")
+		return kms.Owner{}, classify(err, "read the tags of", keyID, "")
 	}
 	tags := map[string]string{}
 	if resp.Tags != nil {
@@ -214,10 +214,9 @@ func (p *Provider) Ownership(_ context.Context, keyID string) (kms.Ownership, er
 			tags[t.Key] = deref(t.Value)
 		}
 	}
-	o := kms.Ownership{MadeByOperator: tags[uidTag] != "",
-		Owner: kms.Owner{Namespace: tags[ownerNamespaceTag], Name: tags[ownerNameTag], UID: tags[ownerUIDTag]}}
-	if o.Owner.UID == "" {
-		o.Owner = kms.Owner{UID: tags[uidTag]}
+	o := kms.Owner{Namespace: tags[ownerNamespaceTag], Name: tags[ownerNameTag], UID: tags[ownerUIDTag]}
+	if o.UID == "" {
+		o = kms.Owner{UID: tags[uidTag]}
 	}
 	return o, nil
 }
@@ -230,24 +229,24 @@ func (p *Provider) Claim(ctx context.Context, keyID string, owner, previous kms.
 	if owner.IsZero() {
 		return fmt.Errorf("claim key %s: no owner given", keyID)
 	}
-	now, err := p.Ownership(ctx, keyID)
+	now, err := p.Owner(ctx, keyID)
 	if err != nil {
 		return err
 	}
-	if sameOwner(now.Owner, owner) {
+	if sameOwner(now, owner) {
 		return nil
 	}
-	if !sameOwner(now.Owner, previous) {
+	if !sameOwner(now, previous) {
 		return &kms.ClaimError{KeyID: keyID}
 	}
 	if err := p.setTags(keyID, ownerTags(owner)); err != nil {
 		return err
 	}
-	after, err := p.Ownership(ctx, keyID)
+	after, err := p.Owner(ctx, keyID)
 	if err != nil {
 		return err
 	}
-	if !sameOwner(after.Owner, owner) {
+	if !sameOwner(after, owner) {
 		return &kms.ClaimError{KeyID: keyID}
 	}
 	return nil
