@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
-		"sync/atomic"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -130,7 +130,7 @@ func TestRecreateDoesNotReviveDeletedKey(t *testing.T) {
 		t.Fatalf("deleted with Delete, key is %s", st)
 	}
 	h.create(h.cmk("orders", deletePolicy))
-	NewWithT(t).Consistently(func() kms.State { return h.kmsState(x) }).WithTimeout(3 * time.Second).
+	NewWithT(t).Consistently(func() kms.State { return h.kmsState(x) }).WithTimeout(3*time.Second).
 		Should(Equal(kms.StatePendingDeletion), "events %v", h.events("orders"))
 	c := h.eventually("orders", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
 		g.Expect(cond(c, v1alpha1.ConditionReady).Reason).To(Equal(v1alpha1.ReasonAliasInUse))

@@ -53,7 +53,6 @@ type Key struct {
 	MaterialExpiresAt time.Time
 }
 
-
 // Owner is the CustomerMasterKey a key belongs to, recorded in the KMS itself (tags, or the
 // embedded key record), so that ownership survives the loss of any status. A provider whose
 // tags cannot hold a long namespace or name records a digest of it (see Shorten): compare
