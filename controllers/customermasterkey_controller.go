@@ -19,8 +19,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
@@ -257,7 +259,8 @@ func (r *CustomerMasterKeyReconciler) event(cmk *v1alpha1.CustomerMasterKey, eve
 
 // SetupWithManager registers the reconciler. Status-only updates do not trigger it: it writes
 // status itself and requeues on purpose. A finalizer taken off by someone else does, so it is
-// put back before the resource can be deleted without its deletionPolicy.
+// put back before the resource can be deleted without its deletionPolicy. A resource gone wakes
+// the resources of its namespace waiting for its key or alias.
 func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts controller.Options) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
@@ -272,6 +275,10 @@ func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr 
 		Named("customermasterkey").
 		For(&v1alpha1.CustomerMasterKey{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, finalizerRemoved))).
+		Watches(&v1alpha1.CustomerMasterKey{}, handler.EnqueueRequestsFromMapFunc(r.waitingOn),
+			builder.WithPredicates(predicate.Funcs{
+				CreateFunc: func(event.CreateEvent) bool { return false }, UpdateFunc: func(event.UpdateEvent) bool { return false },
+				GenericFunc: func(event.GenericEvent) bool { return false }})).
 		WithOptions(opts)
 	if n, ok := r.KMS.(kms.Notifier); ok {
 		src, err := keyChangeSource(ctx, mgr, n)
@@ -281,6 +288,30 @@ func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr 
 		b = b.WatchesRawSource(src)
 	}
 	return b.Complete(r)
+}
+
+// waitingOn maps a resource that is gone to the resources of its namespace refused a key or an
+// alias it may have held, so they try again now rather than at the slow resync.
+func (r *CustomerMasterKeyReconciler) waitingOn(ctx context.Context, gone client.Object) []reconcile.Request {
+	var list v1alpha1.CustomerMasterKeyList
+	if err := r.List(ctx, &list, client.InNamespace(gone.GetNamespace())); err != nil {
+		return nil
+	}
+	var waiting []reconcile.Request
+	for i := range list.Items {
+		switch c := &list.Items[i]; reasonOf(c) {
+		case v1alpha1.ReasonAdoptionRefused, v1alpha1.ReasonAliasInUse:
+			waiting = append(waiting, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(c)})
+		}
+	}
+	return waiting
+}
+
+func reasonOf(c *v1alpha1.CustomerMasterKey) string {
+	if ready := condition(c, v1alpha1.ConditionReady); ready != nil {
+		return ready.Reason
+	}
+	return ""
 }
 
 // finalizerRemoved passes updates that take the operator's finalizer off a resource.

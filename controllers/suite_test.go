@@ -214,10 +214,16 @@ var (
 // eventually waits until the resource satisfies check.
 func (h *harness) eventually(name string, check func(g Gomega, c *v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {
 	h.t.Helper()
+	return eventuallyAs(h.t, env.Client, client.ObjectKey{Namespace: h.ns, Name: name}, check)
+}
+
+// eventuallyAs waits until the resource, as reader sees it, satisfies check.
+func eventuallyAs(t testing.TB, reader client.Reader, key client.ObjectKey, check func(g Gomega, c *v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {
+	t.Helper()
 	var got *v1alpha1.CustomerMasterKey
-	NewWithT(h.t).Eventually(func(g Gomega) {
+	NewWithT(t).Eventually(func(g Gomega) {
 		c := &v1alpha1.CustomerMasterKey{}
-		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: name}, c)).To(Succeed())
+		g.Expect(reader.Get(context.Background(), key, c)).To(Succeed())
 		check(g, c)
 		got = c
 	}).WithTimeout(timeout).WithPolling(20 * time.Millisecond).Should(Succeed())
@@ -227,10 +233,15 @@ func (h *harness) eventually(name string, check func(g Gomega, c *v1alpha1.Custo
 // waitPhase waits until the resource reports phase for its current generation.
 func (h *harness) waitPhase(name string, phase v1alpha1.Phase) *v1alpha1.CustomerMasterKey {
 	h.t.Helper()
-	return h.eventually(name, func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+	return h.eventually(name, inPhase(phase))
+}
+
+// inPhase checks the resource reports phase for its current generation.
+func inPhase(phase v1alpha1.Phase) func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+	return func(g Gomega, c *v1alpha1.CustomerMasterKey) {
 		g.Expect(c.Status.ObservedGeneration).To(Equal(c.Generation), "observedGeneration")
 		g.Expect(c.Status.Phase).To(Equal(phase), "phase")
-	})
+	}
 }
 
 // cond returns a condition by type, or a zero one.

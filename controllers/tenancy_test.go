@@ -215,22 +215,12 @@ func (tn *tenant) delete(name string) {
 
 func (tn *tenant) eventually(name string, check func(g Gomega, c *v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {
 	tn.t.Helper()
-	var got *v1alpha1.CustomerMasterKey
-	NewWithT(tn.t).Eventually(func(g Gomega) {
-		c := &v1alpha1.CustomerMasterKey{}
-		g.Expect(tn.c.Get(context.Background(), client.ObjectKey{Namespace: tn.ns, Name: name}, c)).To(Succeed())
-		check(g, c)
-		got = c
-	}).WithTimeout(timeout).WithPolling(20 * time.Millisecond).Should(Succeed())
-	return got
+	return eventuallyAs(tn.t, tn.c, client.ObjectKey{Namespace: tn.ns, Name: name}, check)
 }
 
 func (tn *tenant) waitPhase(name string, phase v1alpha1.Phase) *v1alpha1.CustomerMasterKey {
 	tn.t.Helper()
-	return tn.eventually(name, func(g Gomega, c *v1alpha1.CustomerMasterKey) {
-		g.Expect(c.Status.ObservedGeneration).To(Equal(c.Generation), "observedGeneration")
-		g.Expect(c.Status.Phase).To(Equal(phase), "phase")
-	})
+	return tn.eventually(name, inPhase(phase))
 }
 
 // waitReason waits until the resource's Ready condition, for its generation, has reason.
@@ -646,4 +636,18 @@ func TestTenancyKeyTakenBeforeOwnersIsLeftAlone(t *testing.T) {
 	w.b.delete("taken")
 	w.stillEnabled(t, x)
 	w.a.waitPhase("payments", v1alpha1.PhaseEnabled)
+}
+
+// A resource refused a key because another resource of its namespace holds it adopts the key
+// as soon as that resource is gone, not at the next slow resync.
+func TestTenancyRefusedAdoptionTriesAgainWhenTheOwnerGoes(t *testing.T) {
+	w := newWorld(t, managerOptions{}) // the default ten-minute resync
+	w.a.create("payments")
+	x := w.a.waitPhase("payments", v1alpha1.PhaseEnabled).Status.KeyID
+	w.a.create("successor", keyID(x))
+	w.a.waitReason("successor", v1alpha1.ReasonAdoptionRefused)
+	w.a.delete("payments")
+	if c := w.a.waitPhase("successor", v1alpha1.PhaseEnabled); c.Status.KeyID != x {
+		t.Errorf("successor adopted %q, want %s", c.Status.KeyID, x)
+	}
 }
