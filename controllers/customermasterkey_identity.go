@@ -57,8 +57,9 @@ func (r *CustomerMasterKeyReconciler) findKey(ctx context.Context, cmk *v1alpha1
 	}
 	if own != nil {
 		return nil, &kms.RejectedError{Reason: fmt.Sprintf(
-			"This resource already made key %s, so it cannot adopt key %s: remove spec.keyID to keep its own key, "+
-				"or delete this resource (its deletionPolicy applies to %s) and adopt %s with a new one", own.ID, cmk.Spec.KeyID, own.ID, cmk.Spec.KeyID)}
+			"This resource already has key %s (made or claimed for it before status recorded it), so it cannot adopt key %s: "+
+				"remove spec.keyID to keep that key, or delete this resource (its deletionPolicy applies to %s) and adopt %s with a new one",
+			own.ID, cmk.Spec.KeyID, own.ID, cmk.Spec.KeyID)}
 	}
 	return r.adoptKey(ctx, cmk)
 }

@@ -197,3 +197,38 @@ func TestLostClaimIsShown(t *testing.T) {
 		t.Errorf("the contested key is %s", st)
 	}
 }
+
+// A key taken back whose status writes are all lost (the apiserver, or the manager, failing
+// at that moment) is still found when the resource is deleted: Lookup finds a key by its
+// claimant's UID, so deletionPolicy Delete applies to it.
+func TestReclaimedKeyFoundByFinalizerAfterLostStatus(t *testing.T) {
+	h := newHarness(t)
+	var failStatus atomic.Bool
+	h.start(managerOptions{wrap: func(c client.Client) client.Client {
+		return interceptor.NewClient(withoutWatch{c}, interceptor.Funcs{
+			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, o client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
+				if cmk, ok := o.(*v1alpha1.CustomerMasterKey); ok && cmk.Status.KeyID != "" && failStatus.Load() {
+					return apierrors.NewServiceUnavailable("apiserver restarting")
+				}
+				return c.SubResource(sub).Patch(ctx, o, p, opts...)
+			},
+		})
+	}})
+	h.create(h.cmk("orders"))
+	x := h.waitPhase("orders", v1alpha1.PhaseEnabled).Status.KeyID
+	h.delete("orders")
+	h.waitGone("orders")
+	failStatus.Store(true)
+	h.create(h.cmk("orders", deletePolicy))
+	uid := string(h.get("orders").UID)
+	NewWithT(t).Eventually(func() string {
+		o, _ := h.kms.Owner(context.Background(), x)
+		return o.UID
+	}).WithTimeout(timeout).Should(Equal(uid), "the key was never taken back")
+	h.delete("orders")
+	h.waitGone("orders")
+	if st := h.kmsState(x); st != kms.StatePendingDeletion {
+		o, _ := h.kms.Owner(context.Background(), x)
+		t.Errorf("orders (deletionPolicy Delete) took key %s back and was deleted: key left %s, owner %+v", x, st, o)
+	}
+}

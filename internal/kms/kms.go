@@ -128,8 +128,10 @@ type Provider interface {
 	// StateDeleted or as not found; callers treat both as deleted.
 	Observe(ctx context.Context, keyID string) (Key, error)
 	// Lookup reports the key a Create with this token made, also one whose answer never
-	// reached the caller (a crash, a lost write); a *NotFoundError when no Create with this
-	// token made a key. It is how the operator tells "no key yet" from "a key it lost track of".
+	// reached the caller (a crash, a lost write), else the key claimed for an owner whose UID is
+	// this token (the operator's tokens are resource UIDs: an adopted or taken-back key whose
+	// status write was lost); a *NotFoundError when there is neither. It is how the operator
+	// tells "no key yet" from "a key it lost track of".
 	Lookup(ctx context.Context, token string) (Key, error)
 	// Create makes a key: Enabled, or PendingImport for an External key.
 	Create(ctx context.Context, req CreateRequest) (Key, error)

@@ -101,6 +101,21 @@ func (p *Provider) holds(ctx context.Context, held reservation) error {
 	return &kms.AliasInUseError{Alias: held.Alias, KeyID: held.KeyID}
 }
 
+// handOver makes the reservation of alias name key to instead of from, if it still names from.
+// Best effort: a reservation left naming from only holds the alias until it is stale.
+func (p *Provider) handOver(ctx context.Context, alias, from, to string) {
+	s := &corev1.Secret{}
+	if err := p.client.Get(ctx, client.ObjectKey{Namespace: p.namespace, Name: aliasSecretName(alias)}, s); err != nil {
+		return
+	}
+	var held reservation
+	if err := json.Unmarshal(s.Data[aliasField], &held); err != nil || held.KeyID != from {
+		return
+	}
+	s.Data = map[string][]byte{aliasField: mustJSON(reservation{Alias: alias, KeyID: to, ReservedAt: p.clock.Now().UTC()})}
+	_ = p.client.Update(ctx, s)
+}
+
 func newReservation(namespace string, r reservation) *corev1.Secret {
 	return &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: aliasSecretName(r.Alias), Namespace: namespace,

@@ -99,3 +99,26 @@ func TestOnlyKeySecretsAreKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestAliasOfAKeyFromBeforeReservations checks a key made before aliases were reserved still
+// holds its alias, and that after the first refusal the reservation names it, so the next
+// create is refused at once rather than told to wait.
+func TestAliasOfAKeyFromBeforeReservations(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	req := kms.CreateRequest{Alias: "old/alias", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "old"}
+	old, err := f.p.Create(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.p.client.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: aliasSecretName(req.Alias), Namespace: f.ns}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, token := range []string{"new-1", "new-2"} {
+		req.Token = token
+		_, err := f.p.Create(ctx, req)
+		if inUse := kms.AsAliasInUse(err); inUse == nil || inUse.KeyID != old.ID {
+			t.Errorf("Create %s: %v, want the alias in use by %s", token, err, old.ID)
+		}
+	}
+}

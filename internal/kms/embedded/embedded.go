@@ -13,6 +13,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -120,14 +121,28 @@ func (p *Provider) Observe(ctx context.Context, keyID string) (kms.Key, error) {
 	return r.key(), nil
 }
 
-// Lookup reports the key a Create with this token made. The key ID is derived from the token,
-// so the answer is exact: a Create that wrote its Secret is always found, one that did not
-// never is.
+// Lookup reports the key a Create with this token made, else the key claimed for an owner
+// with this UID. The key ID is derived from the token, so the first answer is exact: a Create
+// that wrote its Secret is always found, one that did not never is. A claim writes the owner's
+// UID as a label in the same update as the record, so the second is exact too.
 func (p *Provider) Lookup(ctx context.Context, token string) (kms.Key, error) {
 	if token == "" {
 		return kms.Key{}, &kms.NotFoundError{Token: token}
 	}
-	return p.Observe(ctx, keyIDFor(token))
+	k, err := p.Observe(ctx, keyIDFor(token))
+	if !kms.IsNotFound(err) || len(validation.IsValidLabelValue(token)) > 0 {
+		return k, err
+	}
+	var list corev1.SecretList
+	if err := p.client.List(ctx, &list, client.InNamespace(p.namespace), client.MatchingLabels{labelKey: "true", labelOwnerUID: token}); err != nil {
+		return kms.Key{}, fmt.Errorf("looking up the key claimed for %s: %w", token, err)
+	}
+	for i := range list.Items {
+		if r, err := readRecord(&list.Items[i]); err == nil && isKeySecret(&list.Items[i]) && r.owner().UID == token {
+			return r.key(), nil
+		}
+	}
+	return kms.Key{}, &kms.NotFoundError{Token: token}
 }
 
 // Create makes a key, or returns the one an earlier Create with the same token made.
@@ -152,6 +167,11 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 		return kms.Key{}, err
 	}
 	if err := p.checkAliasFree(ctx, req.Alias, id); err != nil {
+		if inUse := kms.AsAliasInUse(err); inUse != nil {
+			// A key from before reservations holds it: the reservation names that key now,
+			// so the next create is told at once.
+			p.handOver(ctx, req.Alias, id, inUse.KeyID)
+		}
 		return kms.Key{}, err
 	}
 

@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 )
@@ -27,6 +28,8 @@ const (
 	labelKey                           = "kms.cmk.io/embedded-key"
 	labelState                         = "kms.cmk.io/state"
 	labelAliasHash                     = "kms.cmk.io/alias-hash"
+	// labelOwnerUID lets Lookup find a key claimed for a resource by the resource's UID.
+	labelOwnerUID = "kms.cmk.io/owner-uid"
 	// labelRootKeyCheck names the root key a key's material is sealed under (see sealer.check),
 	// so a start with another root key finds the keys it could not open with one list.
 	labelRootKeyCheck = "kms.cmk.io/root-key-check"
@@ -169,6 +172,11 @@ func writeRecord(s *corev1.Secret, r *record) error {
 	s.Labels[labelAliasHash] = aliasHash(r.Alias)
 	if r.RootKeyCheck != "" {
 		s.Labels[labelRootKeyCheck] = r.RootKeyCheck
+	}
+	if uid := r.owner().UID; len(validation.IsValidLabelValue(uid)) == 0 {
+		s.Labels[labelOwnerUID] = uid
+	} else {
+		delete(s.Labels, labelOwnerUID)
 	}
 	if _, due := r.nextDue(); due {
 		s.Labels[labelDue] = "true"

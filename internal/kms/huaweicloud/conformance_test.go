@@ -65,9 +65,10 @@ func TestUnsignedRequestsAreRefused(t *testing.T) {
 	}
 }
 
-// TestCreateAfterCrashBeforeTag makes a key the way a Create that died before tagging would
-// leave it, and checks the next Create claims it rather than making a second.
-func TestCreateAfterCrashBeforeTag(t *testing.T) {
+// TestUntaggedKeyIsNeverClaimedByAlias makes a key with an alias and no tag, as a console user
+// (or a Create that died before tagging) leaves it, and checks a Create with that alias is
+// refused with the key named for the caller to judge, never handed the key.
+func TestUntaggedKeyIsNeverClaimedByAlias(t *testing.T) {
 	p, _ := newStandIn(t)
 	spec, origin := "AES_256", "kms"
 	body := &model.CreateKeyRequestBody{KeyAlias: "k8s/team/app"}
@@ -81,16 +82,13 @@ func TestCreateAfterCrashBeforeTag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := p.Create(t.Context(), kms.CreateRequest{Alias: "k8s/team/app", KeySpec: spec, KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "uid-1"})
-	if err != nil || k.ID != *orphan.KeyInfo.KeyId {
-		t.Fatalf("Create after a crash: %v, key %s, want the orphan %s", err, k.ID, *orphan.KeyInfo.KeyId)
+	for _, token := range []string{"uid-1", "uid-1", "uid-2"} {
+		_, err := p.Create(t.Context(), kms.CreateRequest{Alias: "k8s/team/app", KeySpec: spec, KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: token})
+		if inUse := kms.AsAliasInUse(err); inUse == nil || inUse.KeyID != *orphan.KeyInfo.KeyId {
+			t.Errorf("Create (token %s) with the untagged key's alias: %v, want an AliasInUseError naming %s", token, err, *orphan.KeyInfo.KeyId)
+		}
 	}
-	again, err := p.Create(t.Context(), kms.CreateRequest{Alias: "k8s/team/app", KeySpec: spec, KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "uid-1"})
-	if err != nil || again.ID != k.ID {
-		t.Errorf("Create again: %v, %s", err, again.ID)
-	}
-	// Another resource asking for the same alias is refused, not handed someone else's key.
-	if _, err := p.Create(t.Context(), kms.CreateRequest{Alias: "k8s/team/app", KeySpec: spec, KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "uid-2"}); !kms.IsTerminal(err) {
-		t.Errorf("a second resource with the alias: %v, want a terminal refusal", err)
+	if owner, err := p.Owner(t.Context(), *orphan.KeyInfo.KeyId); err != nil || !owner.IsZero() {
+		t.Errorf("the untagged key's owner is now %+v (%v)", owner, err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	kmsv2 "github.com/huaweicloud/huaweicloud-sdk-go-v3/services/kms/v2"
@@ -44,6 +45,8 @@ var states = map[string]kms.State{
 // Provider is Huawei Cloud KMS.
 type Provider struct {
 	client *kmsv2.KmsClient
+	// claiming holds a mutex per key ID being claimed (see Claim).
+	claiming sync.Map
 }
 
 var (
@@ -123,7 +126,7 @@ func (p *Provider) Lookup(ctx context.Context, token string) (kms.Key, error) {
 // Create finds the key an earlier Create with this token made (by its UID tag), else creates
 // one and tags it.
 func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, error) {
-	if id, err := p.findByToken(req.Token); err != nil || id != "" {
+	if id, err := p.findByTag(uidTag, req.Token); err != nil || id != "" {
 		if err != nil {
 			return kms.Key{}, err
 		}
@@ -148,14 +151,11 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 	}
 	resp, err := p.client.CreateKey(&model.CreateKeyRequest{Body: body})
 	if err != nil {
-		// A process that died between creating and tagging left a key with this alias and
-		// no UID tag: that is ours, and is claimed rather than duplicated.
-		if id, ferr := p.findUntaggedByAlias(req.Alias); ferr == nil && id != "" {
-			return p.tagNew(ctx, id, req)
-		}
 		classified := classify(err, "create", req.Alias, "")
 		if _, rejected := classified.(*kms.RejectedError); rejected {
-			// An alias conflict: name the key that holds it, for the caller to judge.
+			// An alias conflict: name the key that holds it, for the caller to judge. A key
+			// with the alias and no tag is never taken for this create's own: it may as well be
+			// one made in the console (KMS-FACTS.md, "Never claim a key by alias alone").
 			if id, ferr := p.findByAlias(req.Alias); ferr == nil && id != "" {
 				return kms.Key{}, &kms.AliasInUseError{Alias: req.Alias, KeyID: id}
 			}
@@ -222,13 +222,17 @@ func (p *Provider) Owner(_ context.Context, keyID string) (kms.Owner, error) {
 }
 
 // Claim writes the owner's tags if the recorded owner is still previous. Tags have no
-// compare-and-swap, so the owner is read back after the write: of two claims that overlap,
-// the one whose tags did not stay loses. (Each claim is made by the one operator leader, and
-// only for a key whose previous owner is gone, so overlaps need a person tagging by hand.)
+// compare-and-swap, so the read, the comparison and the write are one critical section per key
+// in this process: claims come only from the operator's leader, whose workers run
+// concurrently, so two resources claiming one key never both pass the comparison. The owner is
+// read back after the write, so a person tagging by hand meanwhile makes the claim lose.
 func (p *Provider) Claim(ctx context.Context, keyID string, owner, previous kms.Owner) error {
 	if owner.IsZero() {
 		return fmt.Errorf("claim key %s: no owner given", keyID)
 	}
+	lock, _ := p.claiming.LoadOrStore(keyID, &sync.Mutex{})
+	lock.(*sync.Mutex).Lock()
+	defer lock.(*sync.Mutex).Unlock()
 	now, err := p.Owner(ctx, keyID)
 	if err != nil {
 		return err
@@ -263,15 +267,6 @@ func sameOwner(tagged, o kms.Owner) bool {
 	return tagged.UID == o.UID && tagged.Is(o.Namespace, o.Name)
 }
 
-// findUntaggedByAlias finds the key with this alias if it has no UID tag.
-func (p *Provider) findUntaggedByAlias(alias string) (string, error) {
-	id, err := p.findByAlias(alias)
-	if err != nil || id == "" {
-		return "", err
-	}
-	return p.untagged(id)
-}
-
 // findByAlias pages through the project's keys for the one with this alias.
 func (p *Provider) findByAlias(alias string) (string, error) {
 	limit, marker := "100", ""
@@ -298,28 +293,23 @@ func (p *Provider) findByAlias(alias string) (string, error) {
 	}
 }
 
-func (p *Provider) untagged(id string) (string, error) {
-	tags, err := p.client.ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: id})
-	if err != nil {
-		return "", err
+// findByToken finds the key made with this creation token, else the key claimed for an owner
+// with this UID (the operator's tokens are resource UIDs).
+func (p *Provider) findByToken(token string) (string, error) {
+	id, err := p.findByTag(uidTag, token)
+	if err != nil || id != "" {
+		return id, err
 	}
-	if tags.Tags != nil {
-		for _, t := range *tags.Tags {
-			if t.Key == uidTag {
-				return "", nil // another resource's key
-			}
-		}
-	}
-	return id, nil
+	return p.findByTag(ownerUIDTag, token)
 }
 
-func (p *Provider) findByToken(token string) (string, error) {
+func (p *Provider) findByTag(tag, value string) (string, error) {
 	action, limit := "filter", "1"
 	resp, err := p.client.ListKmsByTags(&model.ListKmsByTagsRequest{ResourceInstances: "resource_instances",
 		Body: &model.ListKmsByTagsRequestBody{Action: &action, Limit: &limit,
-			Tags: &[]model.Tag{{Key: ptr(uidTag), Values: &[]string{token}}}}})
+			Tags: &[]model.Tag{{Key: ptr(tag), Values: &[]string{value}}}}})
 	if err != nil {
-		return "", classify(err, "find by tag", token, "")
+		return "", classify(err, "find by tag", value, "")
 	}
 	if resp.Resources != nil {
 		for _, r := range *resp.Resources {

@@ -260,6 +260,11 @@ func ownerAndClaim(t *testing.T, f Fixture) {
 	if after, err := f.Provider.Owner(ctx, k.ID); err != nil || after.UID != second.UID || !after.Is("team-a", "second") {
 		t.Errorf("Owner after the claims: %+v, %v; want %+v", after, err, second)
 	}
+	// The claimant finds the key by its UID, as it finds a key it made: a claim whose status
+	// write was lost is not lost.
+	if found, err := f.Provider.Lookup(ctx, second.UID); err != nil || found.ID != k.ID {
+		t.Errorf("Lookup by the claimant's UID: %+v, %v; want %s", found, err, k.ID)
+	}
 }
 
 func observeUnknown(t *testing.T, f Fixture) {
