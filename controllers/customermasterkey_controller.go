@@ -271,6 +271,9 @@ func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr 
 	if r.ImportRetry <= 0 {
 		r.ImportRetry = DefaultImportRetry
 	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &v1alpha1.CustomerMasterKey{}, waitingIndex, waitingFor); err != nil {
+		return fmt.Errorf("indexing the resources waiting for a key: %w", err)
+	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("customermasterkey").
 		For(&v1alpha1.CustomerMasterKey{}, builder.WithPredicates(predicate.Or(
@@ -290,28 +293,36 @@ func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr 
 	return b.Complete(r)
 }
 
-// waitingOn maps a resource that is gone to the resources of its namespace refused a key or an
-// alias it may have held, so they try again now rather than at the slow resync.
-func (r *CustomerMasterKeyReconciler) waitingOn(ctx context.Context, gone client.Object) []reconcile.Request {
-	var list v1alpha1.CustomerMasterKeyList
-	if err := r.List(ctx, &list, client.InNamespace(gone.GetNamespace())); err != nil {
+// waitingIndex indexes the resources refused a key or an alias another resource may free.
+const waitingIndex = "kms.cmk.io/waiting"
+
+// waitingFor is the value of waitingIndex: "true" for a resource waiting for a key or an alias.
+func waitingFor(obj client.Object) []string {
+	c, ok := obj.(*v1alpha1.CustomerMasterKey)
+	if !ok {
 		return nil
 	}
-	var waiting []reconcile.Request
-	for i := range list.Items {
-		switch c := &list.Items[i]; reasonOf(c) {
-		case v1alpha1.ReasonAdoptionRefused, v1alpha1.ReasonAliasInUse:
-			waiting = append(waiting, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(c)})
-		}
+	if ready := condition(c, v1alpha1.ConditionReady); ready != nil &&
+		(ready.Reason == v1alpha1.ReasonAdoptionRefused || ready.Reason == v1alpha1.ReasonAliasInUse) {
+		return []string{"true"}
 	}
-	return waiting
+	return nil
 }
 
-func reasonOf(c *v1alpha1.CustomerMasterKey) string {
-	if ready := condition(c, v1alpha1.ConditionReady); ready != nil {
-		return ready.Reason
+// waitingOn maps a resource that is gone to the resources of its namespace refused a key or an
+// alias it may have held, so they try again now rather than at the slow resync. The index
+// keeps a mass deletion from listing the namespace once per resource.
+func (r *CustomerMasterKeyReconciler) waitingOn(ctx context.Context, gone client.Object) []reconcile.Request {
+	var list v1alpha1.CustomerMasterKeyList
+	if err := r.List(ctx, &list, client.InNamespace(gone.GetNamespace()), client.MatchingFields{waitingIndex: "true"}); err != nil {
+		log.FromContext(ctx).Error(err, "Listing the resources waiting for a key or alias")
+		return nil
 	}
-	return ""
+	waiting := make([]reconcile.Request, 0, len(list.Items))
+	for i := range list.Items {
+		waiting = append(waiting, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	}
+	return waiting
 }
 
 // finalizerRemoved passes updates that take the operator's finalizer off a resource.
