@@ -11,8 +11,15 @@ import (
 )
 
 // KMS error codes the provider tells apart (KMS-FACTS.md). Everything else is classified by
-// HTTP status: 404 not found, 429 and 5xx transient, other 4xx terminal.
+// HTTP status: 429 and 5xx transient, other 4xx terminal. A missing key is only ever told by
+// its KMS codes: Huawei answers it with HTTP 400, and a 404 comes from the API gateway
+// (APIGW.0101: a wrong endpoint or project), which says nothing about any key.
 const (
+	codeInvalidKeyID      = "KMS.0205" // no key with this ID (never was)
+	codeKeyNotFound       = "KMS.0207" // the key does not exist (deleted)
+	codeSystemException   = "KMS.0105" // a 400 to retry
+	codeInvalidToken      = "KMS.2601" // import token invalid or expired
+	codeTokenVerification = "KMS.2605" // import token verification failed
 	codeDefaultKey        = "KMS.0211" // default keys cannot be disabled or deleted
 	codeNotExternal       = "KMS.0309" // import into a key that is not External
 	codeWrongImportState  = "KMS.0310" // import while not PendingImport
@@ -32,10 +39,16 @@ func classify(err error, call, keyID string, state kms.State) error {
 	}
 	msg := fmt.Sprintf("%s key %s: %s %s", call, keyID, se.ErrorCode, se.ErrorMessage)
 	switch se.ErrorCode {
+	case codeInvalidKeyID, codeKeyNotFound:
+		return &kms.NotFoundError{KeyID: keyID}
+	case codeSystemException:
+		return errors.New(msg) // transient: retried with backoff
 	case codeWrongImportState:
 		return &kms.StateError{KeyID: keyID, Call: call, State: state}
-	case codeTokenOfAnotherKey:
-		return &kms.ImportError{Code: kms.ImportTokenInvalid, Reason: "the import token is not for key " + keyID}
+	case codeTokenOfAnotherKey, codeInvalidToken, codeTokenVerification:
+		// All three mean: wrap the material again with fresh parameters.
+		return &kms.ImportError{Code: kms.ImportTokenInvalid, Reason: fmt.Sprintf(
+			"the KMS does not accept the import token for key %s (%s): it expired, was superseded, or is another key's", keyID, se.ErrorCode)}
 	case codeOtherMaterial:
 		return &kms.ImportError{Code: kms.ImportMaterialMismatch, Reason: fmt.Sprintf(
 			"key %s had other material before; only that same material can be imported again", keyID)}
@@ -44,7 +57,7 @@ func classify(err error, call, keyID string, state kms.State) error {
 	}
 	switch {
 	case se.StatusCode == http.StatusNotFound:
-		return &kms.NotFoundError{KeyID: keyID}
+		return fmt.Errorf("%s: the KMS API gateway does not know this operation; check --huaweicloud-endpoint and the project ID", msg)
 	case se.StatusCode == http.StatusTooManyRequests || se.StatusCode >= 500:
 		return errors.New(msg) // transient: retried with backoff
 	case se.StatusCode >= 400:

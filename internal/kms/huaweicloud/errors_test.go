@@ -32,7 +32,12 @@ func TestClassify(t *testing.T) {
 		code   string
 		want   string
 	}{
-		{404, "KMS.0205", "not found"},
+		{400, "KMS.0205", "not found"}, // Huawei's answer for a key that never was
+		{400, "KMS.0207", "not found"}, // and for one it deleted
+		{404, "APIGW.0101", "retry"},   // the gateway: a wrong endpoint or project, no word on any key
+		{400, "KMS.0105", "retry"},     // "system exception"
+		{400, "KMS.2601", "import: ImportTokenInvalid"},
+		{400, "KMS.2605", "import: ImportTokenInvalid"},
 		{429, "APIGW.0308", "retry"},
 		{500, "KMS.0500", "retry"},
 		{503, "", "retry"},

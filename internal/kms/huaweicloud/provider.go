@@ -267,11 +267,14 @@ func sameOwner(tagged, o kms.Owner) bool {
 	return tagged.UID == o.UID && tagged.Is(o.Namespace, o.Name)
 }
 
-// findByAlias pages through the project's keys for the one with this alias.
+// findByAlias pages through the project's keys, of every spec, for the one with this alias.
+// list-keys without key_spec lists only AES_256 keys (the SDK's ListKeysRequestBody: "ALL"
+// is needed for all keys, asymmetric included).
 func (p *Provider) findByAlias(alias string) (string, error) {
 	limit, marker := "100", ""
+	all := model.GetListKeysRequestBodyKeySpecEnum().ALL
 	for {
-		body := &model.ListKeysRequestBody{Limit: &limit}
+		body := &model.ListKeysRequestBody{Limit: &limit, KeySpec: &all}
 		if marker != "" {
 			body.Marker = &marker
 		}

@@ -41,6 +41,10 @@ type Server struct {
 	keys     map[string]*key
 	next     int
 	unsigned int
+	// deleted remembers the IDs of keys the KMS deleted, which answer KMS.0207.
+	deleted map[string]bool
+	// faults are answers to give instead of serving, by operation (see Fail).
+	faults map[string][]*apiError
 }
 
 type key struct {
@@ -58,7 +62,7 @@ type key struct {
 // Start serves the stand-in on loopback until Close.
 func Start(now time.Time) *Server {
 	s := &Server{AK: "STANDINAK0000000000", SK: "standin-secret-key-for-tests", ProjectID: "0123456789abcdef0123456789abcdef",
-		Clock: clocktesting.NewFakeClock(now), keys: map[string]*key{}}
+		Clock: clocktesting.NewFakeClock(now), keys: map[string]*key{}, deleted: map[string]bool{}, faults: map[string][]*apiError{}}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
 	s.URL = s.srv.URL
 	return s
@@ -87,6 +91,43 @@ func (s *Server) CreateKeyInConsole(alias string) (string, error) {
 		return "", fmt.Errorf("%s: %s", apiErr.code, apiErr.msg)
 	}
 	return resp.(map[string]any)["key_info"].(map[string]any)["key_id"].(string), nil
+}
+
+// Fail makes the next times requests of operation op (as in the URL: "describe-key",
+// "create-key", "{key_id}/tags/action" is "tags/action") answer with status and error code
+// instead of being served, as the cloud does under load or in an outage: KMS.0105 "system
+// exception" is an HTTP 400 the caller should retry (KMS-FACTS.md), 429 is throttling, and
+// 401 APIGW.0301 is the gateway refusing the credentials.
+func (s *Server) Fail(op string, times, status int, code string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for range times {
+		s.faults[op] = append(s.faults[op], fail(status, code, "injected by the test"))
+	}
+}
+
+// fault takes the next injected answer for op, if any.
+func (s *Server) fault(op string) *apiError {
+	if i := strings.LastIndex(op, "/tags"); i >= 0 {
+		op = op[i+1:]
+	}
+	queue := s.faults[op]
+	if len(queue) == 0 {
+		return nil
+	}
+	s.faults[op] = queue[1:]
+	return queue[0]
+}
+
+// missing answers a request for a key the KMS does not have as Huawei does: HTTP 400, KMS.0207
+// for a key it deleted, KMS.0205 (invalid key ID) for one it never had; never 404, which only
+// the API gateway gives, for a path it does not know (KMS-FACTS.md, "Verified against the SDK":
+// Huawei's error-code table and the Huawei/OTC Terraform providers).
+func (s *Server) missing(id string) *apiError {
+	if s.deleted[id] {
+		return fail(http.StatusBadRequest, "KMS.0207", "the key does not exist")
+	}
+	return fail(http.StatusBadRequest, "KMS.0205", "invalid key ID")
 }
 
 type apiError struct {
@@ -127,6 +168,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	defer s.mu.Unlock()
 	s.applyTime()
 	resp, apiErr := s.dispatch(op, req)
+	if f := s.fault(op); f != nil {
+		resp, apiErr = nil, f
+	}
 	if apiErr != nil {
 		write(w, apiErr.status, map[string]any{"error_code": apiErr.code, "error_msg": apiErr.msg})
 		return
@@ -148,11 +192,11 @@ func (s *Server) dispatch(op string, req map[string]any) (any, *apiError) {
 	case "resource_instances/action":
 		return s.findByTags(req)
 	case "list-keys":
-		return s.list(str("limit"), str("marker"))
+		return s.list(str("limit"), str("marker"), str("key_spec"))
 	}
 	k, ok := s.keys[str("key_id")]
 	if !ok {
-		return nil, fail(http.StatusNotFound, "KMS.0205", "the key does not exist")
+		return nil, s.missing(str("key_id"))
 	}
 	switch op {
 	case "describe-key":
@@ -191,6 +235,7 @@ func (s *Server) applyTime() {
 	for id, k := range s.keys {
 		if k.state == "4" && !k.deletionDate.After(now) {
 			delete(s.keys, id)
+			s.deleted[id] = true
 			continue
 		}
 		if k.material != nil && !k.materialExpires.IsZero() && !k.materialExpires.After(now) {
@@ -228,7 +273,7 @@ func (s *Server) create(alias, spec, usage, origin, description string) (any, *a
 func (s *Server) tag(id string, req map[string]any) (any, *apiError) {
 	k, ok := s.keys[id]
 	if !ok {
-		return nil, fail(http.StatusNotFound, "KMS.0205", "the key does not exist")
+		return nil, s.missing(id)
 	}
 	t, _ := req["tag"].(map[string]any)
 	name, _ := t["key"].(string)
@@ -245,7 +290,7 @@ func (s *Server) tag(id string, req map[string]any) (any, *apiError) {
 func (s *Server) batchTags(id string, req map[string]any) (any, *apiError) {
 	k, ok := s.keys[id]
 	if !ok {
-		return nil, fail(http.StatusNotFound, "KMS.0205", "the key does not exist")
+		return nil, s.missing(id)
 	}
 	action, _ := req["action"].(string)
 	tags, _ := req["tags"].([]any)
@@ -307,7 +352,8 @@ func (s *Server) findByTags(req map[string]any) (any, *apiError) {
 func (s *Server) showTags(w http.ResponseWriter, id string) {
 	k, ok := s.keys[id]
 	if !ok {
-		write(w, http.StatusNotFound, map[string]any{"error_code": "KMS.0205", "error_msg": "the key does not exist"})
+		e := s.missing(id)
+		write(w, e.status, map[string]any{"error_code": e.code, "error_msg": e.msg})
 		return
 	}
 	tags := []map[string]string{}
@@ -317,15 +363,18 @@ func (s *Server) showTags(w http.ResponseWriter, id string) {
 	write(w, http.StatusOK, map[string]any{"tags": tags, "existTagsNum": len(tags)})
 }
 
-// list pages through keys in ID order; the marker is the last ID of the previous page.
-func (s *Server) list(limit, marker string) (any, *apiError) {
+// list pages through keys in ID order; the marker is the last ID of the previous page. Without
+// key_spec only AES_256 keys are listed; "ALL" lists every key (the SDK's ListKeysRequestBody:
+// key_spec defaults to AES_256, and ALL is needed to list all keys, asymmetric included).
+func (s *Server) list(limit, marker, spec string) (any, *apiError) {
 	n, err := strconv.Atoi(limit)
 	if err != nil || n <= 0 {
 		n = 1000
 	}
+	spec = orDefault(spec, "AES_256")
 	ids := make([]string, 0, len(s.keys))
-	for id := range s.keys {
-		if id > marker {
+	for id, k := range s.keys {
+		if id > marker && (spec == "ALL" || k.spec == spec) {
 			ids = append(ids, id)
 		}
 	}
@@ -398,8 +447,12 @@ func (s *Server) importMaterial(k *key, token, encrypted string, expirationSecon
 		return nil, fail(http.StatusBadRequest, "KMS.0309", "the key is not external")
 	case k.state != "5":
 		return nil, fail(http.StatusBadRequest, "KMS.0310", "the key is not pending import")
-	case k.token == "" || token != k.token || !s.Clock.Now().Before(k.tokenExpires):
-		return nil, fail(http.StatusBadRequest, "KMS.2603", "the import token is not valid for this key")
+	case s.tokenOfAnother(k, token):
+		return nil, fail(http.StatusBadRequest, "KMS.2603", "the import token belongs to another key")
+	case k.token == "" || token != k.token:
+		return nil, fail(http.StatusBadRequest, "KMS.2605", "import token verification failed")
+	case !s.Clock.Now().Before(k.tokenExpires):
+		return nil, fail(http.StatusBadRequest, "KMS.2601", "invalid import token")
 	}
 	wrapped, err := base64.StdEncoding.DecodeString(encrypted)
 	if err != nil {
@@ -422,6 +475,19 @@ func (s *Server) importMaterial(k *key, token, encrypted string, expirationSecon
 		k.materialExpires = time.Unix(expirationSeconds, 0)
 	}
 	return map[string]any{}, nil
+}
+
+// tokenOfAnother reports whether token is the current import token of a key other than k. The
+// three token refusals (KMS.2601 invalid, KMS.2603 another key's, KMS.2605 verification
+// failed) are Huawei's error-code table's; which case answers which is the stand-in's reading
+// of their descriptions.
+func (s *Server) tokenOfAnother(k *key, token string) bool {
+	for _, other := range s.keys {
+		if other != k && other.token != "" && other.token == token {
+			return true
+		}
+	}
+	return false
 }
 
 // details renders a key as describe-key does: key timestamps in milliseconds, as strings.

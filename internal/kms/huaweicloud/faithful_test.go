@@ -1,0 +1,120 @@
+package huaweicloud
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/testenv/operator"
+)
+
+// The tests here hold the provider to Huawei Cloud KMS as it answers (the stand-in follows
+// KMS-FACTS.md, "Verified against the SDK"), one numbered item of issue 10 each.
+
+// 1. A key the KMS deleted answers HTTP 400 KMS.0207: the resource reaches Deleted, and
+// deleting it lets it go.
+func TestDeletedKeyIsSeenAsDeleted(t *testing.T) {
+	p, s := newStandIn(t)
+	ctx := context.Background()
+	ns := "hw-deleted"
+	if err := env.CreateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	operator.Run(t, env, ns, p)
+	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "gone", Namespace: ns},
+		Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
+			Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyDelete}}
+	if err := env.Client.Create(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	phase := func(g Gomega) v1alpha1.Phase {
+		g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(c), c)).To(Succeed())
+		g.Expect(c.Status.ObservedGeneration).To(Equal(c.Generation))
+		return c.Status.Phase
+	}
+	NewWithT(t).Eventually(phase).WithTimeout(30 * time.Second).Should(Equal(v1alpha1.PhaseEnabled))
+	patch := client.RawPatch("application/merge-patch+json", []byte(`{"spec":{"enabled":false,"deletionScheduled":true}}`))
+	if err := env.Client.Patch(ctx, c, patch); err != nil {
+		t.Fatal(err)
+	}
+	NewWithT(t).Eventually(phase).WithTimeout(30 * time.Second).Should(Equal(v1alpha1.PhasePendingDeletion))
+
+	s.Advance(8 * 24 * time.Hour)
+	// The operator would look at the deletion date; an annotation makes it look now.
+	poke := client.RawPatch("application/merge-patch+json", []byte(`{"metadata":{"annotations":{"test/poke":"1"}}}`))
+	if err := env.Client.Patch(ctx, c, poke); err != nil {
+		t.Fatal(err)
+	}
+	NewWithT(t).Eventually(phase).WithTimeout(30 * time.Second).Should(Equal(v1alpha1.PhaseDeleted))
+	if err := env.Client.Delete(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	NewWithT(t).Eventually(func() error { return env.Client.Get(ctx, client.ObjectKeyFromObject(c), c) }).
+		WithTimeout(30 * time.Second).ShouldNot(Succeed(), "the finalizer held a resource whose key is deleted")
+}
+
+// 2. Keys of every spec are found by alias: list-keys without key_spec lists only AES_256.
+func TestAliasConflictFoundForEverySpec(t *testing.T) {
+	p, _ := newStandIn(t)
+	ctx := context.Background()
+	req := kms.CreateRequest{Alias: "k8s/hw/sm4", KeySpec: "SM4", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "sm4-first"}
+	first, err := p.Create(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Token = "sm4-second"
+	_, err = p.Create(ctx, req)
+	if inUse := kms.AsAliasInUse(err); inUse == nil || inUse.KeyID != first.ID {
+		t.Errorf("a second SM4 key with alias %s: %v, want the alias in use by %s", req.Alias, err, first.ID)
+	}
+}
+
+// 6. A 404 is the API gateway's (a wrong endpoint or project), never "the key is deleted".
+func TestGatewayNotFoundIsNotADeletedKey(t *testing.T) {
+	p, s := newStandIn(t)
+	k, err := p.Create(context.Background(), kms.CreateRequest{Alias: "k8s/hw/here", KeySpec: "AES_256",
+		KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "here"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for name, value := range map[string]string{"access-key": s.AK, "secret-key": s.SK} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(value), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wrong, err := New(Config{ProjectID: "ffffffffffffffffffffffffffffffff", Endpoint: s.URL, CredentialsDir: dir, QPS: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = wrong.Observe(context.Background(), k.ID)
+	if err == nil || kms.IsNotFound(err) || kms.IsTerminal(err) {
+		t.Errorf("describe through a wrong project: %v, want an error retried, not a deleted key", err)
+	}
+}
+
+// 8. KMS.0105, "system exception", is an HTTP 400 to retry, not a refusal for good.
+func TestSystemExceptionIsRetried(t *testing.T) {
+	p, s := newStandIn(t)
+	k, err := p.Create(context.Background(), kms.CreateRequest{Alias: "k8s/hw/flaky", KeySpec: "AES_256",
+		KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "flaky"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Fail("describe-key", 1, 400, "KMS.0105")
+	if _, err := p.Observe(context.Background(), k.ID); err == nil || kms.IsTerminal(err) || kms.IsNotFound(err) {
+		t.Errorf("describe during a system exception: %v, want an error to retry", err)
+	}
+	if got, err := p.Observe(context.Background(), k.ID); err != nil || got.State != kms.StateEnabled {
+		t.Errorf("describe after it: %+v, %v", got, err)
+	}
+}
+
