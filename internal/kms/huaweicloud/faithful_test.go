@@ -58,7 +58,7 @@ func TestDeletedKeyIsSeenAsDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	NewWithT(t).Eventually(func() error { return env.Client.Get(ctx, client.ObjectKeyFromObject(c), c) }).
-		WithTimeout(30 * time.Second).ShouldNot(Succeed(), "the finalizer held a resource whose key is deleted")
+		WithTimeout(30*time.Second).ShouldNot(Succeed(), "the finalizer held a resource whose key is deleted")
 }
 
 // 2. Keys of every spec are found by alias: list-keys without key_spec lists only AES_256.
@@ -117,4 +117,3 @@ func TestSystemExceptionIsRetried(t *testing.T) {
 		t.Errorf("describe after it: %+v, %v", got, err)
 	}
 }
-
