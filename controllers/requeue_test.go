@@ -74,30 +74,39 @@ func TestOverdueExpiryIsNotPolled(t *testing.T) {
 	}
 }
 
-// TestTerminalFailureKeepsObserving gives a key a failure retrying cannot fix (the embedded KMS
-// takes no RSA material), then schedules its deletion in the KMS behind the operator's back:
-// the slow resync still sees the key and cancels the deletion, and the Warning about the
-// failure is sent once, also across a restart.
+// rejectsDescriptions is a KMS that refuses every description for good, as a KMS refuses a
+// request it will never take.
+type rejectsDescriptions struct{ *embedded.Provider }
+
+func (rejectsDescriptions) SetDescription(context.Context, string, string) error {
+	return &kms.RejectedError{Reason: "the KMS takes no description"}
+}
+
+// TestTerminalFailureKeepsObserving gives a key a failure retrying cannot fix (a description
+// the KMS refuses), then schedules its deletion in the KMS behind the operator's back: the slow
+// resync still sees the key and cancels the deletion, and the Warning about the failure is sent
+// once, also across a restart.
 func TestTerminalFailureKeepsObserving(t *testing.T) {
 	h := newHarness(t)
-	h.start(managerOptions{syncPeriod: 300 * time.Millisecond})
-	h.create(h.cmk("rsa", external, func(c *v1alpha1.CustomerMasterKey) {
-		c.Spec.KeySpec, c.Spec.KeyUsage = v1alpha1.KeySpecRSA2048, v1alpha1.KeyUsageSignVerify
-	}))
-	c := h.eventually("rsa", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
-		g.Expect(cond(c, v1alpha1.ConditionSynced).Reason).To(Equal(v1alpha1.ReasonUnsupported))
+	refusing := managerOptions{syncPeriod: 300 * time.Millisecond, provider: func(p *embedded.Provider) kms.Provider { return rejectsDescriptions{p} }}
+	h.start(refusing)
+	h.create(h.cmk("refused"))
+	h.waitPhase("refused", v1alpha1.PhaseEnabled)
+	h.patch("refused", map[string]any{"description": "refused"})
+	c := h.eventually("refused", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+		g.Expect(cond(c, v1alpha1.ConditionSynced).Reason).To(Equal(v1alpha1.ReasonRejected))
 	})
 	if err := h.kms.ScheduleDeletion(context.Background(), c.Status.KeyID, 7); err != nil {
 		t.Fatal(err)
 	}
-	NewWithT(t).Eventually(func() kms.State { return h.kmsState(c.Status.KeyID) }).WithTimeout(timeout).Should(Equal(kms.StatePendingImport),
+	NewWithT(t).Eventually(func() kms.State { return h.kmsState(c.Status.KeyID) }).WithTimeout(timeout).Should(Equal(kms.StateEnabled),
 		"a deletion scheduled outside Kubernetes on a key with a terminal failure was never seen")
 	h.stopManager()
 	h.kms = h.newProvider(env.Client)
-	h.start(managerOptions{syncPeriod: 300 * time.Millisecond})
+	h.start(refusing)
 	time.Sleep(1500 * time.Millisecond)
-	if n := countOf(h.events("rsa"), v1alpha1.ReasonUnsupported); n != 1 {
-		t.Errorf("%d Unsupported warnings over resyncs and a restart, want 1: %v", n, h.events("rsa"))
+	if n := countOf(h.events("refused"), v1alpha1.ReasonRejected); n != 1 {
+		t.Errorf("%d Rejected warnings over resyncs and a restart, want 1: %v", n, h.events("refused"))
 	}
 }
 

@@ -70,8 +70,8 @@ func TestCreateRules(t *testing.T) {
 		"MaterialForKMSKey":     {map[string]any{"keyMaterial": map[string]any{"secretRef": map[string]any{"name": "m"}}}, "keyMaterial is only for keys with origin: External"},
 		"MaterialExternal":      {map[string]any{"origin": "External", "keyMaterial": map[string]any{"secretRef": map[string]any{"name": "m"}, "expiresAt": "2030-01-01T00:00:00Z"}}, ""},
 		"MaterialNoSecretName":  {map[string]any{"origin": "External", "keyMaterial": map[string]any{"secretRef": map[string]any{}}}, "spec.keyMaterial.secretRef.name: Required value"},
-		"ExpiryForKeyPair": {map[string]any{"origin": "External", "keySpec": "RSA_2048", "keyMaterial": map[string]any{
-			"secretRef": map[string]any{"name": "m"}, "expiresAt": "2030-01-01T00:00:00Z"}}, "keyMaterial.expiresAt is only for symmetric keys"},
+		"ExternalKeyPair":       {map[string]any{"origin": "External", "keySpec": "RSA_2048", "keyUsage": "SIGN_VERIFY"}, "origin: External (bring your own key) takes symmetric material only"},
+		"ExternalSM4":           {map[string]any{"origin": "External", "keySpec": "SM4"}, ""},
 		"ExpiryNotATime": {map[string]any{"origin": "External", "keyMaterial": map[string]any{
 			"secretRef": map[string]any{"name": "m"}, "expiresAt": "tomorrow"}}, "spec.keyMaterial.expiresAt"},
 	}

@@ -65,8 +65,8 @@ const (
 // +kubebuilder:validation:XValidation:rule="!(self.keySpec in ['EC_P256', 'EC_P384']) || self.keyUsage == 'SIGN_VERIFY'",message="EC_P256 and EC_P384 keys only sign and verify: set keyUsage: SIGN_VERIFY"
 // +kubebuilder:validation:XValidation:rule="has(self.alias) == has(oldSelf.alias)",message="alias cannot be added or removed after creation: it names the key in the KMS; create a new CustomerMasterKey for another alias"
 // +kubebuilder:validation:XValidation:rule="!(oldSelf.deletionScheduled && self.deletionScheduled) || self.pendingDays == oldSelf.pendingDays",message="pendingDays cannot change while deletionScheduled stays true: the deletion date is already set; cancel with deletionScheduled: false, then schedule again with the new pendingDays"
+// +kubebuilder:validation:XValidation:rule="self.origin != 'External' || self.keySpec in ['AES_256', 'SM4']",message="origin: External (bring your own key) takes symmetric material only (AES_256, SM4): importing RSA, EC or SM2 key pairs is not supported; use origin: KMS for a key pair"
 // +kubebuilder:validation:XValidation:rule="!has(self.keyMaterial) || self.origin == 'External'",message="keyMaterial is only for keys with origin: External; a KMS key has material the KMS made"
-// +kubebuilder:validation:XValidation:rule="!has(self.keyMaterial) || !has(self.keyMaterial.expiresAt) || self.keySpec in ['AES_256', 'SM4']",message="keyMaterial.expiresAt is only for symmetric keys (AES_256, SM4): remove it, imported key pairs do not expire"
 type CustomerMasterKeySpec struct {
 	// Alias is the key's unique name in the KMS region. Defaults to one derived from the
 	// resource's namespace and name. It cannot change after creation.

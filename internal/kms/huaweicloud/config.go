@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/auth/basic"
 	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/config"
@@ -32,7 +33,17 @@ type Config struct {
 	CredentialsDir string
 	// QPS bounds the calls per second, to stay inside the account's KMS quota.
 	QPS float64
+	// EnterpriseProject is the enterprise project new keys are created in ("0", the default
+	// project, when empty): CreateKey's enterprise_project_id.
+	EnterpriseProject string
+	// Timeout bounds each request (default RequestTimeout).
+	Timeout time.Duration
 }
+
+// RequestTimeout bounds one KMS request. The SDK's own default is 120 s, long enough for one
+// stuck call to hold a reconcile worker for two minutes; KMS-FACTS.md gives 5-8 s for the
+// gateway's 502/504.
+const RequestTimeout = 8 * time.Second
 
 var flags Config
 
@@ -45,6 +56,8 @@ func init() {
 			fs.StringVar(&flags.Endpoint, "huaweicloud-endpoint", "", "KMS endpoint URL, to reach KMS through a private endpoint; default: the region's.")
 			fs.StringVar(&flags.CredentialsDir, "huaweicloud-credentials-dir", "", "Directory with files access-key and secret-key (a mounted Secret); default: HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK.")
 			fs.Float64Var(&flags.QPS, "kms-qps", 10, "Most KMS calls per second, to stay inside the KMS quota.")
+			fs.StringVar(&flags.EnterpriseProject, "huaweicloud-enterprise-project", os.Getenv("HUAWEICLOUD_SDK_ENTERPRISE_PROJECT_ID"),
+				"Enterprise project ID new keys are created in; default: 0, the default project.")
 		},
 		New: func(_ context.Context, _ kms.Env) (kms.Provider, error) { return New(flags) },
 	})
@@ -67,7 +80,11 @@ func New(cfg Config) (*Provider, error) {
 	if qps <= 0 {
 		qps = 10
 	}
-	httpConfig := config.DefaultHttpConfig().WithHttpRoundTripper(&rateLimited{
+	timeout := cfg.Timeout
+	if timeout <= 0 {
+		timeout = RequestTimeout
+	}
+	httpConfig := config.DefaultHttpConfig().WithTimeout(timeout).WithHttpRoundTripper(&rateLimited{
 		next: http.DefaultTransport, limiter: flowcontrol.NewTokenBucketRateLimiter(float32(qps), max(1, int(qps)))})
 	builder := kmsv2.KmsClientBuilder().WithCredential(cred).WithHttpConfig(httpConfig)
 	switch {
@@ -86,7 +103,9 @@ func New(cfg Config) (*Provider, error) {
 	if err != nil {
 		return nil, fmt.Errorf("huaweicloud client: %w", err)
 	}
-	return NewWithClient(kmsv2.NewKmsClient(client)), nil
+	p := NewWithClient(kmsv2.NewKmsClient(client))
+	p.enterpriseProject = cfg.EnterpriseProject
+	return p, nil
 }
 
 func credentials(dir string) (ak, sk string, err error) {

@@ -47,6 +47,8 @@ type Provider struct {
 	client *kmsv2.KmsClient
 	// claiming holds a mutex per key ID being claimed (see Claim).
 	claiming sync.Map
+	// enterpriseProject is the enterprise project new keys go in; empty for the default.
+	enterpriseProject string
 }
 
 var (
@@ -148,6 +150,9 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 	}
 	if req.Description != "" {
 		body.KeyDescription = &req.Description
+	}
+	if p.enterpriseProject != "" {
+		body.EnterpriseProjectId = &p.enterpriseProject
 	}
 	resp, err := p.client.CreateKey(&model.CreateKeyRequest{Body: body})
 	if err != nil {

@@ -49,6 +49,9 @@ type Server struct {
 
 type key struct {
 	id, alias, description, spec, usage, origin, state string
+	// enterpriseProject is CreateKey's enterprise_project_id, "0" (the default project) when
+	// not given (CreateKeyRequestBody), reported as sys_enterprise_project_id (KeyDetails).
+	enterpriseProject string
 	created, deletionDate                              time.Time
 	material                                           []byte
 	materialHash                                       []byte
@@ -86,7 +89,7 @@ func (s *Server) Advance(d time.Duration) { s.Clock.Step(d) }
 func (s *Server) CreateKeyInConsole(alias string) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	resp, apiErr := s.create(alias, "AES_256", "ENCRYPT_DECRYPT", "kms", "")
+	resp, apiErr := s.create(alias, "AES_256", "ENCRYPT_DECRYPT", "kms", "", "")
 	if apiErr != nil {
 		return "", fmt.Errorf("%s: %s", apiErr.code, apiErr.msg)
 	}
@@ -188,7 +191,7 @@ func (s *Server) dispatch(op string, req map[string]any) (any, *apiError) {
 	}
 	switch op {
 	case "create-key":
-		return s.create(str("key_alias"), str("key_spec"), str("key_usage"), str("origin"), str("key_description"))
+		return s.create(str("key_alias"), str("key_spec"), str("key_usage"), str("origin"), str("key_description"), str("enterprise_project_id"))
 	case "resource_instances/action":
 		return s.findByTags(req)
 	case "list-keys":
@@ -247,7 +250,7 @@ func (s *Server) applyTime() {
 	}
 }
 
-func (s *Server) create(alias, spec, usage, origin, description string) (any, *apiError) {
+func (s *Server) create(alias, spec, usage, origin, description, enterpriseProject string) (any, *apiError) {
 	if !aliasPattern.MatchString(alias) {
 		return nil, fail(http.StatusBadRequest, "KMS.0001", "invalid key_alias")
 	}
@@ -259,7 +262,7 @@ func (s *Server) create(alias, spec, usage, origin, description string) (any, *a
 	s.next++
 	k := &key{id: fmt.Sprintf("%08x-0000-4000-8000-%012x", s.next, s.next), alias: alias, description: description,
 		spec: orDefault(spec, "AES_256"), usage: orDefault(usage, "ENCRYPT_DECRYPT"), origin: orDefault(origin, "kms"),
-		state: "2", created: s.Clock.Now(), tags: map[string]string{}}
+		state: "2", created: s.Clock.Now(), tags: map[string]string{}, enterpriseProject: orDefault(enterpriseProject, "0")}
 	if k.origin == "external" {
 		k.state = "5"
 	} else {
@@ -495,7 +498,8 @@ func (k *key) details() map[string]any {
 	d := map[string]any{"key_id": k.id, "domain_id": "standin-domain", "key_alias": k.alias, "realm": "standin",
 		"key_spec": k.spec, "key_usage": k.usage, "key_description": k.description, "origin": k.origin,
 		"key_state": k.state, "default_key_flag": "0", "key_type": "1",
-		"creation_date": strconv.FormatInt(k.created.UnixMilli(), 10), "scheduled_deletion_date": ""}
+		"creation_date": strconv.FormatInt(k.created.UnixMilli(), 10), "scheduled_deletion_date": "",
+		"sys_enterprise_project_id": k.enterpriseProject}
 	if k.state == "4" {
 		d["scheduled_deletion_date"] = strconv.FormatInt(k.deletionDate.UnixMilli(), 10)
 	}

@@ -1,0 +1,85 @@
+package huaweicloud
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/huaweicloud/huaweicloud-sdk-go-v3/services/kms/v2/model"
+	appsv1 "k8s.io/api/apps/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+)
+
+// TestOverlayCanReadItsCredentials renders config/huaweicloud as kubectl apply -k would and
+// checks the pod, which runs as the image's non-root user, can read the mounted credentials:
+// they belong to its group (fsGroup) and are group-readable.
+func TestOverlayCanReadItsCredentials(t *testing.T) {
+	out, err := exec.Command(filepath.Join(env.Assets, "kubectl"), "kustomize", filepath.Join("..", "..", "..", "config", "huaweicloud")).Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize config/huaweicloud: %v", err)
+	}
+	var d *appsv1.Deployment
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
+	for {
+		var obj appsv1.Deployment
+		if err := dec.Decode(&obj); err != nil {
+			break
+		}
+		if obj.Kind == "Deployment" {
+			d = &obj
+		}
+	}
+	if d == nil {
+		t.Fatal("no Deployment in config/huaweicloud")
+	}
+	pod := d.Spec.Template.Spec
+	sc := pod.SecurityContext
+	if sc == nil || sc.RunAsUser == nil || sc.FSGroup == nil || *sc.FSGroup != 65532 || *sc.RunAsUser != 65532 {
+		t.Fatalf("pod securityContext %+v: want runAsUser and fsGroup 65532, the image's user", sc)
+	}
+	var mode int32 = -1
+	for _, v := range pod.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == "huaweicloud-credentials" && v.Secret.DefaultMode != nil {
+			mode = *v.Secret.DefaultMode
+		}
+	}
+	if mode < 0 || mode&0o040 == 0 || mode&0o004 != 0 {
+		t.Errorf("credentials defaultMode %o: want readable by the group (fsGroup), not by others", mode)
+	}
+	args := strings.Join(pod.Containers[0].Args, " ")
+	for _, want := range []string{"--kms-provider=huaweicloud", "--huaweicloud-credentials-dir=/etc/huaweicloud", "--huaweicloud-enterprise-project="} {
+		if !strings.Contains(args, want) {
+			t.Errorf("args %q lack %s", args, want)
+		}
+	}
+}
+
+// TestEnterpriseProject checks keys are created in the configured enterprise project.
+func TestEnterpriseProject(t *testing.T) {
+	_, s := newStandIn(t)
+	dir := t.TempDir()
+	for name, value := range map[string]string{"access-key": s.AK, "secret-key": s.SK} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(value), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := New(Config{ProjectID: s.ProjectID, Endpoint: s.URL, CredentialsDir: dir, QPS: 1000, EnterpriseProject: "ep-payments"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := p.Create(context.Background(), kms.CreateRequest{Alias: "k8s/hw/ep", KeySpec: "AES_256",
+		KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "ep"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := p.client.ListKeyDetail(&model.ListKeyDetailRequest{Body: &model.OperateKeyRequestBody{KeyId: k.ID}})
+	if err != nil || resp.KeyInfo == nil || deref(resp.KeyInfo.SysEnterpriseProjectId) != "ep-payments" {
+		t.Errorf("the key's enterprise project: %v, %v; want ep-payments", resp, err)
+	}
+}
