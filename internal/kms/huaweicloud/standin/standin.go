@@ -51,15 +51,15 @@ type key struct {
 	id, alias, description, spec, usage, origin, state string
 	// enterpriseProject is CreateKey's enterprise_project_id, "0" (the default project) when
 	// not given (CreateKeyRequestBody), reported as sys_enterprise_project_id (KeyDetails).
-	enterpriseProject string
-	created, deletionDate                              time.Time
-	material                                           []byte
-	materialHash                                       []byte
-	materialExpires                                    time.Time
-	wrapping                                           *rsa.PrivateKey
-	token                                              string
-	tokenExpires                                       time.Time
-	tags                                               map[string]string
+	enterpriseProject     string
+	created, deletionDate time.Time
+	material              []byte
+	materialHash          []byte
+	materialExpires       time.Time
+	wrapping              *rsa.PrivateKey
+	token                 string
+	tokenExpires          time.Time
+	tags                  map[string]string
 }
 
 // Start serves the stand-in on loopback until Close.
