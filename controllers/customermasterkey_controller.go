@@ -154,7 +154,7 @@ func (r *CustomerMasterKeyReconciler) actFailed(cmk *v1alpha1.CustomerMasterKey,
 	case errors.As(err, &notYours):
 		r.setBlocked(cmk, notYours.reason, notYours.message)
 		return r.resync(), nil
-	case kms.IsTerminal(err), kms.IsUnreadable(err):
+	case kms.IsTerminal(err), kms.IsUnreadable(err), kms.IsFrozen(err):
 		// Still looked at on the slow resync, so drift and the deletion date are seen.
 		r.setBlocked(cmk, terminalReason(err), err.Error())
 		return r.resync(), nil

@@ -82,7 +82,7 @@ func (r *CustomerMasterKeyReconciler) release(ctx context.Context, cmk *v1alpha1
 // Warning event). What retrying cannot fix says how to let the resource go by hand.
 func (r *CustomerMasterKeyReconciler) finalizeFailed(cmk *v1alpha1.CustomerMasterKey, doing string, err error) (ctrl.Result, bool, error) {
 	switch {
-	case kms.IsTerminal(err), kms.IsUnreadable(err):
+	case kms.IsTerminal(err), kms.IsUnreadable(err), kms.IsFrozen(err):
 		r.setBlocked(cmk, terminalReason(err), fmt.Sprintf(
 			"Applying deletionPolicy failed: %v. Fix that, or let the resource go without applying deletionPolicy to its key: "+
 				"kubectl patch cmk %s -n %s --type merge -p '{\"metadata\":{\"finalizers\":null}}'", err, cmk.Name, cmk.Namespace))

@@ -90,6 +90,8 @@ func terminalReason(err error) string {
 		return v1alpha1.ReasonUnsupported
 	case kms.IsUnreadable(err):
 		return v1alpha1.ReasonKeyUnreadable
+	case kms.IsFrozen(err):
+		return v1alpha1.ReasonKeyFrozen
 	}
 	return v1alpha1.ReasonRejected
 }

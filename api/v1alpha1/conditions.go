@@ -42,6 +42,9 @@ const (
 	// ReasonAliasReserved: spec.alias begins with k8s/<namespace>/ of another namespace, a
 	// prefix reserved to that namespace's resources.
 	ReasonAliasReserved = "AliasReserved"
+	// ReasonKeyFrozen: the KMS has frozen the key (Huawei: the account is in arrears); nothing
+	// is done to it until it thaws, and it is looked at again on the slow resync.
+	ReasonKeyFrozen = "KeyFrozen"
 	// ReasonKeyUnreadable: the KMS holds a record of the key that cannot be read; a person
 	// must restore it (the message says where), or remove the finalizer to give the key up.
 	ReasonKeyUnreadable = "KeyUnreadable"

@@ -27,6 +27,9 @@ const (
 	StatePendingImport   State = "PendingImport"
 	// StateDeleted is terminal: the material is gone and the key never comes back.
 	StateDeleted State = "Deleted"
+	// StateFrozen is a provider's own: providers report a frozen key as a *FrozenError,
+	// never as a Key in this state.
+	StateFrozen State = "Frozen"
 )
 
 // Origins of key material, as in the API.
@@ -302,6 +305,21 @@ type UnreadableError struct {
 
 func (e *UnreadableError) Error() string {
 	return fmt.Sprintf("the KMS's record of key %s cannot be read: %s", e.KeyID, e.Reason)
+}
+
+// FrozenError says the KMS holds the key but lets nothing be done to it, or read about it,
+// for now (Huawei: key_state 7, the account in arrears). Retrying soon does not help; the key
+// is looked at again later and left alone until it thaws.
+type FrozenError struct{ KeyID string }
+
+func (e *FrozenError) Error() string {
+	return fmt.Sprintf("key %s is frozen in the KMS (the cloud account is in arrears, for example): nothing can be done to it until it thaws", e.KeyID)
+}
+
+// IsFrozen reports whether err says the key is frozen.
+func IsFrozen(err error) bool {
+	var f *FrozenError
+	return errors.As(err, &f)
 }
 
 // IsUnreadable reports whether err says the key's record cannot be read.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -116,4 +117,51 @@ func TestSystemExceptionIsRetried(t *testing.T) {
 	if got, err := p.Observe(context.Background(), k.ID); err != nil || got.State != kms.StateEnabled {
 		t.Errorf("describe after it: %+v, %v", got, err)
 	}
+}
+
+// 8. A frozen key (key_state 7: the account in arrears) is reported as such and left alone,
+// not retried in a loop; when it thaws the resource is Ready again.
+func TestFrozenKeyIsReportedAndLeftAlone(t *testing.T) {
+	p, s := newStandIn(t)
+	ctx := context.Background()
+	ns := "hw-frozen"
+	if err := env.CreateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	operator.Run(t, env, ns, p)
+	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "cold", Namespace: ns},
+		Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
+			Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain}}
+	if err := env.Client.Create(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	ready := func(g Gomega) string {
+		g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(c), c)).To(Succeed())
+		g.Expect(c.Status.ObservedGeneration).To(Equal(c.Generation))
+		r := meta.FindStatusCondition(c.Status.Conditions, v1alpha1.ConditionReady)
+		g.Expect(r).NotTo(BeNil())
+		return r.Reason
+	}
+	NewWithT(t).Eventually(ready).WithTimeout(30 * time.Second).Should(Equal(v1alpha1.ReasonAvailable))
+	s.Freeze(c.Status.KeyID)
+	poke := func(v string) {
+		t.Helper()
+		p := client.RawPatch("application/merge-patch+json", []byte(`{"metadata":{"annotations":{"test/poke":"`+v+`"}}}`))
+		if err := env.Client.Patch(ctx, c, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poke("frozen")
+	NewWithT(t).Eventually(ready).WithTimeout(30 * time.Second).Should(Equal(v1alpha1.ReasonKeyFrozen))
+	if c.Status.Phase != v1alpha1.PhaseEnabled {
+		t.Errorf("phase %s while frozen, want the last known Enabled", c.Status.Phase)
+	}
+	rv := c.ResourceVersion
+	time.Sleep(2 * time.Second)
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(c), c); err != nil || c.ResourceVersion != rv {
+		t.Errorf("status kept changing while the key was frozen (%v)", err)
+	}
+	s.Thaw(c.Status.KeyID)
+	poke("thawed")
+	NewWithT(t).Eventually(ready).WithTimeout(30 * time.Second).Should(Equal(v1alpha1.ReasonAvailable))
 }

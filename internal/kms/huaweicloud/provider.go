@@ -40,6 +40,9 @@ var states = map[string]kms.State{
 	"3": kms.StateDisabled,
 	"4": kms.StatePendingDeletion,
 	"5": kms.StatePendingImport,
+	// 7, Frozen (the account in arrears), appears in responses (KMS-FACTS.md); it is not a
+	// phase of the API but a FrozenError: nothing can be done to such a key.
+	"7": kms.StateFrozen,
 }
 
 // Provider is Huawei Cloud KMS.
@@ -82,6 +85,9 @@ func toKey(d *model.KeyDetails) (kms.Key, error) {
 		return kms.Key{}, fmt.Errorf("key %s has key_state %q, which this operator does not know", k.ID, deref(d.KeyState))
 	}
 	k.State = state
+	if state == kms.StateFrozen {
+		return kms.Key{}, &kms.FrozenError{KeyID: k.ID}
+	}
 	if d.KeySpec != nil {
 		k.KeySpec = d.KeySpec.Value()
 	}

@@ -51,7 +51,9 @@ type key struct {
 	id, alias, description, spec, usage, origin, state string
 	// enterpriseProject is CreateKey's enterprise_project_id, "0" (the default project) when
 	// not given (CreateKeyRequestBody), reported as sys_enterprise_project_id (KeyDetails).
-	enterpriseProject     string
+	enterpriseProject string
+	// frozenFrom is the state a frozen key (7) had, and gets back when it thaws.
+	frozenFrom            string
 	created, deletionDate time.Time
 	material              []byte
 	materialHash          []byte
@@ -106,6 +108,25 @@ func (s *Server) Fail(op string, times, status int, code string) {
 	defer s.mu.Unlock()
 	for range times {
 		s.faults[op] = append(s.faults[op], fail(status, code, "injected by the test"))
+	}
+}
+
+// Freeze freezes a key as Huawei does when the account is in arrears: it reports key_state 7
+// and refuses every change (KMS-FACTS.md). Thaw gives it back its state.
+func (s *Server) Freeze(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if k, ok := s.keys[id]; ok && k.state != "7" {
+		k.frozenFrom, k.state = k.state, "7"
+	}
+}
+
+// Thaw ends a Freeze.
+func (s *Server) Thaw(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if k, ok := s.keys[id]; ok && k.state == "7" {
+		k.state = k.frozenFrom
 	}
 }
 
@@ -200,6 +221,9 @@ func (s *Server) dispatch(op string, req map[string]any) (any, *apiError) {
 	k, ok := s.keys[str("key_id")]
 	if !ok {
 		return nil, s.missing(str("key_id"))
+	}
+	if k.state == "7" && op != "describe-key" {
+		return nil, fail(http.StatusBadRequest, "KMS.0001", "the key is frozen")
 	}
 	switch op {
 	case "describe-key":
