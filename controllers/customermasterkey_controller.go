@@ -161,11 +161,21 @@ func (r *CustomerMasterKeyReconciler) actFailed(cmk *v1alpha1.CustomerMasterKey,
 	case apierrors.IsConflict(err):
 		// Another writer of the KMS's record won; the next attempt starts from its state.
 		return requeueRateLimited(), nil
+	case kms.AsUnavailable(err) != nil:
+		return r.kmsUnavailable(cmk, kms.AsUnavailable(err)), nil
 	}
 	// A lost claim (another resource took the key first, or a KMS whose tags did not keep
 	// this claim) is retried with backoff like any failure, and shown: the next attempt judges
 	// the new owner.
 	return ctrl.Result{}, r.failed(cmk, doing, err)
+}
+
+// kmsUnavailable reports a KMS that refuses the operator as a whole: Synced says what to fix,
+// and the key is looked at again when the KMS may take calls again, spread out so thousands of
+// keys do not come back at once. Not a per-key error: per-key backoff would only add to it.
+func (r *CustomerMasterKeyReconciler) kmsUnavailable(cmk *v1alpha1.CustomerMasterKey, u *kms.UnavailableError) ctrl.Result {
+	r.setCondition(cmk, v1alpha1.ConditionSynced, false, v1alpha1.ReasonKMSUnavailable, u.Reason)
+	return ctrl.Result{RequeueAfter: wait.Jitter(max(u.RetryAfter, time.Second), 0.5)}
 }
 
 // reportDeletion records the moment a key is found deleted: expected at the end of a scheduled

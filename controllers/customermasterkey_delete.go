@@ -89,6 +89,8 @@ func (r *CustomerMasterKeyReconciler) finalizeFailed(cmk *v1alpha1.CustomerMaste
 		return r.resync(), false, nil
 	case apierrors.IsConflict(err):
 		return requeueRateLimited(), false, nil
+	case kms.AsUnavailable(err) != nil:
+		return r.kmsUnavailable(cmk, kms.AsUnavailable(err)), false, nil
 	}
 	return ctrl.Result{}, false, r.failed(cmk, doing, fmt.Errorf("applying deletionPolicy: %w", err))
 }

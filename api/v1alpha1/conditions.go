@@ -80,6 +80,9 @@ const (
 	// ReasonUnsupported: the configured KMS provider cannot serve this spec; nothing is retried
 	// until the spec changes.
 	ReasonUnsupported = "Unsupported"
+	// ReasonKMSUnavailable: the KMS refuses the operator as a whole (its credentials, for
+	// example); every key waits, and the KMS is tried again with backoff.
+	ReasonKMSUnavailable = "KMSUnavailable"
 	// ReasonRejected: the KMS refused the request for good (for example an alias already in use);
 	// nothing is retried until the spec changes.
 	ReasonRejected = "Rejected"

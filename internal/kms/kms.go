@@ -307,6 +307,25 @@ func (e *UnreadableError) Error() string {
 	return fmt.Sprintf("the KMS's record of key %s cannot be read: %s", e.KeyID, e.Reason)
 }
 
+// UnavailableError says the KMS refuses the operator as a whole for now (its credentials, for
+// example): no key can be reached, and retrying one key sooner does not help. RetryAfter is
+// when to try again.
+type UnavailableError struct {
+	Reason     string
+	RetryAfter time.Duration
+}
+
+func (e *UnavailableError) Error() string { return e.Reason }
+
+// AsUnavailable returns err as an *UnavailableError, or nil.
+func AsUnavailable(err error) *UnavailableError {
+	var u *UnavailableError
+	if errors.As(err, &u) {
+		return u
+	}
+	return nil
+}
+
 // FrozenError says the KMS holds the key but lets nothing be done to it, or read about it,
 // for now (Huawei: key_state 7, the account in arrears). Retrying soon does not help; the key
 // is looked at again later and left alone until it thaws.

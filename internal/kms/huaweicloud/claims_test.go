@@ -35,10 +35,7 @@ import (
 func TestConsoleKeyNotTakenByAlias(t *testing.T) {
 	p, s := newStandIn(t)
 	ctx := context.Background()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "hw-r9b-console"}}
-	if err := env.Client.Create(ctx, ns); err != nil {
-		t.Fatal(err)
-	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: newNamespace(t, "hw-console")}}
 	consoleID, err := s.CreateKeyInConsole("terraform/payments-prod")
 	if err != nil {
 		t.Fatal(err)

@@ -38,6 +38,9 @@ type Config struct {
 	EnterpriseProject string
 	// Timeout bounds each request (default RequestTimeout).
 	Timeout time.Duration
+	// AuthBackoff is the first wait of every call after the credentials are refused (default
+	// DefaultAuthBackoff; see breaker).
+	AuthBackoff time.Duration
 }
 
 // RequestTimeout bounds one KMS request. The SDK's own default is 120 s, long enough for one
@@ -84,8 +87,12 @@ func New(cfg Config) (*Provider, error) {
 	if timeout <= 0 {
 		timeout = RequestTimeout
 	}
-	httpConfig := config.DefaultHttpConfig().WithTimeout(timeout).WithHttpRoundTripper(&rateLimited{
-		next: http.DefaultTransport, limiter: flowcontrol.NewTokenBucketRateLimiter(float32(qps), max(1, int(qps)))})
+	backoff := cfg.AuthBackoff
+	if backoff <= 0 {
+		backoff = DefaultAuthBackoff
+	}
+	limited := &rateLimited{next: http.DefaultTransport, limiter: flowcontrol.NewTokenBucketRateLimiter(float32(qps), max(1, int(qps)))}
+	httpConfig := config.DefaultHttpConfig().WithTimeout(timeout).WithHttpRoundTripper(&breaker{next: limited, initial: backoff, now: time.Now})
 	builder := kmsv2.KmsClientBuilder().WithCredential(cred).WithHttpConfig(httpConfig)
 	switch {
 	case cfg.Endpoint != "":

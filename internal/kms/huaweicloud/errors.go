@@ -33,6 +33,9 @@ const (
 
 // classify turns an SDK error into the seam's errors. call and keyID only shape messages.
 func classify(err error, call, keyID string, state kms.State) error {
+	if u := kms.AsUnavailable(err); u != nil {
+		return u // the breaker refused the call before it was sent
+	}
 	var se *sdkerr.ServiceResponseError
 	if !errors.As(err, &se) {
 		return fmt.Errorf("%s key %s: %w", call, keyID, err)
@@ -56,6 +59,10 @@ func classify(err error, call, keyID string, state kms.State) error {
 		return &kms.RejectedError{Reason: msg}
 	}
 	switch {
+	case se.StatusCode == http.StatusUnauthorized || se.StatusCode == http.StatusForbidden:
+		// The breaker has opened: every call waits (see breaker).
+		return &kms.UnavailableError{RetryAfter: DefaultAuthBackoff, Reason: fmt.Sprintf(
+			"Huawei Cloud refused the operator's credentials (HTTP %d)%s", se.StatusCode, authAdvice)}
 	case se.StatusCode == http.StatusNotFound:
 		return fmt.Errorf("%s: the KMS API gateway does not know this operation; check --huaweicloud-endpoint and the project ID", msg)
 	case se.StatusCode == http.StatusTooManyRequests || se.StatusCode >= 500:

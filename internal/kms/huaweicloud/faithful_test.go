@@ -10,12 +10,23 @@ import (
 	. "github.com/onsi/gomega"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/uuid"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/testenv/operator"
 )
+
+// newNamespace creates a namespace of its own for a test.
+func newNamespace(t *testing.T, prefix string) string {
+	t.Helper()
+	ns := prefix + "-" + string(uuid.NewUUID())[:8]
+	if err := env.CreateNamespace(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
 
 // The tests here hold the provider to Huawei Cloud KMS as it answers (the stand-in follows
 // KMS-FACTS.md, "Verified against the SDK"), one numbered item of issue 10 each.
@@ -25,10 +36,7 @@ import (
 func TestDeletedKeyIsSeenAsDeleted(t *testing.T) {
 	p, s := newStandIn(t)
 	ctx := context.Background()
-	ns := "hw-deleted"
-	if err := env.CreateNamespace(ctx, ns); err != nil {
-		t.Fatal(err)
-	}
+	ns := newNamespace(t, "hw-deleted")
 	operator.Run(t, env, ns, p)
 	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "gone", Namespace: ns},
 		Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
@@ -124,10 +132,7 @@ func TestSystemExceptionIsRetried(t *testing.T) {
 func TestFrozenKeyIsReportedAndLeftAlone(t *testing.T) {
 	p, s := newStandIn(t)
 	ctx := context.Background()
-	ns := "hw-frozen"
-	if err := env.CreateNamespace(ctx, ns); err != nil {
-		t.Fatal(err)
-	}
+	ns := newNamespace(t, "hw-frozen")
 	operator.Run(t, env, ns, p)
 	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "cold", Namespace: ns},
 		Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
@@ -164,4 +169,81 @@ func TestFrozenKeyIsReportedAndLeftAlone(t *testing.T) {
 	s.Thaw(c.Status.KeyID)
 	poke("thawed")
 	NewWithT(t).Eventually(ready).WithTimeout(30 * time.Second).Should(Equal(v1alpha1.ReasonAvailable))
+}
+
+// 7. Refused credentials are a KMS-wide condition: every resource shows what to fix, calls
+// stop reaching the gateway (Huawei locks an access key after 5 failures in a row), and once
+// the credentials are fixed the resources carry on by themselves.
+func TestRefusedCredentialsBackOffForEveryKey(t *testing.T) {
+	_, s := newStandIn(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	for name, value := range map[string]string{"access-key": s.AK, "secret-key": "rotated-secret"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(value), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := New(Config{ProjectID: s.ProjectID, Endpoint: s.URL, CredentialsDir: dir, QPS: 1000, AuthBackoff: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := newNamespace(t, "hw-auth")
+	operator.Run(t, env, ns, p)
+	names := []string{"a", "b", "c", "d", "e", "f"}
+	for _, name := range names {
+		c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
+				Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain}}
+		if err := env.Client.Create(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	synced := func(name string) func(g Gomega) *metav1.Condition {
+		return func(g Gomega) *metav1.Condition {
+			c := &v1alpha1.CustomerMasterKey{}
+			g.Expect(env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, c)).To(Succeed())
+			s := meta.FindStatusCondition(c.Status.Conditions, v1alpha1.ConditionSynced)
+			g.Expect(s).NotTo(BeNil())
+			return s
+		}
+	}
+	for _, name := range names {
+		NewWithT(t).Eventually(func(g Gomega) {
+			s := synced(name)(g)
+			g.Expect(s.Reason).To(Equal(v1alpha1.ReasonKMSUnavailable))
+			g.Expect(s.Message).To(ContainSubstring("fix the access key and secret key"))
+		}).WithTimeout(30 * time.Second).Should(Succeed())
+	}
+	time.Sleep(time.Second)
+	if n := s.Unsigned(); n > 2 {
+		t.Errorf("%d refused requests reached the gateway for %d keys within the backoff, want at most 2", n, len(names))
+	}
+
+	s.RotateSecretKey("rotated-secret") // the person fixes IAM to match the mounted Secret
+	for _, name := range names {
+		NewWithT(t).Eventually(func(g Gomega) string { return synced(name)(g).Reason }).
+			WithTimeout(30 * time.Second).Should(Equal(v1alpha1.ReasonReconcileSuccess))
+	}
+}
+
+// 8. A tag search that lags behind the tags: a second Create with the same token, before the
+// search shows the first one's key, still returns that key (its own tag says so), never a
+// refusal or a second key.
+func TestCreateTrustsItsOwnTagOverALaggingSearch(t *testing.T) {
+	p, s := newStandIn(t)
+	s.SetTagSearchLag(time.Minute)
+	ctx := context.Background()
+	req := kms.CreateRequest{Alias: "k8s/hw/lag", KeySpec: "SM4", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "lagging"}
+	first, err := p.Create(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := p.Create(ctx, req)
+	if err != nil || again.ID != first.ID {
+		t.Errorf("Create again while the tag search lags: %s, %v; want %s", again.ID, err, first.ID)
+	}
+	req.Token = "another"
+	if _, err := p.Create(ctx, req); kms.AsAliasInUse(err) == nil {
+		t.Errorf("another token with the alias: %v, want AliasInUse", err)
+	}
 }

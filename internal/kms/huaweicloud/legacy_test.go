@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/uuid"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
@@ -24,11 +25,11 @@ import (
 func TestLegacyRetainedKey(t *testing.T) {
 	p, s := newStandIn(t)
 	ctx := context.Background()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "hw-legacy"}}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "hw-legacy-" + string(uuid.NewUUID())[:8]}}
 	if err := env.Client.Create(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
-	id, err := s.CreateKeyInConsole("k8s/hw-legacy/orders")
+	id, err := s.CreateKeyInConsole("k8s/" + ns.Name + "/orders")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -168,6 +168,11 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 			// with the alias and no tag is never taken for this create's own: it may as well be
 			// one made in the console (KMS-FACTS.md, "Never claim a key by alias alone").
 			if id, ferr := p.findByAlias(req.Alias); ferr == nil && id != "" {
+				if p.madeWith(id, req.Token) {
+					// This create's own key, made before and tagged, which the tag search did
+					// not show yet: the key's own tag is trusted over the search.
+					return p.Observe(ctx, id)
+				}
 				return kms.Key{}, &kms.AliasInUseError{Alias: req.Alias, KeyID: id}
 			}
 		}
@@ -276,6 +281,20 @@ func sameOwner(tagged, o kms.Owner) bool {
 		return tagged.UID == o.UID && o.Namespace == "" // made before owner tags existed
 	}
 	return tagged.UID == o.UID && tagged.Is(o.Namespace, o.Name)
+}
+
+// madeWith reports whether the key carries this creation token in its own tags.
+func (p *Provider) madeWith(id, token string) bool {
+	resp, err := p.client.ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: id})
+	if err != nil || resp.Tags == nil {
+		return false
+	}
+	for _, t := range *resp.Tags {
+		if t.Key == uidTag && deref(t.Value) == token {
+			return true
+		}
+	}
+	return false
 }
 
 // findByAlias pages through the project's keys, of every spec, for the one with this alias.

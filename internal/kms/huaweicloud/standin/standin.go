@@ -45,6 +45,19 @@ type Server struct {
 	deleted map[string]bool
 	// faults are answers to give instead of serving, by operation (see Fail).
 	faults map[string][]*apiError
+	// tagSearchLag is how long a key's new tags take to show in tag searches (see
+	// SetTagSearchLag).
+	tagSearchLag time.Duration
+}
+
+// SetTagSearchLag makes tag searches (list-kms-by-tags) miss keys whose tags changed less than
+// lag ago, on the stand-in's clock. Huawei's reference does not promise that the search is
+// current at once (it is served by the tag service, TMS, apart from the key itself); a provider
+// must not take a miss for "no such key".
+func (s *Server) SetTagSearchLag(lag time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tagSearchLag = lag
 }
 
 type key struct {
@@ -53,7 +66,9 @@ type key struct {
 	// not given (CreateKeyRequestBody), reported as sys_enterprise_project_id (KeyDetails).
 	enterpriseProject string
 	// frozenFrom is the state a frozen key (7) had, and gets back when it thaws.
-	frozenFrom            string
+	frozenFrom string
+	// tagged is when the key's tags last changed.
+	tagged                time.Time
 	created, deletionDate time.Time
 	material              []byte
 	materialHash          []byte
@@ -109,6 +124,14 @@ func (s *Server) Fail(op string, times, status int, code string) {
 	for range times {
 		s.faults[op] = append(s.faults[op], fail(status, code, "injected by the test"))
 	}
+}
+
+// RotateSecretKey makes the stand-in accept another secret key, as when a person rotates the
+// access key in IAM.
+func (s *Server) RotateSecretKey(sk string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.SK = sk
 }
 
 // Freeze freezes a key as Huawei does when the account is in arrears: it reports key_state 7
@@ -306,6 +329,7 @@ func (s *Server) tag(id string, req map[string]any) (any, *apiError) {
 	name, _ := t["key"].(string)
 	value, _ := t["value"].(string)
 	k.tags[name] = value
+	k.tagged = s.Clock.Now()
 	return map[string]any{}, nil
 }
 
@@ -345,6 +369,7 @@ func (s *Server) batchTags(id string, req map[string]any) (any, *apiError) {
 		return nil, fail(http.StatusBadRequest, "KMS.0002", "a key has at most 10 tags")
 	}
 	k.tags = next
+	k.tagged = s.Clock.Now()
 	return map[string]any{}, nil
 }
 
@@ -358,6 +383,9 @@ func (s *Server) findByTags(req map[string]any) (any, *apiError) {
 	sort.Strings(ids)
 	for _, id := range ids {
 		k := s.keys[id]
+		if s.tagSearchLag > 0 && s.Clock.Since(k.tagged) < s.tagSearchLag {
+			continue // not yet in the tag service's index
+		}
 		match := true
 		for _, t := range tags {
 			tm, _ := t.(map[string]any)
@@ -572,7 +600,10 @@ func (s *Server) verify(r *http.Request, body []byte) error {
 	request := strings.Join([]string{r.Method, uri, r.URL.RawQuery, canonical.String(), fields["SignedHeaders"], hex.EncodeToString(bodyHash[:])}, "\n")
 	requestHash := sha256.Sum256([]byte(request))
 	stringToSign := "SDK-HMAC-SHA256\n" + date + "\n" + hex.EncodeToString(requestHash[:])
-	mac := hmac.New(sha256.New, []byte(s.SK))
+	s.mu.Lock()
+	sk := s.SK
+	s.mu.Unlock()
+	mac := hmac.New(sha256.New, []byte(sk))
 	mac.Write([]byte(stringToSign))
 	if !hmac.Equal([]byte(hex.EncodeToString(mac.Sum(nil))), []byte(fields["Signature"])) {
 		return fmt.Errorf("signature does not match")

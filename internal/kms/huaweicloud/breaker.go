@@ -1,0 +1,108 @@
+package huaweicloud
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+)
+
+// DefaultAuthBackoff is how long every call waits after the KMS refuses the credentials,
+// doubling at each refusal up to maxAuthBackoff.
+const (
+	DefaultAuthBackoff = 10 * time.Second
+	maxAuthBackoff     = 5 * time.Minute
+)
+
+// breaker stops every call once the API gateway refuses the credentials (HTTP 401 or 403:
+// APIGW.0301, a wrong or rotated key). That refusal is about the account, not a key: retried
+// per key, thousands of keys would keep failing, and Huawei locks an access key for 5 minutes
+// after 5 authentication failures in a row (KMS-FACTS.md), so a fixed key would stay locked.
+// Until the credentials are known to work (at start, and after a refusal once the backoff has
+// passed), one call at a time goes through as a probe while the others wait for its answer;
+// while refused, calls fail at once without being sent, and the backoff doubles at each
+// refusal.
+type breaker struct {
+	next    http.RoundTripper
+	initial time.Duration
+	now     func() time.Time
+
+	mu       sync.Mutex
+	verified bool          // an answer other than 401/403 came since the last refusal
+	probe    chan struct{} // closed when the call in flight as a probe is answered
+	backoff  time.Duration
+	until    time.Time
+	reason   string // why calls are refused; empty when they are not
+}
+
+func (b *breaker) RoundTrip(req *http.Request) (*http.Response, error) {
+	probing, err := b.admit(req.Context())
+	if err != nil {
+		return nil, err
+	}
+	resp, err := b.next.RoundTrip(req)
+	b.record(probing, resp, err)
+	return resp, err
+}
+
+// admit lets a call through, as a probe when the credentials are not known to work, waits
+// while another call probes them, or refuses it while they are known not to work.
+func (b *breaker) admit(ctx context.Context) (probing bool, err error) {
+	for {
+		b.mu.Lock()
+		switch now := b.now(); {
+		case b.verified:
+			b.mu.Unlock()
+			return false, nil
+		case b.probe != nil:
+			wait := b.probe
+			b.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return false, ctx.Err()
+			}
+		case b.reason != "" && now.Before(b.until):
+			err := b.unavailable(now)
+			b.mu.Unlock()
+			return false, err
+		default:
+			b.probe = make(chan struct{})
+			b.mu.Unlock()
+			return true, nil
+		}
+	}
+}
+
+func (b *breaker) record(probing bool, resp *http.Response, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case err != nil:
+		// No answer: says nothing about the credentials.
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		b.verified = false
+		b.backoff = min(max(2*b.backoff, b.initial), maxAuthBackoff)
+		b.until = b.now().Add(b.backoff)
+		b.reason = fmt.Sprintf("Huawei Cloud refused the operator's credentials (HTTP %d)", resp.StatusCode)
+	default:
+		b.verified, b.backoff, b.reason = true, 0, ""
+	}
+	if probing {
+		close(b.probe)
+		b.probe = nil
+	}
+}
+
+// authAdvice is the same in every message, so a resource is warned once, not at every retry.
+const authAdvice = ": fix the access key and secret key in the credentials Secret. Every KMS call waits meanwhile " +
+	"(so retries do not get the access key locked) and the credentials are tried again with backoff, up to every 5 minutes"
+
+func (b *breaker) unavailable(now time.Time) error {
+	wait := max(b.until.Sub(now), time.Second)
+	return &kms.UnavailableError{RetryAfter: wait, Reason: b.reason + authAdvice}
+}
