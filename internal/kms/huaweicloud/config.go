@@ -92,7 +92,8 @@ func New(cfg Config) (*Provider, error) {
 		backoff = DefaultAuthBackoff
 	}
 	limited := &rateLimited{next: http.DefaultTransport, limiter: flowcontrol.NewTokenBucketRateLimiter(float32(qps), max(1, int(qps)))}
-	httpConfig := config.DefaultHttpConfig().WithTimeout(timeout).WithHttpRoundTripper(&breaker{next: limited, initial: backoff, now: time.Now})
+	retried := &retrying{next: limited, attempts: 5, backoff: 200 * time.Millisecond}
+	httpConfig := config.DefaultHttpConfig().WithTimeout(timeout).WithHttpRoundTripper(&breaker{next: retried, initial: backoff, now: time.Now})
 	builder := kmsv2.KmsClientBuilder().WithCredential(cred).WithHttpConfig(httpConfig)
 	switch {
 	case cfg.Endpoint != "":

@@ -33,9 +33,16 @@ func newStandIn(t *testing.T) (*Provider, *standin.Server) {
 }
 
 // TestConformance runs the suite every provider passes against the stand-in.
-func TestConformance(t *testing.T) {
+func TestConformance(t *testing.T) { conformance(t, 0) }
+
+// TestConformanceThrottled runs it with a tenth of the requests throttled (429), as an account
+// at its rate limit sees them: the provider retries them, so the lifecycle holds.
+func TestConformanceThrottled(t *testing.T) { conformance(t, 0.1) }
+
+func conformance(t *testing.T, throttled float64) {
 	kmstest.Run(t, func(t *testing.T) kmstest.Fixture {
 		p, s := newStandIn(t)
+		s.Throttle(throttled)
 		t.Cleanup(func() {
 			if n := s.Unsigned(); n != 0 {
 				t.Errorf("%d requests reached the stand-in unsigned or badly signed", n)

@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -48,6 +49,18 @@ type Server struct {
 	// tagSearchLag is how long a key's new tags take to show in tag searches (see
 	// SetTagSearchLag).
 	tagSearchLag time.Duration
+	// throttled is the fraction of requests answered 429 (see Throttle), drawn from rng.
+	throttled float64
+	rng       *mathrand.Rand
+}
+
+// Throttle answers that fraction of the requests, drawn at random (with a fixed seed), with
+// HTTP 429 APIGW.0308, as the gateway does to an account over its rate limit (about 20
+// requests/s per user, KMS-FACTS.md).
+func (s *Server) Throttle(fraction float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.throttled = fraction
 }
 
 // SetTagSearchLag makes tag searches (list-kms-by-tags) miss keys whose tags changed less than
@@ -82,7 +95,8 @@ type key struct {
 // Start serves the stand-in on loopback until Close.
 func Start(now time.Time) *Server {
 	s := &Server{AK: "STANDINAK0000000000", SK: "standin-secret-key-for-tests", ProjectID: "0123456789abcdef0123456789abcdef",
-		Clock: clocktesting.NewFakeClock(now), keys: map[string]*key{}, deleted: map[string]bool{}, faults: map[string][]*apiError{}}
+		Clock: clocktesting.NewFakeClock(now), keys: map[string]*key{}, deleted: map[string]bool{}, faults: map[string][]*apiError{},
+		rng: mathrand.New(mathrand.NewPCG(1, 2))}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
 	s.URL = s.srv.URL
 	return s
@@ -153,6 +167,12 @@ func (s *Server) Thaw(id string) {
 	}
 }
 
+func (s *Server) throttle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.throttled > 0 && s.rng.Float64() < s.throttled
+}
+
 // fault takes the next injected answer for op, if any.
 func (s *Server) fault(op string) *apiError {
 	if i := strings.LastIndex(op, "/tags"); i >= 0 {
@@ -194,6 +214,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		s.unsigned++
 		s.mu.Unlock()
 		write(w, http.StatusUnauthorized, map[string]any{"error_code": "APIGW.0301", "error_msg": err.Error()})
+		return
+	}
+	if s.throttle() {
+		write(w, http.StatusTooManyRequests, map[string]any{"error_code": "APIGW.0308", "error_msg": "the request is throttled"})
 		return
 	}
 	prefix := "/v1.0/" + s.ProjectID + "/kms/"

@@ -1,0 +1,57 @@
+package huaweicloud
+
+import (
+	"net/http"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// retrying sends a request again when the KMS answers that it could not take it now: 429
+// (throttled: about 20 requests/s per user) and 500/502/504, three to five times with backoff
+// (KMS-FACTS.md). A create-key is sent again only after a 429, which says it was not taken: after
+// a 5xx the key may exist, and a second send would make a second one; that is left to the
+// caller, who finds the first by its tag.
+type retrying struct {
+	next     http.RoundTripper
+	attempts int
+	backoff  time.Duration
+}
+
+func (r *retrying) RoundTrip(req *http.Request) (*http.Response, error) {
+	delay := r.backoff
+	for attempt := 1; ; attempt++ {
+		resp, err := r.next.RoundTrip(req)
+		if err != nil || attempt >= r.attempts || !r.again(req, resp.StatusCode) || (req.Body != nil && req.GetBody == nil) {
+			return resp, err
+		}
+		_ = resp.Body.Close()
+		timer := time.NewTimer(wait.Jitter(delay, 0.5))
+		select {
+		case <-req.Context().Done():
+			timer.Stop()
+			return nil, req.Context().Err()
+		case <-timer.C:
+		}
+		delay *= 2
+		if req.GetBody != nil {
+			body, err := req.GetBody()
+			if err != nil {
+				return nil, err
+			}
+			req = req.Clone(req.Context())
+			req.Body = body
+		}
+	}
+}
+
+func (r *retrying) again(req *http.Request, status int) bool {
+	switch status {
+	case http.StatusTooManyRequests:
+		return true
+	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusGatewayTimeout:
+		return !strings.HasSuffix(req.URL.Path, "/create-key")
+	}
+	return false
+}
