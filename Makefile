@@ -46,8 +46,9 @@ test: manifests generate vet envtest-assets ## Run every test against a real kub
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./... -count=1 -timeout 20m
 
 .PHONY: bench
-bench: envtest-assets ## Run the benchmarks: writes and cost per reconcile; kubectl cmk over 1,000 keys.
+bench: envtest-assets ## Run the benchmarks: writes and cost per reconcile; Huawei KMS calls per transition; kubectl cmk over 1,000 keys.
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./controllers/ -run '^$$' -bench . -benchtime 30x -count 1
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./internal/kms/huaweicloud/ -run '^$$' -bench . -benchtime 200x -count 1
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./internal/plugin/ -run '^$$' -bench . -benchtime 1x -count 1 -timeout 30m
 
 .PHONY: envtest-assets

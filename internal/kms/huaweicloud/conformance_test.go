@@ -15,7 +15,7 @@ import (
 
 // newStandIn starts the stand-in KMS and a provider configured for it as an operator would
 // be: credentials from a mounted-Secret directory, a private endpoint, a rate limit.
-func newStandIn(t *testing.T) (*Provider, *standin.Server) {
+func newStandIn(t testing.TB) (*Provider, *standin.Server) {
 	t.Helper()
 	s := standin.Start(time.Now().UTC().Truncate(time.Second))
 	t.Cleanup(s.Close)

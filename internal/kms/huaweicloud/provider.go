@@ -386,22 +386,23 @@ func (p *Provider) ScheduleDeletion(ctx context.Context, keyID string, pendingDa
 // CancelDeletion cancels a scheduled deletion; the state it leaves (Disabled or PendingImport)
 // is read back by the caller, never assumed.
 func (p *Provider) CancelDeletion(ctx context.Context, keyID string) error {
-	k, err := p.Observe(ctx, keyID)
-	if err != nil {
+	_, err := p.client.CancelKeyDeletion(&model.CancelKeyDeletionRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
+	if err == nil || errorCode(err) == codeNotPending {
+		return nil // canceled, or not pending: nothing to cancel
+	}
+	if kms.AsUnavailable(err) != nil {
 		return err
 	}
-	switch k.State {
-	case kms.StateEnabled, kms.StateDisabled, kms.StatePendingImport:
-		return nil // not pending: nothing to cancel
-	case kms.StatePendingDeletion:
-	default:
+	k, oerr := p.Observe(ctx, keyID)
+	switch {
+	case oerr != nil:
+		return oerr
+	case k.State == kms.StateEnabled, k.State == kms.StateDisabled, k.State == kms.StatePendingImport:
+		return nil
+	case k.State != kms.StatePendingDeletion:
 		return &kms.StateError{KeyID: keyID, Call: "cancel deletion of", State: k.State}
 	}
-	_, err = p.client.CancelKeyDeletion(&model.CancelKeyDeletionRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
-	if err != nil && errorCode(err) != codeNotPending {
-		return classify(err, "cancel deletion of", keyID, k.State)
-	}
-	return nil
+	return classify(err, "cancel deletion of", keyID, k.State)
 }
 
 // SetDescription changes the key's description.
@@ -414,27 +415,29 @@ func (p *Provider) SetDescription(_ context.Context, keyID, description string) 
 	return nil
 }
 
-// transition makes a state-changing call idempotent: a key already in the target state
-// succeeds untouched, a key in a state the call does not allow is a StateError, and a call
-// that fails because the state moved meanwhile is judged by the state read afterwards.
+// transition makes a state-changing call idempotent. The call is made at once: a KMS on a
+// rate limit of about 20 requests/s must not pay a describe before every change, and the caller
+// reads the key back after it anyway. Only a refused call is judged by the state read then: a
+// key already in the target state succeeds, one in a state the call does not allow is a
+// StateError, and the refusal stands otherwise.
 func (p *Provider) transition(ctx context.Context, keyID, call string, target kms.State, from []kms.State, do func() error) error {
-	k, err := p.Observe(ctx, keyID)
-	if err != nil {
-		return err
-	}
-	if k.State == target {
+	err := do()
+	if err == nil {
 		return nil
 	}
-	if !contains(from, k.State) {
+	if kms.AsUnavailable(err) != nil {
+		return err
+	}
+	k, oerr := p.Observe(ctx, keyID)
+	switch {
+	case oerr != nil:
+		return oerr
+	case k.State == target:
+		return nil
+	case !contains(from, k.State):
 		return &kms.StateError{KeyID: keyID, Call: call, State: k.State}
 	}
-	if err := do(); err != nil {
-		if after, oerr := p.Observe(ctx, keyID); oerr == nil && after.State == target {
-			return nil
-		}
-		return classify(err, call, keyID, k.State)
-	}
-	return nil
+	return classify(err, call, keyID, k.State)
 }
 
 // ImportParameters asks for an RSA 2048 wrapping key; expiration_time comes back in seconds.

@@ -52,6 +52,37 @@ type Server struct {
 	// throttled is the fraction of requests answered 429 (see Throttle), drawn from rng.
 	throttled float64
 	rng       *mathrand.Rand
+	// calls counts the signed requests by operation (see Calls).
+	calls map[string]int
+}
+
+// Calls returns how many signed requests each operation got since the last ResetCalls, by the
+// operation's name in the URL ("describe-key", "tags" for a key's tags, "tags/action").
+func (s *Server) Calls() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int, len(s.calls))
+	for op, n := range s.calls {
+		out[op] = n
+	}
+	return out
+}
+
+// ResetCalls starts counting anew.
+func (s *Server) ResetCalls() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls = map[string]int{}
+}
+
+func (s *Server) count(path string) {
+	op := path[strings.LastIndex(path, "/kms/")+len("/kms/"):]
+	if i := strings.Index(op, "/tags"); i >= 0 {
+		op = op[i+1:]
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls[op]++
 }
 
 // Throttle answers that fraction of the requests, drawn at random (with a fixed seed), with
@@ -96,7 +127,7 @@ type key struct {
 func Start(now time.Time) *Server {
 	s := &Server{AK: "STANDINAK0000000000", SK: "standin-secret-key-for-tests", ProjectID: "0123456789abcdef0123456789abcdef",
 		Clock: clocktesting.NewFakeClock(now), keys: map[string]*key{}, deleted: map[string]bool{}, faults: map[string][]*apiError{},
-		rng: mathrand.New(mathrand.NewPCG(1, 2))}
+		rng: mathrand.New(mathrand.NewPCG(1, 2)), calls: map[string]int{}}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
 	s.URL = s.srv.URL
 	return s
@@ -216,6 +247,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		write(w, http.StatusUnauthorized, map[string]any{"error_code": "APIGW.0301", "error_msg": err.Error()})
 		return
 	}
+	s.count(r.URL.Path)
 	if s.throttle() {
 		write(w, http.StatusTooManyRequests, map[string]any{"error_code": "APIGW.0308", "error_msg": "the request is throttled"})
 		return
