@@ -50,6 +50,7 @@ func conformance(t *testing.T, throttled float64) {
 		})
 		return kmstest.Fixture{
 			Provider: p,
+			Late:     24 * time.Hour,
 			Now:      s.Clock.Now,
 			Advance:  func(_ *testing.T, d time.Duration) { s.Advance(d) },
 		}

@@ -2,12 +2,16 @@ package huaweicloud
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/uuid"
@@ -15,6 +19,7 @@ import (
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/kms/kmstest"
 	"github.com/cmk-operator/cmk-operator/internal/testenv/operator"
 )
 
@@ -245,5 +250,72 @@ func TestCreateTrustsItsOwnTagOverALaggingSearch(t *testing.T) {
 	req.Token = "another"
 	if _, err := p.Create(ctx, req); kms.AsAliasInUse(err) == nil {
 		t.Errorf("another token with the alias: %v, want AliasInUse", err)
+	}
+}
+
+// A new key reports key_state 1 (pending activation) for a while: Create waits a little for it
+// to become usable, and reports one that takes longer as Creating rather than failing.
+func TestNewKeyPendingActivation(t *testing.T) {
+	p, s := newStandIn(t)
+	ctx := context.Background()
+	k, err := p.Create(ctx, kms.CreateRequest{Alias: "k8s/hw/new", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "new"})
+	if err != nil || k.State != kms.StateEnabled {
+		t.Errorf("Create of a key pending activation once: %s, %v; want Enabled", k.State, err)
+	}
+	s.SetActivation(100)
+	k, err = p.Create(ctx, kms.CreateRequest{Alias: "k8s/hw/slow", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "slow"})
+	if err != nil || k.State != kms.StateCreating {
+		t.Errorf("Create of a key slow to activate: %s, %v; want Creating", k.State, err)
+	}
+}
+
+// 3. Huawei removes expired material up to a day late: a key past its material's expiry is
+// still Enabled, and is looked at again with a backoff that grows with the lateness, not as
+// fast as the rate limit allows.
+func TestLateMaterialRemovalIsNotPolledHot(t *testing.T) {
+	p, s := newStandIn(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "hw-expiry")
+	operator.Run(t, env, ns, p)
+	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "byok", Namespace: ns},
+		Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
+			Origin: v1alpha1.OriginExternal, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain}}
+	if err := env.Client.Create(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	NewWithT(t).Eventually(func(g Gomega) {
+		g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(c), c)).To(Succeed())
+		g.Expect(c.Status.ImportParameters).NotTo(BeNil())
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+	der, err := base64.StdEncoding.DecodeString(c.Status.ImportParameters.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	material := make([]byte, 32)
+	_, _ = rand.Read(material)
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "material", Namespace: ns}, Data: map[string][]byte{
+		v1alpha1.SecretKeyEncryptedKeyMaterial: kmstest.Wrap(t, kms.ImportParameters{PublicKey: der}, material),
+		v1alpha1.SecretKeyImportToken:          []byte(c.Status.ImportParameters.ImportToken)}}
+	if err := env.Client.Create(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	expiry := time.Now().Add(3 * time.Second).UTC().Truncate(time.Second).Add(time.Second)
+	patch := fmt.Sprintf(`{"spec":{"keyMaterial":{"secretRef":{"name":"material"},"expiresAt":%q}}}`, expiry.Format(time.RFC3339))
+	if err := env.Client.Patch(ctx, c, client.RawPatch("application/merge-patch+json", []byte(patch))); err != nil {
+		t.Fatal(err)
+	}
+	NewWithT(t).Eventually(func(g Gomega) v1alpha1.Phase {
+		g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(c), c)).To(Succeed())
+		return c.Status.Phase
+	}).WithTimeout(30 * time.Second).Should(Equal(v1alpha1.PhaseEnabled))
+
+	time.Sleep(time.Until(expiry) + time.Second)
+	s.ResetCalls()
+	time.Sleep(5 * time.Second)
+	if n := s.Calls()["describe-key"]; n > 6 {
+		t.Errorf("%d describes in 5 s of a key whose material is past its expiry, want a few", n)
+	}
+	if k, err := p.Observe(ctx, c.Status.KeyID); err != nil || k.State != kms.StateEnabled {
+		t.Errorf("the stand-in removed the material at once: %+v, %v", k, err)
 	}
 }

@@ -191,7 +191,26 @@ func (p *Provider) tagNew(ctx context.Context, id string, req kms.CreateRequest)
 	if err := p.setTags(id, tags); err != nil {
 		return kms.Key{}, err
 	}
-	return p.Observe(ctx, id)
+	return p.activated(ctx, id)
+}
+
+// activated reads a new key until it leaves key_state 1 (pending activation), as Terraform
+// waits for 2 or 5, for a few seconds at most: a key still activating then is reported
+// Creating, and the reconciler looks at it again shortly.
+func (p *Provider) activated(ctx context.Context, id string) (kms.Key, error) {
+	delay := 100 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		k, err := p.Observe(ctx, id)
+		if err != nil || k.State != kms.StateCreating || attempt == 3 {
+			return k, err
+		}
+		select {
+		case <-ctx.Done():
+			return k, nil
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
 }
 
 func ownerTags(o kms.Owner) []model.TagItem {

@@ -54,6 +54,16 @@ type Server struct {
 	rng       *mathrand.Rand
 	// calls counts the signed requests by operation (see Calls).
 	calls map[string]int
+	// activation is how many describes of a new key answer key_state 1 (see SetActivation).
+	activation int
+}
+
+// SetActivation sets how many describes of each new key answer key_state 1, "pending
+// activation", before its real state (1 unless set).
+func (s *Server) SetActivation(describes int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.activation = describes
 }
 
 // Calls returns how many signed requests each operation got since the last ResetCalls, by the
@@ -112,7 +122,10 @@ type key struct {
 	// frozenFrom is the state a frozen key (7) had, and gets back when it thaws.
 	frozenFrom string
 	// tagged is when the key's tags last changed.
-	tagged                time.Time
+	tagged time.Time
+	// activating counts the describes still to answer key_state 1, "pending activation": a new
+	// key reports it for a while before 2 or 5 (KMS-FACTS.md; Terraform waits for 2 or 5).
+	activating            int
 	created, deletionDate time.Time
 	material              []byte
 	materialHash          []byte
@@ -127,7 +140,7 @@ type key struct {
 func Start(now time.Time) *Server {
 	s := &Server{AK: "STANDINAK0000000000", SK: "standin-secret-key-for-tests", ProjectID: "0123456789abcdef0123456789abcdef",
 		Clock: clocktesting.NewFakeClock(now), keys: map[string]*key{}, deleted: map[string]bool{}, faults: map[string][]*apiError{},
-		rng: mathrand.New(mathrand.NewPCG(1, 2)), calls: map[string]int{}}
+		rng: mathrand.New(mathrand.NewPCG(1, 2)), calls: map[string]int{}, activation: 1}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
 	s.URL = s.srv.URL
 	return s
@@ -306,7 +319,12 @@ func (s *Server) dispatch(op string, req map[string]any) (any, *apiError) {
 	}
 	switch op {
 	case "describe-key":
-		return map[string]any{"key_info": k.details()}, nil
+		d := k.details()
+		if k.activating > 0 {
+			k.activating--
+			d["key_state"] = "1"
+		}
+		return map[string]any{"key_info": d}, nil
 	case "enable-key":
 		return s.move(k, "3", "2")
 	case "disable-key":
@@ -334,6 +352,11 @@ func (s *Server) dispatch(op string, req map[string]any) (any, *apiError) {
 	return nil, fail(http.StatusNotFound, "APIGW.0101", "no such operation: "+op)
 }
 
+// MaterialRemovalDelay is how late the stand-in removes expired imported material. Huawei's
+// KMS deletes it "within 24 h" of expiration_time (KMS-FACTS.md), so a key stays Enabled past
+// its expiry for a while; the stand-in takes six hours.
+const MaterialRemovalDelay = 6 * time.Hour
+
 // applyTime deletes keys past their deletion date and expires imported material, as the cloud
 // does on its own.
 func (s *Server) applyTime() {
@@ -344,7 +367,7 @@ func (s *Server) applyTime() {
 			s.deleted[id] = true
 			continue
 		}
-		if k.material != nil && !k.materialExpires.IsZero() && !k.materialExpires.After(now) {
+		if k.material != nil && !k.materialExpires.IsZero() && !k.materialExpires.Add(MaterialRemovalDelay).After(now) {
 			k.material, k.materialExpires = nil, time.Time{}
 			if k.state == "2" || k.state == "3" {
 				k.state = "5"
@@ -365,7 +388,8 @@ func (s *Server) create(alias, spec, usage, origin, description, enterpriseProje
 	s.next++
 	k := &key{id: fmt.Sprintf("%08x-0000-4000-8000-%012x", s.next, s.next), alias: alias, description: description,
 		spec: orDefault(spec, "AES_256"), usage: orDefault(usage, "ENCRYPT_DECRYPT"), origin: orDefault(origin, "kms"),
-		state: "2", created: s.Clock.Now(), tags: map[string]string{}, enterpriseProject: orDefault(enterpriseProject, "0")}
+		state: "2", created: s.Clock.Now(), tags: map[string]string{}, enterpriseProject: orDefault(enterpriseProject, "0"),
+		activating: s.activation}
 	if k.origin == "external" {
 		k.state = "5"
 	} else {
