@@ -130,5 +130,6 @@ func createRequest(cmk *v1alpha1.CustomerMasterKey) kms.CreateRequest {
 		Origin:      string(cmk.Spec.Origin),
 		Token:       creationToken(cmk),
 		Owner:       ownerOf(cmk),
+		Attempted:   createAttempt(cmk),
 	}
 }

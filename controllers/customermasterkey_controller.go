@@ -90,7 +90,7 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		}
 		return r.report(ctx, before, cmk, result, err)
 	}
-	if err := r.ensureFinalizer(ctx, cmk); err != nil {
+	if err := r.ensureMetadata(ctx, cmk); err != nil {
 		// Not found: deleted before it ever had the finalizer, so before any key was made.
 		return r.settle(ctx, ctrl.Result{}, client.IgnoreNotFound(err))
 	}
@@ -248,17 +248,44 @@ func (r *CustomerMasterKeyReconciler) settle(ctx context.Context, result ctrl.Re
 	return result, err
 }
 
-func (r *CustomerMasterKeyReconciler) ensureFinalizer(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
-	if controllerutil.ContainsFinalizer(cmk, Finalizer) {
+// CreateAttemptAnnotation records when the operator first set out to make the resource's key
+// (RFC 3339). A KMS without idempotent creates (Huawei) may be left with an untagged key by a
+// create that died before tagging it; that key is this resource's only if it was made after
+// this time, with this resource's alias. A key made before, by anyone, is never taken.
+const CreateAttemptAnnotation = "kms.cmk.io/create-attempted-at"
+
+// ensureMetadata adds the finalizer, and records a create attempt when a key is about to be
+// made, in one write.
+func (r *CustomerMasterKeyReconciler) ensureMetadata(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
+	attempt := cmk.Status.KeyID == "" && cmk.Spec.KeyID == "" && !cmk.Spec.DeletionScheduled && cmk.Annotations[CreateAttemptAnnotation] == ""
+	if controllerutil.ContainsFinalizer(cmk, Finalizer) && !attempt {
 		return nil
 	}
 	patch := client.MergeFromWithOptions(cmk.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	controllerutil.AddFinalizer(cmk, Finalizer)
+	if attempt {
+		if cmk.Annotations == nil {
+			cmk.Annotations = map[string]string{}
+		}
+		cmk.Annotations[CreateAttemptAnnotation] = r.Clock.Now().UTC().Format(attemptLayout)
+	}
 	if err := r.Patch(ctx, cmk, patch); err != nil {
 		return fmt.Errorf("adding finalizer: %w", err)
 	}
 	r.writes.wrote(cmk)
 	return nil
+}
+
+// attemptLayout is RFC 3339 with milliseconds, the precision of the KMS's creation dates.
+const attemptLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// createAttempt is when the resource's first create attempt began; zero when none is recorded.
+func createAttempt(cmk *v1alpha1.CustomerMasterKey) time.Time {
+	t, err := time.Parse(time.RFC3339, cmk.Annotations[CreateAttemptAnnotation])
+	if err != nil {
+		return time.Time{}
+	}
+	return t
 }
 
 func (r *CustomerMasterKeyReconciler) event(cmk *v1alpha1.CustomerMasterKey, eventType, reason, action, note string, args ...any) {

@@ -225,7 +225,7 @@ func TestLostKeyIDIsFound(t *testing.T) {
 	r, _ := directReconciler(h)
 	h.create(h.cmk("found"))
 	c := h.get("found")
-	if err := r.ensureFinalizer(context.Background(), c); err != nil {
+	if err := r.ensureMetadata(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
 	created, err := h.kms.Create(context.Background(), createRequest(c)) // the status write never happened

@@ -93,6 +93,9 @@ func TestWritesPerReconcile(t *testing.T) {
 	// The first reconcile adds the finalizer, creates the key (its Secret, and the reservation
 	// of its alias) and records it.
 	step("create", [3]int64{1, 1, 2})
+	if at := h.get("counted").Annotations[CreateAttemptAnnotation]; at == "" {
+		t.Error("the create attempt was not recorded with the finalizer")
+	}
 	res := step("no-op after create", [3]int64{0, 0, 0})
 	if res.RequeueAfter < 9*time.Minute {
 		t.Errorf("a settled key requeues after %v, want the slow resync", res.RequeueAfter)

@@ -111,6 +111,10 @@ type CreateRequest struct {
 	// Owner is recorded with the key, so that the key stays the resource's, and a person
 	// looking at the KMS can find the resource.
 	Owner Owner
+	// Attempted is when the caller first set out to create this key (zero when unknown). A
+	// provider whose creates are not idempotent may take a key with this alias that carries no
+	// mark of anyone's, made since then, as one an earlier attempt made and could not mark.
+	Attempted time.Time
 }
 
 // keyIDPattern is the form of every provider's key IDs, a UUID in lower case: Huawei's API

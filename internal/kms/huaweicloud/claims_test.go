@@ -124,3 +124,39 @@ func TestOverlappingClaimsOneWins(t *testing.T) {
 		t.Fatalf("overlapping claims: C %v, B %v; owner now %+v, want C's claim to win and B's to be lost", errC, errB, now)
 	}
 }
+
+// TestCreateAfterCrashBeforeTag lets a create die between making the key and tagging it: the
+// retry takes that untagged key, made within the resource's recorded attempt, instead of making
+// a second or reporting a conflict; a key with the alias made before the attempt never is.
+func TestCreateAfterCrashBeforeTag(t *testing.T) {
+	p, s := newStandIn(t)
+	ctx := context.Background()
+	req := kms.CreateRequest{Alias: "k8s/hw/crash", KeySpec: "SM4", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS,
+		Token: "crash", Attempted: s.Clock.Now()}
+	s.Fail("tags/action", 5, 500, "KMS.0500") // every try of the tag write, retries included
+	if _, err := p.Create(ctx, req); err == nil {
+		t.Fatal("Create succeeded though its tags were never written")
+	}
+	k, err := p.Create(ctx, req)
+	if err != nil || k.State != kms.StateEnabled {
+		t.Fatalf("Create again after the crash: %+v, %v; want the key made before", k, err)
+	}
+	if owner, err := p.Owner(ctx, k.ID); err != nil || owner.UID != "" && owner.UID != "crash" {
+		t.Errorf("the key taken: owner %+v (%v)", owner, err)
+	}
+	if found, err := p.Lookup(ctx, "crash"); err != nil || found.ID != k.ID {
+		t.Errorf("Lookup after the retry: %+v, %v", found, err)
+	}
+
+	// A console key with the alias, made before the resource's attempt, is not taken.
+	console, err := s.CreateKeyInConsole("k8s/hw/console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Advance(time.Minute)
+	req = kms.CreateRequest{Alias: "k8s/hw/console", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS,
+		Token: "late", Attempted: s.Clock.Now()}
+	if _, err := p.Create(ctx, req); kms.AsAliasInUse(err) == nil || kms.AsAliasInUse(err).KeyID != console {
+		t.Errorf("Create with a console key's alias: %v, want AliasInUse naming %s", err, console)
+	}
+}

@@ -138,7 +138,7 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 		if err != nil {
 			return kms.Key{}, err
 		}
-		return p.Observe(ctx, id)
+		return p.activated(ctx, id)
 	}
 	body := &model.CreateKeyRequestBody{KeyAlias: req.Alias}
 	if err := enum(req.KeySpec, &body.KeySpec); err != nil {
@@ -168,10 +168,15 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 			// with the alias and no tag is never taken for this create's own: it may as well be
 			// one made in the console (KMS-FACTS.md, "Never claim a key by alias alone").
 			if id, ferr := p.findByAlias(req.Alias); ferr == nil && id != "" {
-				if p.madeWith(id, req.Token) {
+				switch p.madeBy(id, req) {
+				case madeTagged:
 					// This create's own key, made before and tagged, which the tag search did
 					// not show yet: the key's own tag is trusted over the search.
-					return p.Observe(ctx, id)
+					return p.activated(ctx, id)
+				case madeUntagged:
+					// Made within this resource's recorded create attempt and never tagged: an
+					// earlier attempt died between making and tagging it.
+					return p.tagNew(ctx, id, req)
 				}
 				return kms.Key{}, &kms.AliasInUseError{Alias: req.Alias, KeyID: id}
 			}
@@ -302,18 +307,48 @@ func sameOwner(tagged, o kms.Owner) bool {
 	return tagged.UID == o.UID && tagged.Is(o.Namespace, o.Name)
 }
 
-// madeWith reports whether the key carries this creation token in its own tags.
-func (p *Provider) madeWith(id, token string) bool {
+type madeFor int
+
+const (
+	madeElsewhere madeFor = iota // another's, or unknown: an alias conflict
+	madeTagged                   // tagged with this request's creation token
+	madeUntagged                 // untagged, made within this request's recorded attempt
+)
+
+// madeBy tells whether the key holding the request's alias is the request's own: tagged with
+// its creation token, or carrying no operator tag at all and made after its recorded create
+// attempt began. Any other key is never taken: one made earlier, in a console, by Terraform,
+// may share the alias (KMS-FACTS.md: never claim a key by alias alone).
+func (p *Provider) madeBy(id string, req kms.CreateRequest) madeFor {
 	resp, err := p.client.ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: id})
-	if err != nil || resp.Tags == nil {
-		return false
+	if err != nil {
+		return madeElsewhere
 	}
-	for _, t := range *resp.Tags {
-		if t.Key == uidTag && deref(t.Value) == token {
-			return true
+	if resp.Tags != nil {
+		for _, t := range *resp.Tags {
+			switch {
+			case t.Key == uidTag && deref(t.Value) == req.Token:
+				return madeTagged
+			case t.Key == uidTag || t.Key == ownerUIDTag:
+				return madeElsewhere
+			}
 		}
 	}
-	return false
+	if req.Attempted.IsZero() {
+		return madeElsewhere
+	}
+	detail, err := p.client.ListKeyDetail(&model.ListKeyDetailRequest{Body: &model.OperateKeyRequestBody{KeyId: id}})
+	if err != nil || detail.KeyInfo == nil {
+		return madeElsewhere
+	}
+	made := millis(deref(detail.KeyInfo.CreationDate))
+	// No allowance for clock skew: a key made a moment before the attempt may be a person's,
+	// and a key of the attempt's that the KMS's clock dates earlier is only reported as an
+	// alias conflict, which spec.keyID settles.
+	if made.IsZero() || made.Before(req.Attempted) {
+		return madeElsewhere
+	}
+	return madeUntagged
 }
 
 // findByAlias pages through the project's keys, of every spec, for the one with this alias.

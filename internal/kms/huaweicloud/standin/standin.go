@@ -283,9 +283,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.applyTime()
-	resp, apiErr := s.dispatch(op, req)
-	if f := s.fault(op); f != nil {
-		resp, apiErr = nil, f
+	var resp any
+	apiErr := s.fault(op) // an injected failure: the request is not carried out
+	if apiErr == nil {
+		resp, apiErr = s.dispatch(op, req)
 	}
 	if apiErr != nil {
 		write(w, apiErr.status, map[string]any{"error_code": apiErr.code, "error_msg": apiErr.msg})
