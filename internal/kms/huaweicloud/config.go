@@ -10,7 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/auth/basic"
+	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/auth"
+	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/auth/provider"
 	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/config"
 	kmsv2 "github.com/huaweicloud/huaweicloud-sdk-go-v3/services/kms/v2"
 	"github.com/huaweicloud/huaweicloud-sdk-go-v3/services/kms/v2/region"
@@ -22,14 +23,20 @@ import (
 // Name selects this provider with --kms-provider.
 const Name = "huaweicloud"
 
-// Config is how the provider reaches the KMS. Credentials never come from flags: from the
-// SDK's environment variables (HUAWEICLOUD_SDK_AK, HUAWEICLOUD_SDK_SK), or from files
-// access-key and secret-key in CredentialsDir, a Secret mounted as a volume.
+// Config is how the provider reaches the KMS. Credentials never come from flags (see
+// Credentials).
 type Config struct {
 	Region    string
 	ProjectID string
 	// Endpoint overrides the regional endpoint, for private endpoints.
-	Endpoint       string
+	Endpoint string
+	// Credentials says where the credentials come from: "files" (access-key, secret-key and,
+	// for temporary credentials, security-token in CredentialsDir, a mounted Secret), "env"
+	// (the SDK's variables: HUAWEICLOUD_SDK_AK, _SK, _SECURITY_TOKEN, or _IDP_ID with
+	// _ID_TOKEN_FILE), "metadata" (the temporary credentials of the node's IAM agency, from the
+	// ECS metadata service) or "pod-identity" (CCE pod identity). Empty: "files" when
+	// CredentialsDir is set, else "env".
+	Credentials    string
 	CredentialsDir string
 	// QPS bounds the calls per second, to stay inside the account's KMS quota.
 	QPS float64
@@ -57,7 +64,10 @@ func init() {
 			fs.StringVar(&flags.Region, "huaweicloud-region", os.Getenv("HUAWEICLOUD_SDK_REGION"), "Huawei Cloud region of the KMS, e.g. cn-north-4.")
 			fs.StringVar(&flags.ProjectID, "huaweicloud-project-id", os.Getenv("HUAWEICLOUD_SDK_PROJECT_ID"), "Huawei Cloud project ID in that region.")
 			fs.StringVar(&flags.Endpoint, "huaweicloud-endpoint", "", "KMS endpoint URL, to reach KMS through a private endpoint; default: the region's.")
-			fs.StringVar(&flags.CredentialsDir, "huaweicloud-credentials-dir", "", "Directory with files access-key and secret-key (a mounted Secret); default: HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK.")
+			fs.StringVar(&flags.CredentialsDir, "huaweicloud-credentials-dir", "", "Directory with files access-key and secret-key, and security-token for temporary credentials (a mounted Secret).")
+			fs.StringVar(&flags.Credentials, "huaweicloud-credentials", "",
+				"Where credentials come from: files (--huaweicloud-credentials-dir), env (HUAWEICLOUD_SDK_AK, _SK, _SECURITY_TOKEN), "+
+					"metadata (the node's IAM agency) or pod-identity (CCE); default: files with a credentials dir, else env.")
 			fs.Float64Var(&flags.QPS, "kms-qps", 10, "Most KMS calls per second, to stay inside the KMS quota.")
 			fs.StringVar(&flags.EnterpriseProject, "huaweicloud-enterprise-project", os.Getenv("HUAWEICLOUD_SDK_ENTERPRISE_PROJECT_ID"),
 				"Enterprise project ID new keys are created in; default: 0, the default project.")
@@ -68,14 +78,10 @@ func init() {
 
 // New builds the provider from configuration.
 func New(cfg Config) (*Provider, error) {
-	ak, sk, err := credentials(cfg.CredentialsDir)
-	if err != nil {
-		return nil, err
-	}
 	if cfg.ProjectID == "" {
 		return nil, fmt.Errorf("huaweicloud: set --huaweicloud-project-id (or HUAWEICLOUD_SDK_PROJECT_ID)")
 	}
-	cred, err := basic.NewCredentialsBuilder().WithAk(ak).WithSk(sk).WithProjectId(cfg.ProjectID).SafeBuild()
+	cred, err := credentials(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("huaweicloud credentials: %w", err)
 	}
@@ -116,28 +122,71 @@ func New(cfg Config) (*Provider, error) {
 	return p, nil
 }
 
-func credentials(dir string) (ak, sk string, err error) {
-	if dir == "" {
-		ak, sk = os.Getenv("HUAWEICLOUD_SDK_AK"), os.Getenv("HUAWEICLOUD_SDK_SK")
-		if ak == "" || sk == "" {
-			return "", "", fmt.Errorf("huaweicloud: no credentials: set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, or --huaweicloud-credentials-dir")
+// credentials builds the SDK credentials from the source cfg names. The SDK's own providers
+// serve env, metadata and pod-identity (core/auth/provider); temporary credentials are renewed
+// by the SDK before they expire.
+func credentials(cfg Config) (*auth.BasicCredentials, error) {
+	source := cfg.Credentials
+	if source == "" {
+		source = "env"
+		if cfg.CredentialsDir != "" {
+			source = "files"
 		}
-		return ak, sk, nil
+	}
+	var cred auth.ICredential
+	var err error
+	switch source {
+	case "files":
+		cred, err = fileCredentials(cfg.CredentialsDir)
+	case "env":
+		cred, err = provider.BasicCredentialEnvProvider().GetCredentials()
+		if err != nil {
+			err = fmt.Errorf("set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK (and HUAWEICLOUD_SDK_SECURITY_TOKEN for temporary ones), or --huaweicloud-credentials-dir: %w", err)
+		}
+	case "metadata":
+		cred, err = (&provider.MetadataBasicCredentialProvider{ProjectId: cfg.ProjectID}).GetCredentials()
+	case "pod-identity":
+		cred, err = provider.BasicCredentialPodIdentityProvider().GetCredentials()
+	default:
+		return nil, fmt.Errorf("--huaweicloud-credentials %q: want files, env, metadata or pod-identity", source)
+	}
+	if err != nil {
+		return nil, err
+	}
+	basicCred, ok := cred.(*auth.BasicCredentials)
+	if !ok {
+		return nil, fmt.Errorf("credentials from %s are not project credentials", source)
+	}
+	basicCred.ProjectId = cfg.ProjectID
+	return basicCred, nil
+}
+
+// fileCredentials reads the access key, the secret key and, for temporary credentials, the
+// security token from files in dir.
+func fileCredentials(dir string) (*auth.BasicCredentials, error) {
+	if dir == "" {
+		return nil, fmt.Errorf("--huaweicloud-credentials=files needs --huaweicloud-credentials-dir")
 	}
 	read := func(name string) (string, error) {
 		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			return "", fmt.Errorf("huaweicloud credentials: %w", err)
-		}
-		return strings.TrimSpace(string(b)), nil
+		return strings.TrimSpace(string(b)), err
 	}
-	if ak, err = read("access-key"); err != nil {
-		return "", "", err
+	ak, err := read("access-key")
+	if err != nil {
+		return nil, err
 	}
-	if sk, err = read("secret-key"); err != nil {
-		return "", "", err
+	sk, err := read("secret-key")
+	if err != nil {
+		return nil, err
 	}
-	return ak, sk, nil
+	builder := auth.NewBasicCredentialsBuilder().WithAk(ak).WithSk(sk)
+	switch token, err := read("security-token"); {
+	case err == nil && token != "":
+		builder = builder.WithSecurityToken(token)
+	case err != nil && !os.IsNotExist(err):
+		return nil, err
+	}
+	return builder.SafeBuild()
 }
 
 // rateLimited holds each request until the limiter allows it.

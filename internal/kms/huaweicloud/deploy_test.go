@@ -83,3 +83,38 @@ func TestEnterpriseProject(t *testing.T) {
 		t.Errorf("the key's enterprise project: %v, %v; want ep-payments", resp, err)
 	}
 }
+
+// TestTemporaryCredentials uses credentials with a security token, from the SDK's environment
+// variables and from a mounted Secret's files: both sign requests the KMS takes, carrying the
+// token.
+func TestTemporaryCredentials(t *testing.T) {
+	_, s := newStandIn(t)
+	dir := t.TempDir()
+	for name, value := range map[string]string{"access-key": s.AK, "secret-key": s.SK, "security-token": "file-token"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(value), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("HUAWEICLOUD_SDK_AK", s.AK)
+	t.Setenv("HUAWEICLOUD_SDK_SK", s.SK)
+	t.Setenv("HUAWEICLOUD_SDK_SECURITY_TOKEN", "env-token")
+	for source, want := range map[string]string{"env": "env-token", "files": "file-token"} {
+		cfg := Config{ProjectID: s.ProjectID, Endpoint: s.URL, QPS: 1000, Credentials: source}
+		if source == "files" {
+			cfg.CredentialsDir = dir
+		}
+		p, err := New(cfg)
+		if err != nil {
+			t.Fatalf("%s: %v", source, err)
+		}
+		if _, err := p.Lookup(context.Background(), "nothing-"+source); !kms.IsNotFound(err) {
+			t.Errorf("%s: a call with temporary credentials: %v", source, err)
+		}
+		if got := s.SecurityToken(); got != want || s.Unsigned() != 0 {
+			t.Errorf("%s: security token %q (want %q), %d refused", source, got, want, s.Unsigned())
+		}
+	}
+	if _, err := New(Config{ProjectID: s.ProjectID, Endpoint: s.URL, Credentials: "vault"}); err == nil {
+		t.Error("an unknown credentials source was accepted")
+	}
+}

@@ -56,6 +56,16 @@ type Server struct {
 	calls map[string]int
 	// activation is how many describes of a new key answer key_state 1 (see SetActivation).
 	activation int
+	// securityToken is the X-Security-Token of the last signed request (temporary credentials).
+	securityToken string
+}
+
+// SecurityToken is the X-Security-Token the last signed request carried: temporary credentials
+// (an agency's, or an STS token) send it beside the signature.
+func (s *Server) SecurityToken() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.securityToken
 }
 
 // SetActivation sets how many describes of each new key answer key_state 1, "pending
@@ -261,6 +271,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.count(r.URL.Path)
+	s.mu.Lock()
+	s.securityToken = r.Header.Get("X-Security-Token")
+	s.mu.Unlock()
 	if s.throttle() {
 		write(w, http.StatusTooManyRequests, map[string]any{"error_code": "APIGW.0308", "error_msg": "the request is throttled"})
 		return
