@@ -109,7 +109,7 @@ func TestOverlappingClaimsOneWins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.setTags(id, ownerTags(gone)); err != nil { // retained by a resource now deleted
+	if err := p.setTags(ctx, id, ownerTags(gone)); err != nil { // retained by a resource now deleted
 		t.Fatal(err)
 	}
 	cErr, bErr := make(chan error, 1), make(chan error, 1)

@@ -319,3 +319,21 @@ func TestLateMaterialRemovalIsNotPolledHot(t *testing.T) {
 		t.Errorf("the stand-in removed the material at once: %+v, %v", k, err)
 	}
 }
+
+// The SDK's calls take no context; the provider's do: a reconcile that is cut short (the
+// manager stopping, a deadline) does not wait for a slow KMS.
+func TestCallsHonourTheContext(t *testing.T) {
+	p, s := newStandIn(t)
+	s.SetLatency(3 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := p.Observe(ctx, "00000000-0000-4000-8000-000000000001")
+	if took := time.Since(start); err == nil || took > time.Second {
+		t.Errorf("describe with a 100 ms deadline on a KMS 3 s slow: %v after %v", err, took)
+	}
+	start = time.Now()
+	if err := p.Enable(ctx, "00000000-0000-4000-8000-000000000001"); err == nil || time.Since(start) > time.Second {
+		t.Errorf("enable with an expired context: %v after %v", err, time.Since(start))
+	}
+}

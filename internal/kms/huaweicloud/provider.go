@@ -63,12 +63,16 @@ var (
 func NewWithClient(c *kmsv2.KmsClient) *Provider { return &Provider{client: c} }
 
 // Observe describes a key.
-func (p *Provider) Observe(_ context.Context, keyID string) (kms.Key, error) {
+func (p *Provider) Observe(ctx context.Context, keyID string) (kms.Key, error) {
 	if !kms.ValidKeyID(keyID) {
 		// Not of the documented key_id form (see kms.ValidKeyID): no key, and nothing is sent.
 		return kms.Key{}, &kms.NotFoundError{KeyID: keyID}
 	}
-	resp, err := p.client.ListKeyDetail(&model.ListKeyDetailRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
+	var resp *model.ListKeyDetailResponse
+	err := send(ctx, func() (err error) {
+		resp, err = p.client.ListKeyDetail(&model.ListKeyDetailRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
+		return err
+	})
 	if err != nil {
 		return kms.Key{}, classify(err, "describe", keyID, "")
 	}
@@ -121,7 +125,7 @@ func millis(s string) time.Time {
 // Lookup finds the key a Create with this token made, by the UID tag Create puts on it. A
 // create that died between making the key and tagging it is not found (see Create).
 func (p *Provider) Lookup(ctx context.Context, token string) (kms.Key, error) {
-	id, err := p.findByToken(token)
+	id, err := p.findByToken(ctx, token)
 	if err != nil {
 		return kms.Key{}, err
 	}
@@ -134,7 +138,7 @@ func (p *Provider) Lookup(ctx context.Context, token string) (kms.Key, error) {
 // Create finds the key an earlier Create with this token made (by its UID tag), else creates
 // one and tags it.
 func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, error) {
-	if id, err := p.findByTag(uidTag, req.Token); err != nil || id != "" {
+	if id, err := p.findByTag(ctx, uidTag, req.Token); err != nil || id != "" {
 		if err != nil {
 			return kms.Key{}, err
 		}
@@ -160,15 +164,16 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 	if p.enterpriseProject != "" {
 		body.EnterpriseProjectId = &p.enterpriseProject
 	}
-	resp, err := p.client.CreateKey(&model.CreateKeyRequest{Body: body})
+	var resp *model.CreateKeyResponse
+	err := send(ctx, func() (err error) { resp, err = p.client.CreateKey(&model.CreateKeyRequest{Body: body}); return err })
 	if err != nil {
 		classified := classify(err, "create", req.Alias, "")
 		if _, rejected := classified.(*kms.RejectedError); rejected {
 			// An alias conflict: name the key that holds it, for the caller to judge. A key
 			// with the alias and no tag is never taken for this create's own: it may as well be
 			// one made in the console (KMS-FACTS.md, "Never claim a key by alias alone").
-			if id, ferr := p.findByAlias(req.Alias); ferr == nil && id != "" {
-				switch p.madeBy(id, req) {
+			if id, ferr := p.findByAlias(ctx, req.Alias); ferr == nil && id != "" {
+				switch p.madeBy(ctx, id, req) {
 				case madeTagged:
 					// This create's own key, made before and tagged, which the tag search did
 					// not show yet: the key's own tag is trusted over the search.
@@ -193,7 +198,7 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 // owner.
 func (p *Provider) tagNew(ctx context.Context, id string, req kms.CreateRequest) (kms.Key, error) {
 	tags := append([]model.TagItem{{Key: uidTag, Value: ptr(req.Token)}}, ownerTags(req.Owner)...)
-	if err := p.setTags(id, tags); err != nil {
+	if err := p.setTags(ctx, id, tags); err != nil {
 		return kms.Key{}, err
 	}
 	return p.activated(ctx, id)
@@ -231,9 +236,12 @@ func ownerTags(o kms.Owner) []model.TagItem {
 
 // setTags adds tags in one call; a tag whose key the key already has takes the new value (as
 // the stand-in models it; the read-back in Claim catches a KMS that does otherwise).
-func (p *Provider) setTags(id string, tags []model.TagItem) error {
-	_, err := p.client.BatchCreateKmsTags(&model.BatchCreateKmsTagsRequest{KeyId: id,
-		Body: &model.BatchCreateKmsTagsRequestBody{Action: "create", Tags: tags}})
+func (p *Provider) setTags(ctx context.Context, id string, tags []model.TagItem) error {
+	err := send(ctx, func() error {
+		_, err := p.client.BatchCreateKmsTags(&model.BatchCreateKmsTagsRequest{KeyId: id,
+			Body: &model.BatchCreateKmsTagsRequestBody{Action: "create", Tags: tags}})
+		return err
+	})
 	if err != nil {
 		return classify(err, "tag", id, "")
 	}
@@ -243,8 +251,12 @@ func (p *Provider) setTags(id string, tags []model.TagItem) error {
 // Owner reads the owner's tags. A key made before owner tags existed has only its creation
 // token, which is its creating resource's UID: its owner is that UID in a namespace unknown,
 // until that resource claims it again.
-func (p *Provider) Owner(_ context.Context, keyID string) (kms.Owner, error) {
-	resp, err := p.client.ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: keyID})
+func (p *Provider) Owner(ctx context.Context, keyID string) (kms.Owner, error) {
+	var resp *model.ShowKmsTagsResponse
+	err := send(ctx, func() (err error) {
+		resp, err = p.client.ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: keyID})
+		return err
+	})
 	if err != nil {
 		return kms.Owner{}, classify(err, "read the tags of", keyID, "")
 	}
@@ -283,7 +295,7 @@ func (p *Provider) Claim(ctx context.Context, keyID string, owner, previous kms.
 	if !sameOwner(now, previous) {
 		return &kms.ClaimError{KeyID: keyID}
 	}
-	if err := p.setTags(keyID, ownerTags(owner)); err != nil {
+	if err := p.setTags(ctx, keyID, ownerTags(owner)); err != nil {
 		return err
 	}
 	after, err := p.Owner(ctx, keyID)
@@ -319,8 +331,9 @@ const (
 // its creation token, or carrying no operator tag at all and made after its recorded create
 // attempt began. Any other key is never taken: one made earlier, in a console, by Terraform,
 // may share the alias (KMS-FACTS.md: never claim a key by alias alone).
-func (p *Provider) madeBy(id string, req kms.CreateRequest) madeFor {
-	resp, err := p.client.ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: id})
+func (p *Provider) madeBy(ctx context.Context, id string, req kms.CreateRequest) madeFor {
+	var resp *model.ShowKmsTagsResponse
+	err := send(ctx, func() (err error) { resp, err = p.client.ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: id}); return err })
 	if err != nil {
 		return madeElsewhere
 	}
@@ -337,7 +350,11 @@ func (p *Provider) madeBy(id string, req kms.CreateRequest) madeFor {
 	if req.Attempted.IsZero() {
 		return madeElsewhere
 	}
-	detail, err := p.client.ListKeyDetail(&model.ListKeyDetailRequest{Body: &model.OperateKeyRequestBody{KeyId: id}})
+	var detail *model.ListKeyDetailResponse
+	err = send(ctx, func() (err error) {
+		detail, err = p.client.ListKeyDetail(&model.ListKeyDetailRequest{Body: &model.OperateKeyRequestBody{KeyId: id}})
+		return err
+	})
 	if err != nil || detail.KeyInfo == nil {
 		return madeElsewhere
 	}
@@ -354,7 +371,7 @@ func (p *Provider) madeBy(id string, req kms.CreateRequest) madeFor {
 // findByAlias pages through the project's keys, of every spec, for the one with this alias.
 // list-keys without key_spec lists only AES_256 keys (the SDK's ListKeysRequestBody: "ALL"
 // is needed for all keys, asymmetric included).
-func (p *Provider) findByAlias(alias string) (string, error) {
+func (p *Provider) findByAlias(ctx context.Context, alias string) (string, error) {
 	limit, marker := "100", ""
 	all := model.GetListKeysRequestBodyKeySpecEnum().ALL
 	for {
@@ -362,7 +379,8 @@ func (p *Provider) findByAlias(alias string) (string, error) {
 		if marker != "" {
 			body.Marker = &marker
 		}
-		resp, err := p.client.ListKeys(&model.ListKeysRequest{Body: body})
+		var resp *model.ListKeysResponse
+		err := send(ctx, func() (err error) { resp, err = p.client.ListKeys(&model.ListKeysRequest{Body: body}); return err })
 		if err != nil {
 			return "", err
 		}
@@ -382,19 +400,23 @@ func (p *Provider) findByAlias(alias string) (string, error) {
 
 // findByToken finds the key made with this creation token, else the key claimed for an owner
 // with this UID (the operator's tokens are resource UIDs).
-func (p *Provider) findByToken(token string) (string, error) {
-	id, err := p.findByTag(uidTag, token)
+func (p *Provider) findByToken(ctx context.Context, token string) (string, error) {
+	id, err := p.findByTag(ctx, uidTag, token)
 	if err != nil || id != "" {
 		return id, err
 	}
-	return p.findByTag(ownerUIDTag, token)
+	return p.findByTag(ctx, ownerUIDTag, token)
 }
 
-func (p *Provider) findByTag(tag, value string) (string, error) {
+func (p *Provider) findByTag(ctx context.Context, tag, value string) (string, error) {
 	action, limit := "filter", "1"
-	resp, err := p.client.ListKmsByTags(&model.ListKmsByTagsRequest{ResourceInstances: "resource_instances",
-		Body: &model.ListKmsByTagsRequestBody{Action: &action, Limit: &limit,
-			Tags: &[]model.Tag{{Key: ptr(tag), Values: &[]string{value}}}}})
+	var resp *model.ListKmsByTagsResponse
+	err := send(ctx, func() (err error) {
+		resp, err = p.client.ListKmsByTags(&model.ListKmsByTagsRequest{ResourceInstances: "resource_instances",
+			Body: &model.ListKmsByTagsRequestBody{Action: &action, Limit: &limit,
+				Tags: &[]model.Tag{{Key: ptr(tag), Values: &[]string{value}}}}})
+		return err
+	})
 	if err != nil {
 		return "", classify(err, "find by tag", value, "")
 	}
@@ -411,16 +433,20 @@ func (p *Provider) findByTag(tag, value string) (string, error) {
 // Enable moves a Disabled key to Enabled.
 func (p *Provider) Enable(ctx context.Context, keyID string) error {
 	return p.transition(ctx, keyID, "enable", kms.StateEnabled, []kms.State{kms.StateDisabled}, func() error {
-		_, err := p.client.EnableKey(&model.EnableKeyRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
-		return err
+		return send(ctx, func() error {
+			_, err := p.client.EnableKey(&model.EnableKeyRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
+			return err
+		})
 	})
 }
 
 // Disable moves an Enabled key to Disabled.
 func (p *Provider) Disable(ctx context.Context, keyID string) error {
 	return p.transition(ctx, keyID, "disable", kms.StateDisabled, []kms.State{kms.StateEnabled}, func() error {
-		_, err := p.client.DisableKey(&model.DisableKeyRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
-		return err
+		return send(ctx, func() error {
+			_, err := p.client.DisableKey(&model.DisableKeyRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
+			return err
+		})
 	})
 }
 
@@ -428,8 +454,11 @@ func (p *Provider) Disable(ctx context.Context, keyID string) error {
 func (p *Provider) ScheduleDeletion(ctx context.Context, keyID string, pendingDays int) error {
 	from := []kms.State{kms.StateEnabled, kms.StateDisabled, kms.StatePendingImport}
 	return p.transition(ctx, keyID, "schedule deletion of", kms.StatePendingDeletion, from, func() error {
-		_, err := p.client.DeleteKey(&model.DeleteKeyRequest{Body: &model.ScheduleKeyDeletionRequestBody{
-			KeyId: keyID, PendingDays: strconv.Itoa(pendingDays)}})
+		err := send(ctx, func() error {
+			_, err := p.client.DeleteKey(&model.DeleteKeyRequest{Body: &model.ScheduleKeyDeletionRequestBody{
+				KeyId: keyID, PendingDays: strconv.Itoa(pendingDays)}})
+			return err
+		})
 		if errorCode(err) == codeAlreadyPending {
 			return nil
 		}
@@ -440,7 +469,10 @@ func (p *Provider) ScheduleDeletion(ctx context.Context, keyID string, pendingDa
 // CancelDeletion cancels a scheduled deletion; the state it leaves (Disabled or PendingImport)
 // is read back by the caller, never assumed.
 func (p *Provider) CancelDeletion(ctx context.Context, keyID string) error {
-	_, err := p.client.CancelKeyDeletion(&model.CancelKeyDeletionRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
+	err := send(ctx, func() error {
+		_, err := p.client.CancelKeyDeletion(&model.CancelKeyDeletionRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
+		return err
+	})
 	if err == nil || errorCode(err) == codeNotPending {
 		return nil // canceled, or not pending: nothing to cancel
 	}
@@ -460,9 +492,12 @@ func (p *Provider) CancelDeletion(ctx context.Context, keyID string) error {
 }
 
 // SetDescription changes the key's description.
-func (p *Provider) SetDescription(_ context.Context, keyID, description string) error {
-	_, err := p.client.UpdateKeyDescription(&model.UpdateKeyDescriptionRequest{Body: &model.UpdateKeyDescriptionRequestBody{
-		KeyId: keyID, KeyDescription: description}})
+func (p *Provider) SetDescription(ctx context.Context, keyID, description string) error {
+	err := send(ctx, func() error {
+		_, err := p.client.UpdateKeyDescription(&model.UpdateKeyDescriptionRequest{Body: &model.UpdateKeyDescriptionRequestBody{
+			KeyId: keyID, KeyDescription: description}})
+		return err
+	})
 	if err != nil {
 		return classify(err, "describe", keyID, "")
 	}
@@ -479,7 +514,7 @@ func (p *Provider) transition(ctx context.Context, keyID, call string, target km
 	if err == nil {
 		return nil
 	}
-	if kms.AsUnavailable(err) != nil {
+	if kms.AsUnavailable(err) != nil || ctx.Err() != nil {
 		return err
 	}
 	k, oerr := p.Observe(ctx, keyID)
@@ -498,7 +533,11 @@ func (p *Provider) transition(ctx context.Context, keyID, call string, target km
 func (p *Provider) ImportParameters(ctx context.Context, keyID string) (kms.ImportParameters, error) {
 	body := &model.GetParametersForImportRequestBody{KeyId: keyID,
 		WrappingAlgorithm: model.GetGetParametersForImportRequestBodyWrappingAlgorithmEnum().RSAES_OAEP_SHA_256}
-	resp, err := p.client.CreateParametersForImport(&model.CreateParametersForImportRequest{Body: body})
+	var resp *model.CreateParametersForImportResponse
+	err := send(ctx, func() (err error) {
+		resp, err = p.client.CreateParametersForImport(&model.CreateParametersForImportRequest{Body: body})
+		return err
+	})
 	if err != nil {
 		return kms.ImportParameters{}, p.importError(ctx, err, "get import parameters for", keyID)
 	}
@@ -521,7 +560,10 @@ func (p *Provider) ImportMaterial(ctx context.Context, keyID, importToken string
 		s := expiresAt.Unix()
 		body.ExpirationTime = &s
 	}
-	if _, err := p.client.ImportKeyMaterial(&model.ImportKeyMaterialRequest{Body: body}); err != nil {
+	if err := send(ctx, func() error {
+		_, err := p.client.ImportKeyMaterial(&model.ImportKeyMaterialRequest{Body: body})
+		return err
+	}); err != nil {
 		return p.importError(ctx, err, "import material into", keyID)
 	}
 	return nil
@@ -568,4 +610,22 @@ func contains(states []kms.State, s kms.State) bool {
 		}
 	}
 	return false
+}
+
+// send makes one SDK call, which takes no context, so that the caller's context still bounds
+// it: the caller returns when ctx ends, and the call itself ends within the request timeout.
+// A call cut short this way may still be carried out by the KMS, as one that timed out: every
+// call is idempotent or, for a create, found again by its tag or its recorded attempt.
+func send(ctx context.Context, call func() error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- call() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

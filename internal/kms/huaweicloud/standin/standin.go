@@ -58,6 +58,15 @@ type Server struct {
 	activation int
 	// securityToken is the X-Security-Token of the last signed request (temporary credentials).
 	securityToken string
+	// latency delays every answer (see SetLatency).
+	latency time.Duration
+}
+
+// SetLatency delays every answer by d, as a KMS under load or far away does.
+func (s *Server) SetLatency(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.latency = d
 }
 
 // SecurityToken is the X-Security-Token the last signed request carried: temporary credentials
@@ -273,7 +282,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.count(r.URL.Path)
 	s.mu.Lock()
 	s.securityToken = r.Header.Get("X-Security-Token")
+	latency := s.latency
 	s.mu.Unlock()
+	time.Sleep(latency)
 	if s.throttle() {
 		write(w, http.StatusTooManyRequests, map[string]any{"error_code": "APIGW.0308", "error_msg": "the request is throttled"})
 		return
