@@ -18,7 +18,8 @@ const (
 )
 
 // breaker stops every call once the API gateway refuses the credentials (HTTP 401 or 403:
-// APIGW.0301, a wrong or rotated key). That refusal is about the account, not a key: retried
+// APIGW.0301, a wrong or rotated key) or does not know the operation (HTTP 404: APIGW.0101, a
+// wrong endpoint or project). That refusal is about the account, not a key: retried
 // per key, thousands of keys would keep failing, and Huawei locks an access key for 5 minutes
 // after 5 authentication failures in a row (KMS-FACTS.md), so a fixed key would stay locked.
 // Until the credentials are known to work (at start, and after a refusal once the backoff has
@@ -84,11 +85,11 @@ func (b *breaker) record(probing bool, resp *http.Response, err error) {
 	switch {
 	case err != nil:
 		// No answer: says nothing about the credentials.
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusNotFound:
 		b.verified = false
 		b.backoff = min(max(2*b.backoff, b.initial), maxAuthBackoff)
 		b.until = b.now().Add(b.backoff)
-		b.reason = fmt.Sprintf("Huawei Cloud refused the operator's credentials (HTTP %d)", resp.StatusCode)
+		b.reason = refusal(resp.StatusCode)
 	default:
 		b.verified, b.backoff, b.reason = true, 0, ""
 	}
@@ -98,11 +99,20 @@ func (b *breaker) record(probing bool, resp *http.Response, err error) {
 	}
 }
 
-// authAdvice is the same in every message, so a resource is warned once, not at every retry.
-const authAdvice = ": fix the access key and secret key in the credentials Secret. Every KMS call waits meanwhile " +
-	"(so retries do not get the access key locked) and the credentials are tried again with backoff, up to every 5 minutes"
+// refusal says what a gateway refusal means and what to do; the same words every time, so a
+// resource is warned once, not at every retry.
+func refusal(status int) string {
+	const waits = " Every KMS call waits meanwhile (so retries do not get the access key locked), and is tried again " +
+		"with backoff, up to every 5 minutes."
+	if status == http.StatusNotFound {
+		return "The Huawei Cloud API gateway does not know the KMS operations here (HTTP 404, APIGW.0101): check " +
+			"--huaweicloud-endpoint, --huaweicloud-region and --huaweicloud-project-id." + waits
+	}
+	return fmt.Sprintf("Huawei Cloud refused the operator's credentials (HTTP %d): fix the access key and secret key in "+
+		"the credentials Secret (or the agency).", status) + waits
+}
 
 func (b *breaker) unavailable(now time.Time) error {
 	wait := max(b.until.Sub(now), time.Second)
-	return &kms.UnavailableError{RetryAfter: wait, Reason: b.reason + authAdvice}
+	return &kms.UnavailableError{RetryAfter: wait, Reason: b.reason}
 }

@@ -59,12 +59,10 @@ func classify(err error, call, keyID string, state kms.State) error {
 		return &kms.RejectedError{Reason: msg}
 	}
 	switch {
-	case se.StatusCode == http.StatusUnauthorized || se.StatusCode == http.StatusForbidden:
-		// The breaker has opened: every call waits (see breaker).
-		return &kms.UnavailableError{RetryAfter: DefaultAuthBackoff, Reason: fmt.Sprintf(
-			"Huawei Cloud refused the operator's credentials (HTTP %d)%s", se.StatusCode, authAdvice)}
-	case se.StatusCode == http.StatusNotFound:
-		return fmt.Errorf("%s: the KMS API gateway does not know this operation; check --huaweicloud-endpoint and the project ID", msg)
+	case se.StatusCode == http.StatusUnauthorized || se.StatusCode == http.StatusForbidden || se.StatusCode == http.StatusNotFound:
+		// The gateway's, about the account (credentials, endpoint, project), never about a
+		// key: the breaker has opened, and every call waits (see breaker).
+		return &kms.UnavailableError{RetryAfter: DefaultAuthBackoff, Reason: refusal(se.StatusCode)}
 	case se.StatusCode == http.StatusTooManyRequests || se.StatusCode >= 500:
 		return errors.New(msg) // transient: retried with backoff
 	case se.StatusCode >= 400:

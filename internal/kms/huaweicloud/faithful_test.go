@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -110,8 +111,9 @@ func TestGatewayNotFoundIsNotADeletedKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = wrong.Observe(context.Background(), k.ID)
-	if err == nil || kms.IsNotFound(err) || kms.IsTerminal(err) {
-		t.Errorf("describe through a wrong project: %v, want an error retried, not a deleted key", err)
+	if err == nil || kms.IsNotFound(err) || kms.IsTerminal(err) || kms.AsUnavailable(err) == nil ||
+		!strings.Contains(err.Error(), "--huaweicloud-project-id") {
+		t.Errorf("describe through a wrong project: %v, want the KMS unavailable (check the project), not a deleted key", err)
 	}
 }
 
@@ -317,6 +319,27 @@ func TestLateMaterialRemovalIsNotPolledHot(t *testing.T) {
 	}
 	if k, err := p.Observe(ctx, c.Status.KeyID); err != nil || k.State != kms.StateEnabled {
 		t.Errorf("the stand-in removed the material at once: %+v, %v", k, err)
+	}
+}
+
+// A request the KMS does not answer in time fails after the request timeout, not the SDK's
+// two minutes.
+func TestRequestTimeout(t *testing.T) {
+	_, s := newStandIn(t)
+	dir := t.TempDir()
+	for name, value := range map[string]string{"access-key": s.AK, "secret-key": s.SK} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(value), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := New(Config{ProjectID: s.ProjectID, Endpoint: s.URL, CredentialsDir: dir, QPS: 1000, Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetLatency(2 * time.Second)
+	start := time.Now()
+	if _, err := p.Observe(context.Background(), "00000000-0000-4000-8000-000000000001"); err == nil || time.Since(start) > time.Second {
+		t.Errorf("describe on a KMS slower than the timeout: %v after %v", err, time.Since(start))
 	}
 }
 
