@@ -280,10 +280,16 @@ func (r *CustomerMasterKeyReconciler) ensureMetadata(ctx context.Context, cmk *v
 const attemptLayout = "2006-01-02T15:04:05.000Z07:00"
 
 // createAttempt is when the resource's first create attempt began; zero when none is recorded.
+// Whoever may edit the resource may edit the annotation, so it is never taken to be earlier
+// than the resource itself, which the apiserver dates: a tenant cannot widen the window to
+// take a key someone made before the resource existed.
 func createAttempt(cmk *v1alpha1.CustomerMasterKey) time.Time {
 	t, err := time.Parse(time.RFC3339, cmk.Annotations[CreateAttemptAnnotation])
 	if err != nil {
 		return time.Time{}
+	}
+	if created := cmk.CreationTimestamp.Time; t.Before(created) {
+		return created
 	}
 	return t
 }

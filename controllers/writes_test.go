@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -165,4 +166,20 @@ func reconcileOnce(t testing.TB, r *CustomerMasterKeyReconciler, h *harness, nam
 		t.Fatalf("reconciling %s: %v", name, err)
 	}
 	return res
+}
+
+// TestCreateAttemptIsNotEarlierThanTheResource checks an annotation edited to an earlier time
+// never dates the attempt before the resource was created.
+func TestCreateAttemptIsNotEarlierThanTheResource(t *testing.T) {
+	created := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	c := &v1alpha1.CustomerMasterKey{}
+	c.CreationTimestamp = metav1.NewTime(created)
+	c.Annotations = map[string]string{CreateAttemptAnnotation: "2020-01-01T00:00:00.000Z"}
+	if got := createAttempt(c); !got.Equal(created) {
+		t.Errorf("an attempt recorded as 2020 on a resource created %v: %v", created, got)
+	}
+	c.Annotations[CreateAttemptAnnotation] = "2026-11-27T10:00:05.250Z"
+	if got := createAttempt(c); !got.Equal(created.Add(5250 * time.Millisecond)) {
+		t.Errorf("an attempt recorded after creation: %v", got)
+	}
 }
