@@ -8,8 +8,6 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -99,12 +97,7 @@ func TestOverlappingClaimsOneWins(t *testing.T) {
 		rp.ServeHTTP(w, r)
 	}))
 	defer proxy.Close()
-	dir := t.TempDir()
-	for name, value := range map[string]string{"access-key": s.AK, "secret-key": s.SK} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(value), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := credentialsDir(t, map[string]string{"access-key": s.AK, "secret-key": s.SK})
 	p, err := New(Config{ProjectID: s.ProjectID, Endpoint: proxy.URL, CredentialsDir: dir, QPS: 1000})
 	if err != nil {
 		t.Fatal(err)

@@ -19,17 +19,24 @@ func newStandIn(t testing.TB) (*Provider, *standin.Server) {
 	t.Helper()
 	s := standin.Start(time.Now().UTC().Truncate(time.Second))
 	t.Cleanup(s.Close)
-	dir := t.TempDir()
-	for name, value := range map[string]string{"access-key": s.AK, "secret-key": s.SK + "\n"} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(value), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := credentialsDir(t, map[string]string{"access-key": s.AK, "secret-key": s.SK + "\n"})
 	p, err := New(Config{ProjectID: s.ProjectID, Endpoint: s.URL, CredentialsDir: dir, QPS: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p, s
+}
+
+// credentialsDir writes credential files, as a mounted Secret holds them.
+func credentialsDir(t testing.TB, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, value := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(value), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }
 
 // TestConformance runs the suite every provider passes against the stand-in.

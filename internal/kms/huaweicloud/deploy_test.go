@@ -3,7 +3,6 @@ package huaweicloud
 import (
 	"bytes"
 	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -63,12 +62,7 @@ func TestOverlayCanReadItsCredentials(t *testing.T) {
 // TestEnterpriseProject checks keys are created in the configured enterprise project.
 func TestEnterpriseProject(t *testing.T) {
 	_, s := newStandIn(t)
-	dir := t.TempDir()
-	for name, value := range map[string]string{"access-key": s.AK, "secret-key": s.SK} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(value), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := credentialsDir(t, map[string]string{"access-key": s.AK, "secret-key": s.SK})
 	p, err := New(Config{ProjectID: s.ProjectID, Endpoint: s.URL, CredentialsDir: dir, QPS: 1000, EnterpriseProject: "ep-payments"})
 	if err != nil {
 		t.Fatal(err)
@@ -89,12 +83,7 @@ func TestEnterpriseProject(t *testing.T) {
 // token.
 func TestTemporaryCredentials(t *testing.T) {
 	_, s := newStandIn(t)
-	dir := t.TempDir()
-	for name, value := range map[string]string{"access-key": s.AK, "secret-key": s.SK, "security-token": "file-token"} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(value), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := credentialsDir(t, map[string]string{"access-key": s.AK, "secret-key": s.SK, "security-token": "file-token"})
 	t.Setenv("HUAWEICLOUD_SDK_AK", s.AK)
 	t.Setenv("HUAWEICLOUD_SDK_SK", s.SK)
 	t.Setenv("HUAWEICLOUD_SDK_SECURITY_TOKEN", "env-token")

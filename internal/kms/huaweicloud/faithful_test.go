@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,6 +32,17 @@ func newNamespace(t *testing.T, prefix string) string {
 	return ns
 }
 
+// hwCMK is a resource with every default the apiserver would set.
+func hwCMK(ns, name string, mutate ...func(*v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {
+	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
+			Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain}}
+	for _, m := range mutate {
+		m(c)
+	}
+	return c
+}
+
 // The tests here hold the provider to Huawei Cloud KMS as it answers (the stand-in follows
 // KMS-FACTS.md, "Verified against the SDK"), one numbered item of issue 10 each.
 
@@ -44,9 +53,7 @@ func TestDeletedKeyIsSeenAsDeleted(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-deleted")
 	operator.Run(t, env, ns, p)
-	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "gone", Namespace: ns},
-		Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
-			Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyDelete}}
+	c := hwCMK(ns, "gone", func(c *v1alpha1.CustomerMasterKey) { c.Spec.DeletionPolicy = v1alpha1.DeletionPolicyDelete })
 	if err := env.Client.Create(ctx, c); err != nil {
 		t.Fatal(err)
 	}
@@ -100,12 +107,7 @@ func TestGatewayNotFoundIsNotADeletedKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	for name, value := range map[string]string{"access-key": s.AK, "secret-key": s.SK} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(value), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := credentialsDir(t, map[string]string{"access-key": s.AK, "secret-key": s.SK})
 	wrong, err := New(Config{ProjectID: "ffffffffffffffffffffffffffffffff", Endpoint: s.URL, CredentialsDir: dir, QPS: 1000})
 	if err != nil {
 		t.Fatal(err)
@@ -141,9 +143,7 @@ func TestFrozenKeyIsReportedAndLeftAlone(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-frozen")
 	operator.Run(t, env, ns, p)
-	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "cold", Namespace: ns},
-		Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
-			Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain}}
+	c := hwCMK(ns, "cold")
 	if err := env.Client.Create(ctx, c); err != nil {
 		t.Fatal(err)
 	}
@@ -184,12 +184,7 @@ func TestFrozenKeyIsReportedAndLeftAlone(t *testing.T) {
 func TestRefusedCredentialsBackOffForEveryKey(t *testing.T) {
 	_, s := newStandIn(t)
 	ctx := context.Background()
-	dir := t.TempDir()
-	for name, value := range map[string]string{"access-key": s.AK, "secret-key": "rotated-secret"} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(value), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := credentialsDir(t, map[string]string{"access-key": s.AK, "secret-key": "rotated-secret"})
 	p, err := New(Config{ProjectID: s.ProjectID, Endpoint: s.URL, CredentialsDir: dir, QPS: 1000, AuthBackoff: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -198,9 +193,7 @@ func TestRefusedCredentialsBackOffForEveryKey(t *testing.T) {
 	operator.Run(t, env, ns, p)
 	names := []string{"a", "b", "c", "d", "e", "f"}
 	for _, name := range names {
-		c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-			Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
-				Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain}}
+		c := hwCMK(ns, name)
 		if err := env.Client.Create(ctx, c); err != nil {
 			t.Fatal(err)
 		}
@@ -279,9 +272,7 @@ func TestLateMaterialRemovalIsNotPolledHot(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-expiry")
 	operator.Run(t, env, ns, p)
-	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "byok", Namespace: ns},
-		Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
-			Origin: v1alpha1.OriginExternal, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain}}
+	c := hwCMK(ns, "byok", func(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal })
 	if err := env.Client.Create(ctx, c); err != nil {
 		t.Fatal(err)
 	}
@@ -326,12 +317,7 @@ func TestLateMaterialRemovalIsNotPolledHot(t *testing.T) {
 // two minutes.
 func TestRequestTimeout(t *testing.T) {
 	_, s := newStandIn(t)
-	dir := t.TempDir()
-	for name, value := range map[string]string{"access-key": s.AK, "secret-key": s.SK} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(value), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := credentialsDir(t, map[string]string{"access-key": s.AK, "secret-key": s.SK})
 	p, err := New(Config{ProjectID: s.ProjectID, Endpoint: s.URL, CredentialsDir: dir, QPS: 1000, Timeout: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

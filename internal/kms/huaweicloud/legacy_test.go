@@ -40,9 +40,7 @@ func TestLegacyRetainedKey(t *testing.T) {
 	}
 	operator.Run(t, env, ns.Name, p)
 
-	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "orders", Namespace: ns.Name},
-		Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
-			Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain}}
+	c := hwCMK(ns.Name, "orders")
 	if err := env.Client.Create(ctx, c); err != nil {
 		t.Fatal(err)
 	}
