@@ -1,9 +1,13 @@
 package huaweicloud
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,9 +21,11 @@ const (
 	maxAuthBackoff     = 5 * time.Minute
 )
 
-// breaker stops every call once the API gateway refuses the credentials (HTTP 401 or 403:
-// APIGW.0301, a wrong or rotated key) or does not know the operation (HTTP 404: APIGW.0101, a
-// wrong endpoint or project). That refusal is about the account, not a key: retried
+// breaker stops every call once the API gateway refuses the credentials (HTTP 401, or an
+// APIGW code with 403: APIGW.0301, a wrong or rotated key) or does not know the operation (an
+// APIGW code with 404: APIGW.0101, a wrong endpoint or project). A 403 or 404 from the KMS
+// itself (a KMS code: an IAM policy denying one action, say) is about that call and goes to its
+// caller. The gateway's refusal is about the account, not a key: retried
 // per key, thousands of keys would keep failing, and Huawei locks an access key for 5 minutes
 // after 5 authentication failures in a row (KMS-FACTS.md), so a fixed key would stay locked.
 // Until the credentials are known to work (at start, and after a refusal once the backoff has
@@ -45,8 +51,36 @@ func (b *breaker) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	resp, err := b.next.RoundTrip(req)
-	b.record(probing, resp, err)
+	refused := err == nil && gatewayRefusal(resp)
+	b.record(probing, err == nil, refused, resp)
 	return resp, err
+}
+
+// gatewayRefusal reports whether the answer is the API gateway refusing the account: any 401,
+// or a 403 or 404 whose error code is the gateway's (APIGW.*). The body is read to tell, and
+// put back for the SDK.
+func gatewayRefusal(resp *http.Response) bool {
+	switch resp.StatusCode {
+	case http.StatusUnauthorized:
+		return true
+	case http.StatusForbidden, http.StatusNotFound:
+	default:
+		return false
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	if err != nil {
+		return false
+	}
+	var answer struct {
+		Code  string `json:"error_code"`
+		Error struct {
+			Code string `json:"error_code"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal(body, &answer)
+	return strings.HasPrefix(answer.Code, "APIGW.") || strings.HasPrefix(answer.Error.Code, "APIGW.")
 }
 
 // admit lets a call through, as a probe when the credentials are not known to work, waits
@@ -79,13 +113,16 @@ func (b *breaker) admit(ctx context.Context) (probing bool, err error) {
 	}
 }
 
-func (b *breaker) record(probing bool, resp *http.Response, err error) {
+// record judges an answer. While the breaker is open only the probe's answer counts: answers
+// to calls sent before it opened neither close it nor double its backoff, so one rotation
+// seen by many calls in flight is one refusal.
+func (b *breaker) record(probing, answered, refused bool, resp *http.Response) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch {
-	case err != nil:
-		// No answer: says nothing about the credentials.
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusNotFound:
+	case !answered, !probing && b.reason != "":
+		// No answer says nothing about the account; an old call's answer is not the probe's.
+	case refused:
 		b.verified = false
 		b.backoff = min(max(2*b.backoff, b.initial), maxAuthBackoff)
 		b.until = b.now().Add(b.backoff)

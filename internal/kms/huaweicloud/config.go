@@ -43,8 +43,11 @@ type Config struct {
 	// EnterpriseProject is the enterprise project new keys are created in ("0", the default
 	// project, when empty): CreateKey's enterprise_project_id.
 	EnterpriseProject string
-	// Timeout bounds each request (default RequestTimeout).
+	// Timeout bounds each attempt of a request (default RequestTimeout).
 	Timeout time.Duration
+	// CredentialsCheck is how often credential files are read again for a change (default
+	// DefaultCredentialsCheck).
+	CredentialsCheck time.Duration
 	// AuthBackoff is the first wait of every call after the credentials are refused (default
 	// DefaultAuthBackoff; see breaker).
 	AuthBackoff time.Duration
@@ -81,10 +84,6 @@ func New(cfg Config) (*Provider, error) {
 	if cfg.ProjectID == "" {
 		return nil, fmt.Errorf("huaweicloud: set --huaweicloud-project-id (or HUAWEICLOUD_SDK_PROJECT_ID)")
 	}
-	cred, err := credentials(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("huaweicloud credentials: %w", err)
-	}
 	qps := cfg.QPS
 	if qps <= 0 {
 		qps = 10
@@ -98,41 +97,69 @@ func New(cfg Config) (*Provider, error) {
 		backoff = DefaultAuthBackoff
 	}
 	limited := &rateLimited{next: http.DefaultTransport, limiter: flowcontrol.NewTokenBucketRateLimiter(float32(qps), max(1, int(qps)))}
-	retried := &retrying{next: limited, attempts: 5, backoff: 200 * time.Millisecond}
-	httpConfig := config.DefaultHttpConfig().WithTimeout(timeout).WithHttpRoundTripper(&breaker{next: retried, initial: backoff, now: time.Now})
-	builder := kmsv2.KmsClientBuilder().WithCredential(cred).WithHttpConfig(httpConfig)
-	switch {
-	case cfg.Endpoint != "":
-		builder = builder.WithEndpoints([]string{cfg.Endpoint})
-	case cfg.Region != "":
-		r, err := region.SafeValueOf(cfg.Region)
+	const attempts = 5
+	retried := &retrying{next: limited, attempts: attempts, backoff: 200 * time.Millisecond, perAttempt: timeout}
+	// The SDK's timeout bounds a call with all its attempts; each attempt has its own.
+	total := attempts*timeout + 10*time.Second
+	httpConfig := config.DefaultHttpConfig().WithTimeout(total).WithHttpRoundTripper(&breaker{next: retried, initial: backoff, now: time.Now})
+	build := func() (*kmsv2.KmsClient, error) {
+		cred, err := credentials(cfg)
 		if err != nil {
-			return nil, fmt.Errorf("huaweicloud: region %q: %w", cfg.Region, err)
+			return nil, fmt.Errorf("huaweicloud credentials: %w", err)
 		}
-		builder = builder.WithRegion(r)
-	default:
-		return nil, fmt.Errorf("huaweicloud: set --huaweicloud-region (or --huaweicloud-endpoint)")
+		builder := kmsv2.KmsClientBuilder().WithCredential(cred).WithHttpConfig(httpConfig)
+		switch {
+		case cfg.Endpoint != "":
+			builder = builder.WithEndpoints([]string{cfg.Endpoint})
+		case cfg.Region != "":
+			r, err := region.SafeValueOf(cfg.Region)
+			if err != nil {
+				return nil, fmt.Errorf("huaweicloud: region %q: %w", cfg.Region, err)
+			}
+			builder = builder.WithRegion(r)
+		default:
+			return nil, fmt.Errorf("huaweicloud: set --huaweicloud-region (or --huaweicloud-endpoint)")
+		}
+		client, err := builder.SafeBuild()
+		if err != nil {
+			return nil, fmt.Errorf("huaweicloud client: %w", err)
+		}
+		return kmsv2.NewKmsClient(client), nil
 	}
-	client, err := builder.SafeBuild()
+	client, err := build()
 	if err != nil {
-		return nil, fmt.Errorf("huaweicloud client: %w", err)
+		return nil, err
 	}
-	p := NewWithClient(kmsv2.NewKmsClient(client))
+	p := NewWithClient(client)
 	p.enterpriseProject = cfg.EnterpriseProject
+	if source := credentialSource(cfg); source == "files" {
+		// Mounted files change in place when the Secret is fixed or its token renewed.
+		every := cfg.CredentialsCheck
+		if every <= 0 {
+			every = DefaultCredentialsCheck
+		}
+		p.clients.build, p.clients.dir, p.clients.every = build, cfg.CredentialsDir, every
+		p.clients.stamp, p.clients.checked = stampOf(cfg.CredentialsDir), time.Now()
+	}
 	return p, nil
+}
+
+// credentialSource is the credentials source cfg names, with its default.
+func credentialSource(cfg Config) string {
+	switch {
+	case cfg.Credentials != "":
+		return cfg.Credentials
+	case cfg.CredentialsDir != "":
+		return "files"
+	}
+	return "env"
 }
 
 // credentials builds the SDK credentials from the source cfg names. The SDK's own providers
 // serve env, metadata and pod-identity (core/auth/provider); temporary credentials are renewed
 // by the SDK before they expire.
 func credentials(cfg Config) (*auth.BasicCredentials, error) {
-	source := cfg.Credentials
-	if source == "" {
-		source = "env"
-		if cfg.CredentialsDir != "" {
-			source = "files"
-		}
-	}
+	source := credentialSource(cfg)
 	var cred auth.ICredential
 	var err error
 	switch source {

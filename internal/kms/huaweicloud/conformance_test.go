@@ -93,7 +93,7 @@ func TestUntaggedKeyIsNeverClaimedByAlias(t *testing.T) {
 	if err := enum(origin, &body.Origin); err != nil {
 		t.Fatal(err)
 	}
-	orphan, err := p.client.CreateKey(&model.CreateKeyRequest{Body: body})
+	orphan, err := p.kms().CreateKey(&model.CreateKeyRequest{Body: body})
 	if err != nil {
 		t.Fatal(err)
 	}

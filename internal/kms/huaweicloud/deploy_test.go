@@ -72,7 +72,7 @@ func TestEnterpriseProject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := p.client.ListKeyDetail(&model.ListKeyDetailRequest{Body: &model.OperateKeyRequestBody{KeyId: k.ID}})
+	resp, err := p.kms().ListKeyDetail(&model.ListKeyDetailRequest{Body: &model.OperateKeyRequestBody{KeyId: k.ID}})
 	if err != nil || resp.KeyInfo == nil || deref(resp.KeyInfo.SysEnterpriseProjectId) != "ep-payments" {
 		t.Errorf("the key's enterprise project: %v, %v; want ep-payments", resp, err)
 	}

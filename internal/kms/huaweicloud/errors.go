@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/huaweicloud/huaweicloud-sdk-go-v3/core/sdkerr"
 
@@ -59,10 +60,13 @@ func classify(err error, call, keyID string, state kms.State) error {
 		return &kms.RejectedError{Reason: msg}
 	}
 	switch {
-	case se.StatusCode == http.StatusUnauthorized || se.StatusCode == http.StatusForbidden || se.StatusCode == http.StatusNotFound:
+	case se.StatusCode == http.StatusUnauthorized,
+		(se.StatusCode == http.StatusForbidden || se.StatusCode == http.StatusNotFound) && strings.HasPrefix(se.ErrorCode, "APIGW."):
 		// The gateway's, about the account (credentials, endpoint, project), never about a
 		// key: the breaker has opened, and every call waits (see breaker).
 		return &kms.UnavailableError{RetryAfter: DefaultAuthBackoff, Reason: refusal(se.StatusCode)}
+	case se.StatusCode == http.StatusForbidden:
+		return &kms.RejectedError{Reason: fmt.Sprintf("%s: the operator's IAM user may not do this; grant it the KMS actions the README lists", msg)}
 	case se.StatusCode == http.StatusTooManyRequests || se.StatusCode >= 500:
 		return errors.New(msg) // transient: retried with backoff
 	case se.StatusCode >= 400:

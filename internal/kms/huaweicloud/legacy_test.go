@@ -34,7 +34,7 @@ func TestLegacyRetainedKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := "33333333-4444-4555-8666-777777777777" // the previous version's create tagged only this
-	if _, err := p.client.CreateKmsTag(&model.CreateKmsTagRequest{KeyId: id,
+	if _, err := p.kms().CreateKmsTag(&model.CreateKmsTagRequest{KeyId: id,
 		Body: &model.CreateKmsTagRequestBody{Tag: &model.TagItem{Key: uidTag, Value: &old}}}); err != nil {
 		t.Fatal(err)
 	}

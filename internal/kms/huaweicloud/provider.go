@@ -47,7 +47,7 @@ var states = map[string]kms.State{
 
 // Provider is Huawei Cloud KMS.
 type Provider struct {
-	client *kmsv2.KmsClient
+	clients *clients
 	// claiming holds a mutex per key ID being claimed (see Claim).
 	claiming sync.Map
 	// enterpriseProject is the enterprise project new keys go in; empty for the default.
@@ -60,7 +60,10 @@ var (
 )
 
 // NewWithClient wraps an SDK client (see New for one built from configuration).
-func NewWithClient(c *kmsv2.KmsClient) *Provider { return &Provider{client: c} }
+func NewWithClient(c *kmsv2.KmsClient) *Provider { return &Provider{clients: &clients{current: c}} }
+
+// kms is the SDK client to call with: the one built from the credentials as they are now.
+func (p *Provider) kms() *kmsv2.KmsClient { return p.clients.get() }
 
 // Observe describes a key.
 func (p *Provider) Observe(ctx context.Context, keyID string) (kms.Key, error) {
@@ -70,7 +73,7 @@ func (p *Provider) Observe(ctx context.Context, keyID string) (kms.Key, error) {
 	}
 	var resp *model.ListKeyDetailResponse
 	err := send(ctx, func() (err error) {
-		resp, err = p.client.ListKeyDetail(&model.ListKeyDetailRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
+		resp, err = p.kms().ListKeyDetail(&model.ListKeyDetailRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
 		return err
 	})
 	if err != nil {
@@ -165,7 +168,7 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 		body.EnterpriseProjectId = &p.enterpriseProject
 	}
 	var resp *model.CreateKeyResponse
-	err := send(ctx, func() (err error) { resp, err = p.client.CreateKey(&model.CreateKeyRequest{Body: body}); return err })
+	err := send(ctx, func() (err error) { resp, err = p.kms().CreateKey(&model.CreateKeyRequest{Body: body}); return err })
 	if err != nil {
 		classified := classify(err, "create", req.Alias, "")
 		if _, rejected := classified.(*kms.RejectedError); rejected {
@@ -238,7 +241,7 @@ func ownerTags(o kms.Owner) []model.TagItem {
 // the stand-in models it; the read-back in Claim catches a KMS that does otherwise).
 func (p *Provider) setTags(ctx context.Context, id string, tags []model.TagItem) error {
 	err := send(ctx, func() error {
-		_, err := p.client.BatchCreateKmsTags(&model.BatchCreateKmsTagsRequest{KeyId: id,
+		_, err := p.kms().BatchCreateKmsTags(&model.BatchCreateKmsTagsRequest{KeyId: id,
 			Body: &model.BatchCreateKmsTagsRequestBody{Action: "create", Tags: tags}})
 		return err
 	})
@@ -254,7 +257,7 @@ func (p *Provider) setTags(ctx context.Context, id string, tags []model.TagItem)
 func (p *Provider) Owner(ctx context.Context, keyID string) (kms.Owner, error) {
 	var resp *model.ShowKmsTagsResponse
 	err := send(ctx, func() (err error) {
-		resp, err = p.client.ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: keyID})
+		resp, err = p.kms().ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: keyID})
 		return err
 	})
 	if err != nil {
@@ -319,6 +322,11 @@ func sameOwner(tagged, o kms.Owner) bool {
 	return tagged.UID == o.UID && tagged.Is(o.Namespace, o.Name)
 }
 
+// attemptWindow is how long after a create attempt began a key may have been made and still be
+// the attempt's: the window closes, so a resource that could not create its key for a long
+// while does not take a key a person makes later with the same alias.
+const attemptWindow = time.Hour
+
 type madeFor int
 
 const (
@@ -333,7 +341,7 @@ const (
 // may share the alias (KMS-FACTS.md: never claim a key by alias alone).
 func (p *Provider) madeBy(ctx context.Context, id string, req kms.CreateRequest) madeFor {
 	var resp *model.ShowKmsTagsResponse
-	err := send(ctx, func() (err error) { resp, err = p.client.ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: id}); return err })
+	err := send(ctx, func() (err error) { resp, err = p.kms().ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: id}); return err })
 	if err != nil {
 		return madeElsewhere
 	}
@@ -352,7 +360,7 @@ func (p *Provider) madeBy(ctx context.Context, id string, req kms.CreateRequest)
 	}
 	var detail *model.ListKeyDetailResponse
 	err = send(ctx, func() (err error) {
-		detail, err = p.client.ListKeyDetail(&model.ListKeyDetailRequest{Body: &model.OperateKeyRequestBody{KeyId: id}})
+		detail, err = p.kms().ListKeyDetail(&model.ListKeyDetailRequest{Body: &model.OperateKeyRequestBody{KeyId: id}})
 		return err
 	})
 	if err != nil || detail.KeyInfo == nil {
@@ -362,7 +370,7 @@ func (p *Provider) madeBy(ctx context.Context, id string, req kms.CreateRequest)
 	// No allowance for clock skew: a key made a moment before the attempt may be a person's,
 	// and a key of the attempt's that the KMS's clock dates earlier is only reported as an
 	// alias conflict, which spec.keyID settles.
-	if made.IsZero() || made.Before(req.Attempted) {
+	if made.IsZero() || made.Before(req.Attempted) || made.After(req.Attempted.Add(attemptWindow)) {
 		return madeElsewhere
 	}
 	return madeUntagged
@@ -380,7 +388,7 @@ func (p *Provider) findByAlias(ctx context.Context, alias string) (string, error
 			body.Marker = &marker
 		}
 		var resp *model.ListKeysResponse
-		err := send(ctx, func() (err error) { resp, err = p.client.ListKeys(&model.ListKeysRequest{Body: body}); return err })
+		err := send(ctx, func() (err error) { resp, err = p.kms().ListKeys(&model.ListKeysRequest{Body: body}); return err })
 		if err != nil {
 			return "", err
 		}
@@ -412,7 +420,7 @@ func (p *Provider) findByTag(ctx context.Context, tag, value string) (string, er
 	action, limit := "filter", "1"
 	var resp *model.ListKmsByTagsResponse
 	err := send(ctx, func() (err error) {
-		resp, err = p.client.ListKmsByTags(&model.ListKmsByTagsRequest{ResourceInstances: "resource_instances",
+		resp, err = p.kms().ListKmsByTags(&model.ListKmsByTagsRequest{ResourceInstances: "resource_instances",
 			Body: &model.ListKmsByTagsRequestBody{Action: &action, Limit: &limit,
 				Tags: &[]model.Tag{{Key: ptr(tag), Values: &[]string{value}}}}})
 		return err
@@ -434,7 +442,7 @@ func (p *Provider) findByTag(ctx context.Context, tag, value string) (string, er
 func (p *Provider) Enable(ctx context.Context, keyID string) error {
 	return p.transition(ctx, keyID, "enable", kms.StateEnabled, []kms.State{kms.StateDisabled}, func() error {
 		return send(ctx, func() error {
-			_, err := p.client.EnableKey(&model.EnableKeyRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
+			_, err := p.kms().EnableKey(&model.EnableKeyRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
 			return err
 		})
 	})
@@ -444,7 +452,7 @@ func (p *Provider) Enable(ctx context.Context, keyID string) error {
 func (p *Provider) Disable(ctx context.Context, keyID string) error {
 	return p.transition(ctx, keyID, "disable", kms.StateDisabled, []kms.State{kms.StateEnabled}, func() error {
 		return send(ctx, func() error {
-			_, err := p.client.DisableKey(&model.DisableKeyRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
+			_, err := p.kms().DisableKey(&model.DisableKeyRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
 			return err
 		})
 	})
@@ -455,7 +463,7 @@ func (p *Provider) ScheduleDeletion(ctx context.Context, keyID string, pendingDa
 	from := []kms.State{kms.StateEnabled, kms.StateDisabled, kms.StatePendingImport}
 	return p.transition(ctx, keyID, "schedule deletion of", kms.StatePendingDeletion, from, func() error {
 		err := send(ctx, func() error {
-			_, err := p.client.DeleteKey(&model.DeleteKeyRequest{Body: &model.ScheduleKeyDeletionRequestBody{
+			_, err := p.kms().DeleteKey(&model.DeleteKeyRequest{Body: &model.ScheduleKeyDeletionRequestBody{
 				KeyId: keyID, PendingDays: strconv.Itoa(pendingDays)}})
 			return err
 		})
@@ -470,7 +478,7 @@ func (p *Provider) ScheduleDeletion(ctx context.Context, keyID string, pendingDa
 // is read back by the caller, never assumed.
 func (p *Provider) CancelDeletion(ctx context.Context, keyID string) error {
 	err := send(ctx, func() error {
-		_, err := p.client.CancelKeyDeletion(&model.CancelKeyDeletionRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
+		_, err := p.kms().CancelKeyDeletion(&model.CancelKeyDeletionRequest{Body: &model.OperateKeyRequestBody{KeyId: keyID}})
 		return err
 	})
 	if err == nil || errorCode(err) == codeNotPending {
@@ -494,7 +502,7 @@ func (p *Provider) CancelDeletion(ctx context.Context, keyID string) error {
 // SetDescription changes the key's description.
 func (p *Provider) SetDescription(ctx context.Context, keyID, description string) error {
 	err := send(ctx, func() error {
-		_, err := p.client.UpdateKeyDescription(&model.UpdateKeyDescriptionRequest{Body: &model.UpdateKeyDescriptionRequestBody{
+		_, err := p.kms().UpdateKeyDescription(&model.UpdateKeyDescriptionRequest{Body: &model.UpdateKeyDescriptionRequestBody{
 			KeyId: keyID, KeyDescription: description}})
 		return err
 	})
@@ -535,7 +543,7 @@ func (p *Provider) ImportParameters(ctx context.Context, keyID string) (kms.Impo
 		WrappingAlgorithm: model.GetGetParametersForImportRequestBodyWrappingAlgorithmEnum().RSAES_OAEP_SHA_256}
 	var resp *model.CreateParametersForImportResponse
 	err := send(ctx, func() (err error) {
-		resp, err = p.client.CreateParametersForImport(&model.CreateParametersForImportRequest{Body: body})
+		resp, err = p.kms().CreateParametersForImport(&model.CreateParametersForImportRequest{Body: body})
 		return err
 	})
 	if err != nil {
@@ -561,7 +569,7 @@ func (p *Provider) ImportMaterial(ctx context.Context, keyID, importToken string
 		body.ExpirationTime = &s
 	}
 	if err := send(ctx, func() error {
-		_, err := p.client.ImportKeyMaterial(&model.ImportKeyMaterialRequest{Body: body})
+		_, err := p.kms().ImportKeyMaterial(&model.ImportKeyMaterialRequest{Body: body})
 		return err
 	}); err != nil {
 		return p.importError(ctx, err, "import material into", keyID)

@@ -203,14 +203,6 @@ func (s *Server) Fail(op string, times, status int, code string) {
 	}
 }
 
-// RotateSecretKey makes the stand-in accept another secret key, as when a person rotates the
-// access key in IAM.
-func (s *Server) RotateSecretKey(sk string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.SK = sk
-}
-
 // Freeze freezes a key as Huawei does when the account is in arrears: it reports key_state 7
 // and refuses every change (KMS-FACTS.md). Thaw gives it back its state.
 func (s *Server) Freeze(id string) {
