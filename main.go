@@ -11,6 +11,7 @@ import (
 
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -37,6 +38,8 @@ func main() {
 		kmsNamespace string
 		syncPeriod   time.Duration
 		workers      int
+		apiQPS       float64
+		apiBurst     int
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "The address the metrics endpoint binds to, e.g. :8080; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "The address the health probe endpoint binds to.")
@@ -44,7 +47,9 @@ func main() {
 	flag.StringVar(&providerName, "kms-provider", "embedded", fmt.Sprintf("The KMS provider to drive, one of %v.", kms.Names()))
 	flag.StringVar(&kmsNamespace, "kms-namespace", defaultKMSNamespace(), "The namespace where the KMS provider keeps its state and credentials; $POD_NAMESPACE when that is set.")
 	flag.DurationVar(&syncPeriod, "sync-period", controllers.DefaultSyncPeriod, "How often a settled key is checked against the KMS, to correct changes made outside Kubernetes.")
-	flag.IntVar(&workers, "max-concurrent-reconciles", 4, "How many keys are reconciled at once.")
+	flag.IntVar(&workers, "max-concurrent-reconciles", 16, "How many keys are reconciled at once.")
+	flag.Float64Var(&apiQPS, "kube-api-qps", 100, "Most requests per second to the Kubernetes apiserver (client-go's default is 20, too few for bulk work on thousands of keys).")
+	flag.IntVar(&apiBurst, "kube-api-burst", 200, "Most requests in a burst to the Kubernetes apiserver.")
 	kms.AddFlags(flag.CommandLine)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -54,6 +59,7 @@ func main() {
 	if err := run(ctrl.SetupSignalHandler(), managerConfig{
 		metricsAddr: metricsAddr, probeAddr: probeAddr, leaderElect: leaderElect,
 		provider: providerName, kmsNamespace: kmsNamespace, syncPeriod: syncPeriod, workers: workers,
+		apiQPS: apiQPS, apiBurst: apiBurst,
 	}); err != nil {
 		ctrl.Log.Error(err, "Manager stopped")
 		os.Exit(1)
@@ -66,13 +72,21 @@ type managerConfig struct {
 	provider, kmsNamespace string
 	syncPeriod             time.Duration
 	workers                int
+	apiQPS                 float64
+	apiBurst               int
 }
 
 func run(ctx context.Context, cfg managerConfig) error {
 	log := ctrl.Log.WithName("setup")
 	restConfig := ctrl.GetConfigOrDie()
+	if cfg.apiQPS > 0 {
+		restConfig.QPS, restConfig.Burst = float32(cfg.apiQPS), max(cfg.apiBurst, 1)
+	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
-		Scheme:                  scheme.Scheme,
+		Scheme: scheme.Scheme,
+		// managedFields are never read here; without them the cache of thousands of keys is
+		// about half the size.
+		Cache:                   cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
 		Metrics:                 metricsserver.Options{BindAddress: cfg.metricsAddr},
 		HealthProbeBindAddress:  cfg.probeAddr,
 		LeaderElection:          cfg.leaderElect,
