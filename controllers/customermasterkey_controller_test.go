@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
@@ -178,16 +177,7 @@ func TestRestartLosesNothing(t *testing.T) {
 func TestCrashBetweenCreateAndStatusWrite(t *testing.T) {
 	h := newHarness(t)
 	var failed atomic.Bool
-	h.start(managerOptions{wrap: func(c client.Client) client.Client {
-		return interceptor.NewClient(withoutWatch{c}, interceptor.Funcs{
-			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, o client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
-				if sub == "status" && failed.CompareAndSwap(false, true) {
-					return apierrors.NewServiceUnavailable("injected: the operator died before writing status")
-				}
-				return c.SubResource(sub).Patch(ctx, o, p, opts...)
-			},
-		})
-	}})
+	h.start(managerOptions{wrap: losingStatusWrites(func(*v1alpha1.CustomerMasterKey) bool { return failed.CompareAndSwap(false, true) })})
 	h.create(h.cmk("once"))
 	c := h.waitPhase("once", v1alpha1.PhaseEnabled)
 	if !failed.Load() {

@@ -10,6 +10,7 @@ import (
 	"github.com/go-logr/logr"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/client-go/rest"
@@ -18,6 +19,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -155,6 +157,21 @@ func (h *harness) start(opts managerOptions) {
 }
 
 func (h *harness) stopManager() { h.stop() }
+
+// losingStatusWrites makes the manager's status writes of a resource fail with a 503 whenever
+// lose says so, as an apiserver restart, or the manager dying, at that moment would.
+func losingStatusWrites(lose func(*v1alpha1.CustomerMasterKey) bool) func(client.Client) client.Client {
+	return func(c client.Client) client.Client {
+		return interceptor.NewClient(withoutWatch{c}, interceptor.Funcs{
+			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, o client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
+				if cmk, ok := o.(*v1alpha1.CustomerMasterKey); ok && sub == "status" && lose(cmk) {
+					return apierrors.NewServiceUnavailable("injected: the status write was lost")
+				}
+				return c.SubResource(sub).Patch(ctx, o, p, opts...)
+			},
+		})
+	}
+}
 
 // cmk returns a resource with every default the apiserver would set, as a Go client must.
 func (h *harness) cmk(name string, mutate ...func(*v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {

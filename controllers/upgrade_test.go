@@ -10,9 +10,7 @@ import (
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
@@ -60,16 +58,9 @@ func (h *harness) oldVersionKey(alias, name, uid string) string {
 func TestReclaimSurvivesLostStatusWrite(t *testing.T) {
 	h := newHarness(t)
 	var armed atomic.Bool
-	h.start(managerOptions{wrap: func(c client.Client) client.Client {
-		return interceptor.NewClient(withoutWatch{c}, interceptor.Funcs{
-			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, o client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
-				if cmk, ok := o.(*v1alpha1.CustomerMasterKey); ok && cmk.Status.KeyID != "" && armed.CompareAndSwap(true, false) {
-					return apierrors.NewServiceUnavailable("apiserver restarting") // the crash / lost write
-				}
-				return c.SubResource(sub).Patch(ctx, o, p, opts...)
-			},
-		})
-	}})
+	h.start(managerOptions{wrap: losingStatusWrites(func(c *v1alpha1.CustomerMasterKey) bool {
+		return c.Status.KeyID != "" && armed.CompareAndSwap(true, false)
+	})})
 	h.create(h.cmk("orders"))
 	x := h.waitPhase("orders", v1alpha1.PhaseEnabled).Status.KeyID
 	h.delete("orders")
@@ -204,16 +195,9 @@ func TestLostClaimIsShown(t *testing.T) {
 func TestReclaimedKeyFoundByFinalizerAfterLostStatus(t *testing.T) {
 	h := newHarness(t)
 	var failStatus atomic.Bool
-	h.start(managerOptions{wrap: func(c client.Client) client.Client {
-		return interceptor.NewClient(withoutWatch{c}, interceptor.Funcs{
-			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, o client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
-				if cmk, ok := o.(*v1alpha1.CustomerMasterKey); ok && cmk.Status.KeyID != "" && failStatus.Load() {
-					return apierrors.NewServiceUnavailable("apiserver restarting")
-				}
-				return c.SubResource(sub).Patch(ctx, o, p, opts...)
-			},
-		})
-	}})
+	h.start(managerOptions{wrap: losingStatusWrites(func(c *v1alpha1.CustomerMasterKey) bool {
+		return c.Status.KeyID != "" && failStatus.Load()
+	})})
 	h.create(h.cmk("orders"))
 	x := h.waitPhase("orders", v1alpha1.PhaseEnabled).Status.KeyID
 	h.delete("orders")

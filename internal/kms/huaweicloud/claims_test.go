@@ -13,63 +13,75 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/controllers"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/testenv/operator"
 )
 
-// TestReview9bConsoleKeyNotTakenByAlias: a key made in the console (no tags at all) is a key
-// whose owner the KMS does not record; README: adopted only in a labeled namespace, and by
-// spec.keyID. A tenant of an UNLABELED namespace that merely asks for the same alias must get
-// AliasInUse, not the key.
-// TestConsoleKeyNotTakenByAlias: a tenant asking for the alias of a key made in the console
-// gets AliasInUse, not the key; deleting its resource with deletionPolicy Delete does nothing
-// to the key.
+// TestConsoleKeyNotTakenByAlias: a tenant of an unlabeled namespace asking for the alias of a
+// key made in the console gets AliasInUse, not the key, also with its create attempt backdated
+// (the annotation is the tenant's to edit); deleting its resources with deletionPolicy Delete
+// does nothing to the key.
 func TestConsoleKeyNotTakenByAlias(t *testing.T) {
 	p, s := newStandIn(t)
 	ctx := context.Background()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: newNamespace(t, "hw-console")}}
+	ns := newNamespace(t, "hw-console")
+	s.Clock.SetTime(time.Now().Add(-time.Hour)) // the production key was made an hour ago
 	consoleID, err := s.CreateKeyInConsole("terraform/payments-prod")
 	if err != nil {
 		t.Fatal(err)
 	}
-	operator.Run(t, env, ns.Name, p)
+	s.Clock.SetTime(time.Now())
+	operator.Run(t, env, ns, p)
 
-	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "grab", Namespace: ns.Name},
-		Spec: v1alpha1.CustomerMasterKeySpec{Alias: "terraform/payments-prod", KeySpec: v1alpha1.KeySpecAES256,
-			KeyUsage: v1alpha1.KeyUsageEncryptDecrypt, Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7,
-			DeletionPolicy: v1alpha1.DeletionPolicyDelete}}
-	if err := env.Client.Create(ctx, c); err != nil {
-		t.Fatal(err)
+	asking := func(c *v1alpha1.CustomerMasterKey) {
+		c.Spec.Alias, c.Spec.DeletionPolicy = "terraform/payments-prod", v1alpha1.DeletionPolicyDelete
 	}
-	NewWithT(t).Eventually(func(g Gomega) {
-		g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(c), c)).To(Succeed())
-		r := meta.FindStatusCondition(c.Status.Conditions, v1alpha1.ConditionReady)
-		g.Expect(r).NotTo(BeNil())
-		g.Expect(r.Reason).NotTo(Equal(v1alpha1.ReasonCreating))
-	}).WithTimeout(30 * time.Second).Should(Succeed())
-	owner, _ := p.Owner(ctx, consoleID)
-	if c.Status.KeyID == consoleID || owner.UID == string(c.UID) {
-		t.Errorf("unlabeled namespace took the console key %s by alias alone: status.keyID=%s owner=%+v", consoleID, c.Status.KeyID, owner)
+	plain := hwCMK(ns, "grab", asking)
+	backdated := func(name, at string) *v1alpha1.CustomerMasterKey {
+		return hwCMK(ns, name, asking, func(c *v1alpha1.CustomerMasterKey) {
+			c.Annotations = map[string]string{controllers.CreateAttemptAnnotation: at}
+		})
 	}
-	// And deleting the resource must not schedule the console key for deletion.
-	_ = env.Client.Delete(ctx, c)
+	// Long before, and just before the console key was made (its window then covers the key).
+	resources := []*v1alpha1.CustomerMasterKey{plain, backdated("grab-backdated", "2000-01-01T00:00:00Z"),
+		backdated("grab-backdated-near", time.Now().Add(-70*time.Minute).UTC().Format(time.RFC3339))}
+	for _, c := range resources {
+		if err := env.Client.Create(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		waitReady(t, c, func(g Gomega, r *metav1.Condition) { g.Expect(r.Reason).NotTo(Equal(v1alpha1.ReasonCreating)) })
+		owner, _ := p.Owner(ctx, consoleID)
+		if c.Status.KeyID == consoleID || owner.UID == string(c.UID) {
+			t.Errorf("%s took the console key %s by alias alone: status.keyID=%s owner=%+v", c.Name, consoleID, c.Status.KeyID, owner)
+		}
+	}
+	// And deleting the resources must not schedule the console key for deletion.
+	for _, c := range resources {
+		_ = env.Client.Delete(ctx, c)
+	}
 	time.Sleep(3 * time.Second)
 	if k, _ := p.Observe(ctx, consoleID); k.State == kms.StatePendingDeletion {
 		t.Fatalf("console key %s scheduled for deletion by a tenant's resource", consoleID)
 	}
 }
 
-// TestReview9bOverlappingClaimsBothWin: one leader runs several workers, so two resources of
-// one namespace whose spec.keyID names the same retained key (its owner gone) claim it at once.
-// Claim's read-back does not make the claim exclusive: C reads the old owner, B claims and reads
-// itself back, C then writes and reads itself back. Both claims succeed, so two resources drive
-// one key (README: "two resources never drive one key").
+// waitReady waits until the resource's Ready condition passes check.
+func waitReady(t *testing.T, c *v1alpha1.CustomerMasterKey, check func(g Gomega, r *metav1.Condition)) {
+	t.Helper()
+	NewWithT(t).Eventually(func(g Gomega) {
+		g.Expect(env.Client.Get(context.Background(), client.ObjectKeyFromObject(c), c)).To(Succeed())
+		r := meta.FindStatusCondition(c.Status.Conditions, v1alpha1.ConditionReady)
+		g.Expect(r).NotTo(BeNil())
+		check(g, r)
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+}
+
 // TestOverlappingClaimsOneWins holds one claim's tag write at the KMS while another claim of
 // the key runs: tags have no compare-and-swap, so without the provider's per-key critical
 // section both would read the old owner, write, and read themselves back.

@@ -12,49 +12,9 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
-	"github.com/cmk-operator/cmk-operator/controllers"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
-	"github.com/cmk-operator/cmk-operator/internal/testenv/operator"
 )
-
-// A tenant cannot backdate its resource's create attempt to take a key made before the
-// resource, with an alias it chose.
-func TestBackdatedAttemptTakesNoConsoleKey(t *testing.T) {
-	p, s := newStandIn(t)
-	ctx := context.Background()
-	ns := newNamespace(t, "hw-backdate")
-	s.Clock.SetTime(time.Now().Add(-time.Hour)) // the production key was made an hour ago
-	consoleID, err := s.CreateKeyInConsole("terraform/payments-prod")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Clock.SetTime(time.Now())
-	operator.Run(t, env, ns, p)
-	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "grab", Namespace: ns,
-		Annotations: map[string]string{controllers.CreateAttemptAnnotation: "2000-01-01T00:00:00Z"}},
-		Spec: v1alpha1.CustomerMasterKeySpec{Alias: "terraform/payments-prod", KeySpec: v1alpha1.KeySpecAES256,
-			KeyUsage: v1alpha1.KeyUsageEncryptDecrypt, Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7,
-			DeletionPolicy: v1alpha1.DeletionPolicyDelete}}
-	if err := env.Client.Create(ctx, c); err != nil {
-		t.Fatal(err)
-	}
-	NewWithT(t).Eventually(func(g Gomega) {
-		g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(c), c)).To(Succeed())
-		r := meta.FindStatusCondition(c.Status.Conditions, v1alpha1.ConditionReady)
-		g.Expect(r).NotTo(BeNil())
-		g.Expect(r.Reason).NotTo(Equal(v1alpha1.ReasonCreating))
-	}).WithTimeout(30 * time.Second).Should(Succeed())
-	owner, _ := p.Owner(ctx, consoleID)
-	if c.Status.KeyID == consoleID || owner.UID == string(c.UID) {
-		t.Fatalf("a tenant-set %s of 2000-01-01 took the console key %s: status.keyID=%s owner=%+v",
-			controllers.CreateAttemptAnnotation, consoleID, c.Status.KeyID, owner)
-	}
-}
 
 // A 403 from the KMS for one action (an IAM policy denying it) is that call's refusal, not the
 // account's: other keys are served.
