@@ -305,6 +305,24 @@ func TestDriftCorrected(t *testing.T) {
 	}
 }
 
+// TestChangeByAnotherProcessSeenAtOnce changes a key through another embedded provider on the
+// same KMS namespace (a person, a previous leader): the manager's provider, which answers from
+// its view of the key Secrets, learns of it from its watch and has the key reconciled at once,
+// with no resync due for an hour.
+func TestChangeByAnotherProcessSeenAtOnce(t *testing.T) {
+	h := newHarness(t)
+	h.start(managerOptions{syncPeriod: time.Hour})
+	h.create(h.cmk("changed-elsewhere"))
+	id := h.waitPhase("changed-elsewhere", v1alpha1.PhaseEnabled).Status.KeyID
+	elsewhere := h.newProvider(env.Client)
+	if err := elsewhere.Disable(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	NewWithT(t).Eventually(func() []string { return h.events("changed-elsewhere") }).WithTimeout(timeout).Should(
+		ContainElement(v1alpha1.EventDriftDetected))
+	NewWithT(t).Eventually(func() kms.State { return h.kmsState(id) }).WithTimeout(timeout).Should(Equal(kms.StateEnabled))
+}
+
 // TestTerminalFailures checks that a spec the provider cannot serve, or the KMS refuses, is
 // reported in conditions and events once, and not retried in a loop.
 func TestTerminalFailures(t *testing.T) {

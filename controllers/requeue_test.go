@@ -113,8 +113,8 @@ func TestTerminalFailureKeepsObserving(t *testing.T) {
 // conflicting makes the embedded KMS's first n writes of key Secrets lose a race, as they do
 // when the reaper writes the same key at the same moment; left counts down the races still to
 // lose.
-func conflicting(c client.Client, left *atomic.Int64) client.Client {
-	return interceptor.NewClient(withoutWatch{c}, interceptor.Funcs{
+func conflicting(c client.WithWatch, left *atomic.Int64) client.Client {
+	return interceptor.NewClient(c, interceptor.Funcs{
 		Update: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.UpdateOption) error {
 			if _, ok := o.(*corev1.Secret); ok && left.Add(-1) >= 0 {
 				return apierrors.NewConflict(schema.GroupResource{Resource: "secrets"}, o.GetName(), nil)

@@ -68,7 +68,7 @@ func newHarness(t testing.TB) *harness {
 
 func (h *harness) newProvider(c client.Client) *embedded.Provider {
 	h.t.Helper()
-	p, err := embedded.New(context.Background(), kms.Env{Client: c, Namespace: h.kmsNS, Clock: h.clock, Log: logr.Discard()}, embedded.Options{})
+	p, err := embedded.New(h.t.Context(), kms.Env{Client: c, Namespace: h.kmsNS, Clock: h.clock, Log: logr.Discard()}, embedded.Options{})
 	if err != nil {
 		h.t.Fatal(err)
 	}

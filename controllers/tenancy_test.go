@@ -55,7 +55,7 @@ func newWorld(t *testing.T, opts managerOptions) *world {
 		t.Fatal(err)
 	}
 	manager := h.asGeneratedRBAC()
-	direct, err := client.New(manager, client.Options{Scheme: env.Client.Scheme()})
+	direct, err := client.NewWithWatch(manager, client.Options{Scheme: env.Client.Scheme()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,9 +24,16 @@ import (
 // writes to the embedded KMS's Secrets.
 type writes struct {
 	status, object, secret atomic.Int64
+	// secretReads counts gets and lists of Secrets: what a view of the KMS's keys saves.
+	secretReads atomic.Int64
 }
 
-func (w *writes) reset() { w.status.Store(0); w.object.Store(0); w.secret.Store(0) }
+func (w *writes) reset() {
+	w.status.Store(0)
+	w.object.Store(0)
+	w.secret.Store(0)
+	w.secretReads.Store(0)
+}
 
 func (w *writes) get() [3]int64 { return [3]int64{w.status.Load(), w.object.Load(), w.secret.Load()} }
 
@@ -40,6 +47,18 @@ func (w *writes) count(o client.Object) {
 
 func (w *writes) client() client.WithWatch {
 	return interceptor.NewClient(env.Client, interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, o client.Object, opts ...client.GetOption) error {
+			if _, ok := o.(*corev1.Secret); ok {
+				w.secretReads.Add(1)
+			}
+			return c.Get(ctx, key, o, opts...)
+		},
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			if _, ok := list.(*corev1.SecretList); ok {
+				w.secretReads.Add(1)
+			}
+			return c.List(ctx, list, opts...)
+		},
 		Create: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.CreateOption) error {
 			w.count(o)
 			return c.Create(ctx, o, opts...)
@@ -131,6 +150,44 @@ func TestWritesPerReconcile(t *testing.T) {
 	res = step("pending no-op near the date", [3]int64{0, 0, 0})
 	if res.RequeueAfter != time.Minute {
 		t.Errorf("a minute before the deletion date, requeue after %v, want 1m", res.RequeueAfter)
+	}
+}
+
+// TestTransitionsAndRestartsReadNoSecret checks that the embedded KMS answers from its view of
+// its keys: a transition costs its Secret write and nothing else, and a restart over settled
+// keys (a new provider, a new reconciler) reads no key Secret and writes nothing at all.
+func TestTransitionsAndRestartsReadNoSecret(t *testing.T) {
+	h := newHarness(t)
+	r, _ := directReconciler(h)
+	names := []string{"a", "b", "c", "d", "e"}
+	for _, name := range names {
+		h.create(h.cmk(name))
+		reconcileOnce(t, r, h, name)
+	}
+
+	restarted, w := directReconciler(h) // its provider lists its keys once, as it starts
+	w.reset()
+	for _, name := range names {
+		reconcileOnce(t, restarted, h, name)
+		if got := h.get(name); got.Status.Phase != v1alpha1.PhaseEnabled {
+			t.Fatalf("%s is %s after the restart", name, got.Status.Phase)
+		}
+	}
+	if got, reads := w.get(), w.secretReads.Load(); got != [3]int64{} || reads != 0 {
+		t.Errorf("a restart over %d settled keys wrote [status, object, secret] = %v and read Secrets %d times, want nothing",
+			len(names), got, reads)
+	}
+
+	for _, change := range []map[string]any{{"enabled": false}, {"deletionScheduled": true}, {"deletionScheduled": false}, {"enabled": true}} {
+		for _, name := range names {
+			h.patch(name, change)
+			w.reset()
+			reconcileOnce(t, restarted, h, name)
+			if got, reads := w.get(), w.secretReads.Load(); got != [3]int64{1, 0, 1} || reads != 0 {
+				t.Errorf("%s, %v: wrote [status, object, secret] = %v and read Secrets %d times, want [1 0 1] and none",
+					name, change, got, reads)
+			}
+		}
 	}
 }
 

@@ -47,14 +47,15 @@ type reservation struct {
 func (p *Provider) reserveAlias(ctx context.Context, alias, id string) error {
 	want := reservation{Alias: alias, KeyID: id, ReservedAt: p.clock.Now().UTC()}
 	for {
-		s := &corev1.Secret{}
-		err := p.client.Get(ctx, client.ObjectKey{Namespace: p.namespace, Name: aliasSecretName(alias)}, s)
-		if apierrors.IsNotFound(err) {
-			err = p.client.Create(ctx, newReservation(p.namespace, want))
-			if apierrors.IsAlreadyExists(err) {
-				continue // another create reserved it first: judge its reservation
-			}
+		// Most aliases are new: the reservation is made first and read only if it exists.
+		err := p.client.Create(ctx, newReservation(p.namespace, want))
+		if !apierrors.IsAlreadyExists(err) {
 			return wrapReserve(alias, err)
+		}
+		s := &corev1.Secret{}
+		err = p.client.Get(ctx, client.ObjectKey{Namespace: p.namespace, Name: aliasSecretName(alias)}, s)
+		if apierrors.IsNotFound(err) {
+			continue // released between the two calls: make it again
 		}
 		if err != nil {
 			return wrapReserve(alias, err)

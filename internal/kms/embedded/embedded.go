@@ -8,6 +8,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -22,8 +23,9 @@ import (
 )
 
 // The embedded KMS reads and writes Secrets only in its own namespace; config/default deploys
-// the operator, and so the KMS, to cmk-system. It lists them (by label) but never watches them.
-// +kubebuilder:rbac:groups="",namespace=cmk-system,resources=secrets,verbs=get;list;create;update
+// the operator, and so the KMS, to cmk-system. It watches its key Secrets there, by label (see
+// view.go), and no Secret anywhere else.
+// +kubebuilder:rbac:groups="",namespace=cmk-system,resources=secrets,verbs=get;list;watch;create;update
 
 // Name selects this provider with --kms-provider.
 const Name = "embedded"
@@ -62,6 +64,8 @@ type Provider struct {
 	log          logr.Logger
 	sealer       *sealer
 	reapInterval time.Duration
+	// view answers reads of key Secrets without asking the apiserver (see view.go).
+	view *view
 
 	// wake tells the reaper that a deletion date was set, so it can look again.
 	wake chan struct{}
@@ -75,7 +79,8 @@ var (
 )
 
 // New builds an embedded provider, creating its root key on first use. It refuses to start
-// with a root key that cannot open the keys it holds (see rootkey.go).
+// with a root key that cannot open the keys it holds (see rootkey.go). Its view of the key
+// Secrets is kept until ctx ends; env.Client must be able to watch.
 func New(ctx context.Context, env kms.Env, opts Options) (*Provider, error) {
 	if env.Clock == nil {
 		env.Clock = clock.RealClock{}
@@ -101,6 +106,9 @@ func New(ctx context.Context, env kms.Env, opts Options) (*Provider, error) {
 		wake:         make(chan struct{}, 1),
 		changes:      make(chan string, 1024),
 	}
+	if p.view, err = startView(ctx, env.Client, env.Namespace, env.Log, p.changedElsewhere); err != nil {
+		return nil, err
+	}
 	if err := p.verifyRootKey(ctx); err != nil {
 		return nil, err
 	}
@@ -109,8 +117,22 @@ func New(ctx context.Context, env kms.Env, opts Options) (*Provider, error) {
 	return p, nil
 }
 
-// Changes delivers the IDs of keys the reaper deleted.
+// Changes delivers the IDs of keys the reaper deleted, and of keys someone else changed (a
+// person editing a key's Secret, a previous leader's last write), as the view learns of them.
 func (p *Provider) Changes() <-chan string { return p.changes }
+
+// changedElsewhere passes on a key Secret someone else changed.
+func (p *Provider) changedElsewhere(name string) {
+	id, ok := strings.CutPrefix(name, secretPrefix)
+	if !ok || !kms.ValidKeyID(id) {
+		return
+	}
+	select {
+	case p.changes <- id:
+	default:
+		// Nobody is draining the channel; the operator's resync reports the change later.
+	}
+}
 
 // Observe reports the key with this ID.
 func (p *Provider) Observe(ctx context.Context, keyID string) (kms.Key, error) {
@@ -122,9 +144,13 @@ func (p *Provider) Observe(ctx context.Context, keyID string) (kms.Key, error) {
 }
 
 // Lookup reports the key a Create with this token made, else the key claimed for an owner
-// with this UID. The key ID is derived from the token, so the first answer is exact: a Create
-// that wrote its Secret is always found, one that did not never is. A claim writes the owner's
-// UID as a label in the same update as the record, so the second is exact too.
+// with this UID. The key ID is derived from the token, and a key the view does not have is
+// asked of the apiserver, so the first answer is exact: a Create that wrote its Secret is
+// always found, one that did not never is. A claim writes the owner's UID as a label in the
+// same update as the record; the view has this process's claims at once, and another's as soon
+// as the watch delivers them. A claim the view has not seen yet can only be a previous
+// leader's, for a resource whose status lost the key: its Create then meets the key's alias,
+// and claims the key again (a claim of a key already its own changes nothing).
 func (p *Provider) Lookup(ctx context.Context, token string) (kms.Key, error) {
 	if token == "" {
 		return kms.Key{}, &kms.NotFoundError{Token: token}
@@ -133,12 +159,12 @@ func (p *Provider) Lookup(ctx context.Context, token string) (kms.Key, error) {
 	if !kms.IsNotFound(err) || len(validation.IsValidLabelValue(token)) > 0 {
 		return k, err
 	}
-	var list corev1.SecretList
-	if err := p.client.List(ctx, &list, client.InNamespace(p.namespace), client.MatchingLabels{labelKey: "true", labelOwnerUID: token}); err != nil {
+	claimed, err := p.view.byIndex(byOwner, token)
+	if err != nil {
 		return kms.Key{}, fmt.Errorf("looking up the key claimed for %s: %w", token, err)
 	}
-	for i := range list.Items {
-		if r, err := readRecord(&list.Items[i]); err == nil && isKeySecret(&list.Items[i]) && r.owner().UID == token {
+	for _, s := range claimed {
+		if r, err := readRecord(s); err == nil && isKeySecret(s) && r.owner().UID == token {
 			return r.key(), nil
 		}
 	}
@@ -151,10 +177,14 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 		return kms.Key{}, fmt.Errorf("creating key %q: a creation token is required", req.Alias)
 	}
 	id := keyIDFor(req.Token)
-	if _, r, err := p.get(ctx, id); err == nil {
-		return r.key(), nil
-	} else if !kms.IsNotFound(err) {
-		return kms.Key{}, err
+	// Only the view is asked: a key it does not have yet (another process made it a moment
+	// ago) is found by the Secret's Create below, which the apiserver refuses for a name taken.
+	if s, ok := p.view.get(secretName(id)); ok {
+		if _, r, err := p.parse(id, s); err == nil {
+			return r.key(), nil
+		} else if !kms.IsNotFound(err) {
+			return kms.Key{}, err
+		}
 	}
 	if err := checkSupported(req.KeySpec); err != nil {
 		return kms.Key{}, err
@@ -208,6 +238,8 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 	if err != nil {
 		return kms.Key{}, err
 	}
+	done := p.view.write(secret.Name)
+	defer done()
 	if err := p.client.Create(ctx, secret); err != nil {
 		if apierrors.IsAlreadyExists(err) {
 			// A concurrent Create with the same token won; report its key.
@@ -215,21 +247,25 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 		}
 		return kms.Key{}, fmt.Errorf("creating key %s: %w", id, err)
 	}
-	return r.key(), nil
+	p.view.saw(secret)
+	stored, err := readRecord(secret)
+	if err != nil {
+		return kms.Key{}, err
+	}
+	return stored.key(), nil
 }
 
 // checkAliasFree refuses an alias that another key, not yet deleted, already has, as a cloud
 // KMS does. The key being created (a concurrent Create with the same token) does not count.
 // Aliases are reserved atomically (see reserveAlias); this finds the keys made before
 // reservations existed.
-func (p *Provider) checkAliasFree(ctx context.Context, alias, id string) error {
-	var list corev1.SecretList
-	if err := p.client.List(ctx, &list, client.InNamespace(p.namespace),
-		client.MatchingLabels{labelKey: "true", labelAliasHash: aliasHash(alias)}); err != nil {
+func (p *Provider) checkAliasFree(_ context.Context, alias, id string) error {
+	holders, err := p.view.byIndex(byAlias, aliasHash(alias))
+	if err != nil {
 		return fmt.Errorf("looking up alias %q: %w", alias, err)
 	}
-	for i := range list.Items {
-		if r, err := readRecord(&list.Items[i]); err == nil && r.ID != id && r.Alias == alias && r.State != kms.StateDeleted {
+	for _, s := range holders {
+		if r, err := readRecord(s); err == nil && r.ID != id && r.Alias == alias && r.State != kms.StateDeleted {
 			return &kms.AliasInUseError{Alias: alias, KeyID: r.ID}
 		}
 	}
@@ -345,11 +381,24 @@ func (p *Provider) SetDescription(ctx context.Context, keyID, description string
 	})
 }
 
-// get reads a key's Secret. Only an ID of the form the KMS gives out is looked up, and only a
-// Secret that is a key record is answered with: any other ID, or Secret, is no key. An ID comes
-// from a tenant's spec.keyID, so it must never name another Secret of the KMS namespace (the
-// root key's, an alias reservation) nor tell which of them exist.
+// get reads a key's Secret from the view; one the view does not have is asked of the
+// apiserver, so "no such key" is never an answer of a view that is behind. Only an ID of the
+// form the KMS gives out is looked up, and only a Secret that is a key record is answered with:
+// any other ID, or Secret, is no key. An ID comes from a tenant's spec.keyID, so it must never
+// name another Secret of the KMS namespace (the root key's, an alias reservation) nor tell
+// which of them exist.
 func (p *Provider) get(ctx context.Context, keyID string) (*corev1.Secret, *record, error) {
+	if !kms.ValidKeyID(keyID) {
+		return nil, nil, &kms.NotFoundError{KeyID: keyID}
+	}
+	if s, ok := p.view.get(secretName(keyID)); ok {
+		return p.parse(keyID, s)
+	}
+	return p.getLive(ctx, keyID)
+}
+
+// getLive reads a key's Secret from the apiserver, and tells the view what it found.
+func (p *Provider) getLive(ctx context.Context, keyID string) (*corev1.Secret, *record, error) {
 	if !kms.ValidKeyID(keyID) {
 		return nil, nil, &kms.NotFoundError{KeyID: keyID}
 	}
@@ -360,6 +409,13 @@ func (p *Provider) get(ctx context.Context, keyID string) (*corev1.Secret, *reco
 		}
 		return nil, nil, fmt.Errorf("reading key %s: %w", keyID, err)
 	}
+	if isKeySecret(s) {
+		p.view.saw(s)
+	}
+	return p.parse(keyID, s)
+}
+
+func (p *Provider) parse(keyID string, s *corev1.Secret) (*corev1.Secret, *record, error) {
 	if !isKeySecret(s) {
 		return nil, nil, &kms.NotFoundError{KeyID: keyID}
 	}
@@ -378,12 +434,16 @@ func (p *Provider) transition(ctx context.Context, keyID, call string, change fu
 	return p.transitionSecret(ctx, keyID, call, func(r *record, _ *corev1.Secret) (bool, error) { return change(r) })
 }
 
-// transitionSecret is transition for changes that also set sealed fields of the Secret. A
-// write that loses a race with another writer of the key (the reaper, another call) is tried
-// again on a fresh read, so the change is judged against the state that won.
+// transitionSecret is transition for changes that also set sealed fields of the Secret. The
+// change is judged on the view; a write that loses a race with another writer of the key (the
+// reaper, another call, a person) is tried again on a live read, so the change is judged
+// against the state that won. The apiserver's answer to the write goes into the view: what the
+// call reports after is the state stored, not the state meant.
 func (p *Provider) transitionSecret(ctx context.Context, keyID, call string, change func(*record, *corev1.Secret) (bool, error)) error {
+	read := p.get
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		s, r, err := p.get(ctx, keyID)
+		s, r, err := read(ctx, keyID)
+		read = p.getLive
 		if err != nil {
 			return err
 		}
@@ -398,9 +458,12 @@ func (p *Provider) transitionSecret(ctx context.Context, keyID, call string, cha
 		if err := writeRecord(s, r); err != nil {
 			return err
 		}
+		done := p.view.write(s.Name)
+		defer done()
 		if err := p.client.Update(ctx, s); err != nil {
 			return fmt.Errorf("%s key %s: %w", call, keyID, err)
 		}
+		p.view.saw(s)
 		return nil
 	})
 	return err

@@ -63,6 +63,8 @@ type fixture struct {
 	clock  *clocktesting.FakeClock
 	writes *writeCounter
 	ns     string
+	// ctx is the test's: the providers' views of the key Secrets stop with it.
+	ctx context.Context
 }
 
 // newFixture gives each test its own KMS namespace, so tests never see each other's keys.
@@ -72,8 +74,8 @@ func newFixture(t *testing.T) *fixture {
 	if err := env.CreateNamespace(context.Background(), ns); err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{clock: clocktesting.NewFakeClock(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)), writes: &writeCounter{}, ns: ns}
-	p, err := New(context.Background(), kms.Env{Client: f.writes.client(), Namespace: ns, Clock: f.clock, Log: logr.Discard()}, Options{})
+	f := &fixture{clock: clocktesting.NewFakeClock(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)), writes: &writeCounter{}, ns: ns, ctx: t.Context()}
+	p, err := New(f.ctx, kms.Env{Client: f.writes.client(), Namespace: ns, Clock: f.clock, Log: logr.Discard()}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +97,14 @@ func (f *fixture) create(t *testing.T, spec, origin string) kms.Key {
 
 func (f *fixture) state(t *testing.T, id string) kms.State {
 	t.Helper()
-	k, err := f.p.Observe(context.Background(), id)
+	return stateIn(t, f.p, id)
+}
+
+// stateIn is the key's state as p sees it: another provider's view has a write of p's only
+// once its watch delivers it.
+func stateIn(t *testing.T, p *Provider, id string) kms.State {
+	t.Helper()
+	k, err := p.Observe(context.Background(), id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +406,7 @@ func TestRootKey(t *testing.T) {
 
 	// A second provider on the same namespace (a restart) reuses the root key and opens the
 	// material the first one sealed.
-	again, err := New(context.Background(), kms.Env{Client: env.Client, Namespace: f.ns, Clock: f.clock, Log: logr.Discard()}, Options{})
+	again, err := New(f.ctx, kms.Env{Client: env.Client, Namespace: f.ns, Clock: f.clock, Log: logr.Discard()}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -443,7 +452,7 @@ func TestReaperMovesPastStuckKey(t *testing.T) {
 	}
 	var failing atomic.Bool
 	failing.Store(true)
-	p, err := New(context.Background(), kms.Env{Client: interceptor.NewClient(env.Client, interceptor.Funcs{
+	p, err := New(f.ctx, kms.Env{Client: interceptor.NewClient(env.Client, interceptor.Funcs{
 		Update: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.UpdateOption) error {
 			if o.GetName() == secretName(stuck) && failing.Load() {
 				return apierrors.NewInternalError(errors.New("injected: etcd is unhappy"))
@@ -458,14 +467,14 @@ func TestReaperMovesPastStuckKey(t *testing.T) {
 	if _, err := p.ReapDue(context.Background()); err == nil || !strings.Contains(err.Error(), stuck) {
 		t.Errorf("ReapDue with a stuck key: %v, want an error naming %s", err, stuck)
 	}
-	if got := f.state(t, other); got != kms.StateDeleted {
+	if got := stateIn(t, p, other); got != kms.StateDeleted {
 		t.Errorf("the key after the stuck one is %s, want Deleted", got)
 	}
 	failing.Store(false)
 	if _, err := p.ReapDue(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got := f.state(t, stuck); got != kms.StateDeleted {
+	if got := stateIn(t, p, stuck); got != kms.StateDeleted {
 		t.Errorf("the stuck key, once writable, is %s", got)
 	}
 }

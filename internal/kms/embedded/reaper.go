@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 )
 
@@ -45,20 +42,21 @@ func (p *Provider) Start(ctx context.Context) error {
 // ReapDue deletes every key whose deletion date has come and expires every imported material
 // whose time has come, and returns the earliest such time still ahead (zero when none is). A
 // key it cannot update does not hold up the others: each such key is in the error returned,
-// and is tried again at the next pass.
+// and is tried again soon. The view indexes keys by when they are due, so a pass asks the
+// apiserver nothing and reads only the keys due: its cost does not grow with the keys that
+// have no date, or whose date is ahead. Each key due is written on its own, judged on its
+// newest state.
 func (p *Provider) ReapDue(ctx context.Context) (time.Time, error) {
-	var list corev1.SecretList
-	if err := p.client.List(ctx, &list, client.InNamespace(p.namespace),
-		client.MatchingLabels{labelKey: "true", labelDue: "true"}); err != nil {
-		return time.Time{}, fmt.Errorf("listing keys with a deletion date or material expiry: %w", err)
-	}
 	now := p.clock.Now()
-	var next time.Time
+	dated, next, err := p.view.dueBy(now)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("finding keys past their deletion date or material expiry: %w", err)
+	}
 	var failed []error
-	for i := range list.Items {
-		r, err := readRecord(&list.Items[i])
+	for _, s := range dated {
+		r, err := readRecord(s)
 		if err != nil {
-			failed = append(failed, fmt.Errorf("key Secret %s: %w", list.Items[i].Name, err))
+			failed = append(failed, fmt.Errorf("key Secret %s: %w", s.Name, err))
 			continue
 		}
 		due, ok := r.nextDue()

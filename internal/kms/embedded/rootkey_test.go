@@ -21,7 +21,7 @@ import (
 var otherRoot = bytes.Repeat([]byte{9}, rootKeySize)
 
 func (f *fixture) restart(opts Options) (*Provider, error) {
-	return New(context.Background(), kms.Env{Client: env.Client, Namespace: f.ns, Clock: f.clock, Log: logr.Discard()}, opts)
+	return New(f.ctx, kms.Env{Client: env.Client, Namespace: f.ns, Clock: f.clock, Log: logr.Discard()}, opts)
 }
 
 func writeRootKeyFile(t *testing.T, root []byte) string {

@@ -30,7 +30,7 @@ func Start(t testing.TB, env *testenv.Env, namespace, kmsNamespace string) *embe
 	if err := env.CreateNamespace(context.Background(), kmsNamespace); err != nil {
 		t.Fatal(err)
 	}
-	provider, err := embedded.New(context.Background(), kms.Env{Client: env.Client, Namespace: kmsNamespace, Clock: clock.RealClock{}, Log: logr.Discard()}, embedded.Options{})
+	provider, err := embedded.New(t.Context(), kms.Env{Client: env.Client, Namespace: kmsNamespace, Clock: clock.RealClock{}, Log: logr.Discard()}, embedded.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,296 @@
+package embedded
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// view is the embedded KMS's own picture of its key Secrets, so that observing a key, finding
+// one by alias or owner, and finding the keys due costs no request to the apiserver.
+//
+// It is a watch of the key Secrets of the KMS namespace (nothing else: no other Secret of
+// that namespace, none of any other), with every answer the apiserver gives to this process's
+// own writes laid over it until the watch has caught up. So a read never goes back past a
+// write this process made, and the state a call reports is the state the apiserver stored.
+// Writes still carry the resourceVersion they were judged on: a view that is behind a write of
+// someone else (a person, a previous leader) makes the write fail with a conflict, and the
+// write is judged again on a live read (see Provider.transitionSecret). A call that finds
+// nothing to do on a view that is behind such a write is corrected as soon as the watch
+// delivers the write: every change the watch brings that this process did not make is passed
+// to changed, and so to the reconciler.
+type view struct {
+	namespace string
+	informer  toolscache.SharedIndexInformer
+	// changed is told the name of a key Secret someone else changed.
+	changed func(name string)
+
+	mu sync.Mutex
+	// own holds, by Secret name, the answer to this process's latest write of the Secret,
+	// until the watch delivers that version or a newer one.
+	own map[string]*corev1.Secret
+	// writing counts this process's writes of a Secret under way: a version the watch brings
+	// meanwhile may be one of them, whose answer is not in yet.
+	writing map[string]int
+}
+
+// Indexes of the view: a key Secret is found by the hash of its alias, by the UID of its owner,
+// and by when the reaper must next act on it (Unix seconds), if ever.
+const (
+	byAlias = "alias"
+	byOwner = "owner"
+	byDue   = "due"
+)
+
+var indexers = toolscache.Indexers{
+	byAlias: labelIndex(labelAliasHash),
+	byOwner: labelIndex(labelOwnerUID),
+	byDue: func(obj any) ([]string, error) {
+		s := obj.(*corev1.Secret)
+		if s.Labels[labelDue] != "true" {
+			return nil, nil
+		}
+		r, err := readRecord(s)
+		if err != nil {
+			// Damaged: due now, so the reaper reports it.
+			return []string{"0"}, nil
+		}
+		if due, ok := r.nextDue(); ok {
+			return []string{strconv.FormatInt(due.Unix(), 10)}, nil
+		}
+		return nil, nil
+	},
+}
+
+func labelIndex(label string) toolscache.IndexFunc {
+	return func(obj any) ([]string, error) {
+		if v, ok := obj.(*corev1.Secret).Labels[label]; ok {
+			return []string{v}, nil
+		}
+		return nil, nil
+	}
+}
+
+// startView lists and then watches the key Secrets of namespace until ctx ends, and returns
+// once the first list is in. The list is paged, and a watch that closes is resumed from the
+// last version seen, as client-go's informers do.
+func startView(ctx context.Context, c client.Client, namespace string, log logr.Logger, changed func(name string)) (*view, error) {
+	w, ok := c.(client.WithWatch)
+	if !ok {
+		return nil, fmt.Errorf("the embedded KMS needs a client that can watch its key Secrets")
+	}
+	selector := client.MatchingLabels{labelKey: "true"}
+	lw := &toolscache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			list := &corev1.SecretList{}
+			err := w.List(ctx, list, &client.ListOptions{Raw: &o, Limit: o.Limit, Continue: o.Continue},
+				client.InNamespace(namespace), selector)
+			return list, err
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return w.Watch(ctx, &corev1.SecretList{}, &client.ListOptions{Raw: &o}, client.InNamespace(namespace), selector)
+		},
+	}
+	v := &view{
+		namespace: namespace,
+		informer: toolscache.NewSharedIndexInformerWithOptions(lw, &corev1.Secret{},
+			toolscache.SharedIndexInformerOptions{Indexers: indexers}),
+		changed: changed,
+		own:     map[string]*corev1.Secret{},
+		writing: map[string]int{},
+	}
+	// Nothing here reads managedFields; without them the view of thousands of keys is smaller.
+	if err := v.informer.SetTransform(func(obj any) (any, error) {
+		if m, ok := obj.(metav1.Object); ok {
+			m.SetManagedFields(nil)
+		}
+		return obj, nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := v.informer.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *toolscache.Reflector, err error) {
+		log.Info("Watch of the key Secrets ended; resuming", "error", err.Error())
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := v.informer.AddEventHandler(toolscache.ResourceEventHandlerDetailedFuncs{
+		AddFunc: func(obj any, initial bool) { v.caughtUp(obj, !initial) },
+		// A relist hands over every Secret again as an update: only a new version is news.
+		UpdateFunc: func(old, obj any) { v.caughtUp(obj, newer(obj.(*corev1.Secret), old.(*corev1.Secret))) },
+		DeleteFunc: func(obj any) { v.caughtUp(obj, true) },
+	}); err != nil {
+		return nil, err
+	}
+	go v.informer.RunWithContext(ctx)
+	if !toolscache.WaitForCacheSync(ctx.Done(), v.informer.HasSynced) {
+		return nil, fmt.Errorf("listing the key Secrets of namespace %s: %w", namespace, context.Cause(ctx))
+	}
+	return v, nil
+}
+
+// caughtUp drops this process's write of a Secret once the watch has delivered it, or a
+// newer version, or the Secret's deletion; and passes on a change this process did not make.
+func (v *view) caughtUp(obj any, change bool) {
+	if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+		obj = tomb.Obj
+	}
+	s, ok := obj.(*corev1.Secret)
+	if !ok {
+		return
+	}
+	v.mu.Lock()
+	mine, known := v.own[s.Name]
+	if known && !newer(mine, s) {
+		delete(v.own, s.Name)
+	}
+	// Not news: a version this process wrote or has read, or one older than those, or one
+	// that may be the answer to a write still under way.
+	news := change && v.writing[s.Name] == 0 && (!known || newer(s, mine))
+	v.mu.Unlock()
+	if news && v.changed != nil {
+		v.changed(s.Name)
+	}
+}
+
+// write marks a write of this process to a Secret as under way, until the returned function
+// is called (after saw, when the write succeeded).
+func (v *view) write(name string) (done func()) {
+	v.mu.Lock()
+	v.writing[name]++
+	v.mu.Unlock()
+	return func() {
+		v.mu.Lock()
+		if v.writing[name]--; v.writing[name] == 0 {
+			delete(v.writing, name)
+		}
+		v.mu.Unlock()
+	}
+}
+
+// saw lays over the view a version of a Secret this process got from the apiserver: the answer
+// to its write, or a live read.
+func (v *view) saw(s *corev1.Secret) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if mine, ok := v.own[s.Name]; ok && newer(mine, s) {
+		return
+	}
+	if cached, ok := v.cached(s.Name); ok && !newer(s, cached) {
+		return
+	}
+	s = s.DeepCopy()
+	s.ManagedFields = nil
+	v.own[s.Name] = s
+}
+
+// get returns a copy of the newest version of the Secret the view knows, if any.
+func (v *view) get(name string) (*corev1.Secret, bool) {
+	v.mu.Lock()
+	mine, mineOK := v.own[name]
+	v.mu.Unlock()
+	cached, cachedOK := v.cached(name)
+	switch {
+	case mineOK && (!cachedOK || newer(mine, cached)):
+		return mine.DeepCopy(), true
+	case cachedOK:
+		return cached.DeepCopy(), true
+	}
+	return nil, false
+}
+
+// byIndex returns copies of the key Secrets whose label of the index has this value, by name.
+func (v *view) byIndex(index, value string) ([]*corev1.Secret, error) {
+	objs, err := v.informer.GetIndexer().ByIndex(index, value)
+	if err != nil {
+		return nil, err
+	}
+	found := map[string]*corev1.Secret{}
+	for _, obj := range objs {
+		s := obj.(*corev1.Secret)
+		found[s.Name] = s
+	}
+	v.mu.Lock()
+	for name, mine := range v.own {
+		if cached, ok := v.cached(name); ok && !newer(mine, cached) {
+			continue // the index already reflects the write
+		}
+		// The cache's version of the Secret is older than this process's write: the write
+		// decides whether it matches.
+		delete(found, name)
+		if values, _ := indexers[index](mine); slices.Contains(values, value) {
+			found[name] = mine
+		}
+	}
+	v.mu.Unlock()
+	out := make([]*corev1.Secret, 0, len(found))
+	for _, s := range found {
+		out = append(out, s.DeepCopy())
+	}
+	slices.SortFunc(out, func(a, b *corev1.Secret) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// dueBy returns copies of the key Secrets the reaper must act on by now, and the earliest time
+// after now at which another one is due (zero when none is). It reads only the Secrets due:
+// the others are known by their time in the index alone.
+func (v *view) dueBy(now time.Time) ([]*corev1.Secret, time.Time, error) {
+	times := v.informer.GetIndexer().ListIndexFuncValues(byDue)
+	v.mu.Lock()
+	for _, mine := range v.own {
+		values, _ := indexers[byDue](mine)
+		times = append(times, values...)
+	}
+	v.mu.Unlock()
+	slices.Sort(times)
+	times = slices.Compact(times)
+	var due []*corev1.Secret
+	var next time.Time
+	for _, value := range times {
+		sec, err := strconv.ParseInt(value, 10, 64)
+		if err != nil {
+			continue
+		}
+		if at := time.Unix(sec, 0); at.After(now) {
+			if next.IsZero() || at.Before(next) {
+				next = at
+			}
+			continue
+		}
+		secrets, err := v.byIndex(byDue, value)
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		due = append(due, secrets...)
+	}
+	slices.SortFunc(due, func(a, b *corev1.Secret) int { return strings.Compare(a.Name, b.Name) })
+	return due, next, nil
+}
+
+func (v *view) cached(name string) (*corev1.Secret, bool) {
+	obj, ok, err := v.informer.GetIndexer().GetByKey(v.namespace + "/" + name)
+	if err != nil || !ok {
+		return nil, false
+	}
+	return obj.(*corev1.Secret), true
+}
+
+// newer reports whether a is a later version of the Secret than b. The apiserver's
+// resourceVersions are etcd revisions, which only grow; one that is not a number is taken to
+// be the watch's, which is then trusted over this process's memory of its write.
+func newer(a, b *corev1.Secret) bool {
+	va, errA := strconv.ParseUint(a.ResourceVersion, 10, 64)
+	vb, errB := strconv.ParseUint(b.ResourceVersion, 10, 64)
+	return errA == nil && errB == nil && va > vb
+}
