@@ -23,6 +23,7 @@ import (
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	_ "github.com/cmk-operator/cmk-operator/internal/kms/embedded"    // registers the "embedded" provider
 	_ "github.com/cmk-operator/cmk-operator/internal/kms/huaweicloud" // registers the "huaweicloud" provider
+	"github.com/cmk-operator/cmk-operator/internal/requestmetrics"
 	"github.com/cmk-operator/cmk-operator/internal/scheme"
 )
 
@@ -33,6 +34,7 @@ func main() {
 	var (
 		metricsAddr  string
 		probeAddr    string
+		pprofAddr    string
 		leaderElect  bool
 		providerName string
 		kmsNamespace string
@@ -43,13 +45,15 @@ func main() {
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "The address the metrics endpoint binds to, e.g. :8080; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "The address the health probe endpoint binds to.")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "The address Go's profiling endpoint (/debug/pprof) binds to, e.g. 127.0.0.1:6060; 0 disables it.")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "Enable leader election, so that only one manager acts at a time.")
 	flag.StringVar(&providerName, "kms-provider", "embedded", fmt.Sprintf("The KMS provider to drive, one of %v.", kms.Names()))
 	flag.StringVar(&kmsNamespace, "kms-namespace", defaultKMSNamespace(), "The namespace where the KMS provider keeps its state and credentials; $POD_NAMESPACE when that is set.")
 	flag.DurationVar(&syncPeriod, "sync-period", controllers.DefaultSyncPeriod, "How often a settled key is checked against the KMS, to correct changes made outside Kubernetes.")
 	flag.IntVar(&workers, "max-concurrent-reconciles", 16, "How many keys are reconciled at once.")
-	flag.Float64Var(&apiQPS, "kube-api-qps", 100, "Most requests per second to the Kubernetes apiserver (client-go's default is 20, too few for bulk work on thousands of keys).")
-	flag.IntVar(&apiBurst, "kube-api-burst", 200, "Most requests in a burst to the Kubernetes apiserver.")
+	flag.Float64Var(&apiQPS, "kube-api-qps", -1, "Most requests per second to the Kubernetes apiserver; -1 sets no limit in the client, "+
+		"leaving the pace to the apiserver's API Priority and Fairness, as controller-runtime does by default (the workers already bound the requests in flight).")
+	flag.IntVar(&apiBurst, "kube-api-burst", 200, "Most requests in a burst to the Kubernetes apiserver, with a --kube-api-qps above 0.")
 	kms.AddFlags(flag.CommandLine)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -57,7 +61,7 @@ func main() {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 
 	if err := run(ctrl.SetupSignalHandler(), managerConfig{
-		metricsAddr: metricsAddr, probeAddr: probeAddr, leaderElect: leaderElect,
+		metricsAddr: metricsAddr, probeAddr: probeAddr, pprofAddr: pprofAddr, leaderElect: leaderElect,
 		provider: providerName, kmsNamespace: kmsNamespace, syncPeriod: syncPeriod, workers: workers,
 		apiQPS: apiQPS, apiBurst: apiBurst,
 	}); err != nil {
@@ -68,6 +72,7 @@ func main() {
 
 type managerConfig struct {
 	metricsAddr, probeAddr string
+	pprofAddr              string
 	leaderElect            bool
 	provider, kmsNamespace string
 	syncPeriod             time.Duration
@@ -79,9 +84,10 @@ type managerConfig struct {
 func run(ctx context.Context, cfg managerConfig) error {
 	log := ctrl.Log.WithName("setup")
 	restConfig := ctrl.GetConfigOrDie()
-	if cfg.apiQPS > 0 {
+	if cfg.apiQPS != 0 {
 		restConfig.QPS, restConfig.Burst = float32(cfg.apiQPS), max(cfg.apiBurst, 1)
 	}
+	requestmetrics.Count(restConfig)
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme: scheme.Scheme,
 		// managedFields are never read here; without them the cache of thousands of keys is
@@ -89,6 +95,7 @@ func run(ctx context.Context, cfg managerConfig) error {
 		Cache:                   cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
 		Metrics:                 metricsserver.Options{BindAddress: cfg.metricsAddr},
 		HealthProbeBindAddress:  cfg.probeAddr,
+		PprofBindAddress:        cfg.pprofAddr,
 		LeaderElection:          cfg.leaderElect,
 		LeaderElectionID:        "cmk-operator.kms.cmk.io",
 		LeaderElectionNamespace: cfg.kmsNamespace,
@@ -101,9 +108,10 @@ func run(ctx context.Context, cfg managerConfig) error {
 		return fmt.Errorf("creating manager: %w", err)
 	}
 
-	// The provider reads and writes its own objects without a cache, so it always sees its
-	// own last write, and no Secret informer is started.
-	direct, err := client.New(restConfig, client.Options{Scheme: scheme.Scheme})
+	// The provider keeps its own view of its own objects (the embedded KMS watches its key
+	// Secrets, and nothing else, in the KMS namespace), apart from the manager's cache, which
+	// holds no Secret.
+	direct, err := client.NewWithWatch(restConfig, client.Options{Scheme: scheme.Scheme})
 	if err != nil {
 		return fmt.Errorf("creating KMS client: %w", err)
 	}
