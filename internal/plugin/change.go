@@ -39,6 +39,9 @@ type result struct {
 	generation int64
 	outcome    outcome
 	note       string
+	// current is the key as the selection's list read it; nil for a key named, which is read
+	// when it is changed.
+	current *v1alpha1.CustomerMasterKey
 }
 
 // progressAbove is the selection size from which progress lines are printed.
@@ -82,8 +85,9 @@ func (o *options) selectKeys(ctx context.Context, names []string) ([]result, err
 			return nil, err
 		}
 		results := make([]result, 0, len(list.Items))
-		for _, c := range list.Items {
-			results = append(results, result{key: client.ObjectKeyFromObject(&c), from: c.Status.Phase})
+		for i := range list.Items {
+			c := &list.Items[i]
+			results = append(results, result{key: client.ObjectKeyFromObject(c), from: c.Status.Phase, current: c})
 		}
 		return results, nil
 	}
@@ -94,16 +98,36 @@ func (o *options) selectKeys(ctx context.Context, names []string) ([]result, err
 	return results, nil
 }
 
+// list reads the selection a page at a time, as kubectl does, so that a namespace of thousands
+// of keys is never one response the apiserver must build whole. The pages are one snapshot:
+// the list's resourceVersion is the first page's, from which a watch may start.
 func (o *options) list(ctx context.Context) (*v1alpha1.CustomerMasterKeyList, error) {
 	if _, err := labels.Parse(o.selector); err != nil {
 		return nil, fmt.Errorf("selector %q: %w", o.selector, err)
 	}
-	list := &v1alpha1.CustomerMasterKeyList{}
-	if err := o.client.List(ctx, list, o.scope()...); err != nil {
-		return nil, fmt.Errorf("listing CustomerMasterKeys: %w", err)
+	all := &v1alpha1.CustomerMasterKeyList{}
+	next := ""
+	for {
+		page := &v1alpha1.CustomerMasterKeyList{}
+		opts := append(o.scope(), client.Limit(pageSize))
+		if next != "" {
+			opts = append(opts, client.Continue(next))
+		}
+		if err := o.client.List(ctx, page, opts...); err != nil {
+			return nil, fmt.Errorf("listing CustomerMasterKeys: %w", err)
+		}
+		if all.ResourceVersion == "" {
+			all.ResourceVersion = page.ResourceVersion
+		}
+		all.Items = append(all.Items, page.Items...)
+		if next = page.Continue; next == "" {
+			return all, nil
+		}
 	}
-	return list, nil
 }
+
+// pageSize is kubectl's --chunk-size default; a variable for tests.
+var pageSize int64 = 500
 
 func (o *options) namespaceOrDefault() string {
 	if o.namespace == "" {
@@ -112,12 +136,18 @@ func (o *options) namespaceOrDefault() string {
 	return o.namespace
 }
 
-// apply reads one key, asks the verb what to do, and patches it.
+// apply asks the verb what to do with one key, as the selection's list read it (a key named is
+// read now), and patches it. The patch is a merge of the fields the verb sets, so a key changed
+// since the list keeps what else changed; a verb's choice rests on the phase it read, as it
+// would on a read just before.
 func (o *options) apply(ctx context.Context, v verb, f *verbFlags, r *result) {
-	c := &v1alpha1.CustomerMasterKey{}
-	if err := o.client.Get(ctx, r.key, c); err != nil {
-		r.outcome, r.note = failed, notFound(err)
-		return
+	c := r.current
+	if c == nil {
+		c = &v1alpha1.CustomerMasterKey{}
+		if err := o.client.Get(ctx, r.key, c); err != nil {
+			r.outcome, r.note = failed, notFound(err)
+			return
+		}
 	}
 	r.from = c.Status.Phase
 	if c.Status.Phase == v1alpha1.PhaseDeleted {
@@ -177,8 +207,8 @@ func (o *options) waitFor(ctx context.Context, results []result) {
 	}
 	for len(pending) > 0 && ctx.Err() == nil {
 		// (Re)start from a list whenever the watch ends, as the apiserver ends them now and then.
-		list := &v1alpha1.CustomerMasterKeyList{}
-		if err := o.client.List(ctx, list, o.scope()...); err != nil {
+		list, err := o.list(ctx)
+		if err != nil {
 			pause(ctx)
 			continue
 		}
