@@ -19,7 +19,9 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -39,30 +41,40 @@ var (
 
 var (
 	env *testenv.Env
-	// user is the client of the user's tooling; reactor is the floor's, in place of the
-	// manager's. Neither limits itself, so only the apiserver sets the pace, and each has its
-	// own connection, as a user's tooling and the manager do.
-	user, reactor client.WithWatch
+	// user is the client of the user's tooling; floorUser the same for the floor's FloorKeys,
+	// and reactor the floor's own, in place of the manager's. None limits itself, so only the
+	// apiserver sets the pace, and each has its own connection, as a user's tooling and the
+	// manager do.
+	user, floorUser, reactor client.WithWatch
 )
 
 func TestMain(m *testing.M) {
 	testenv.Main(m, &env, func(e *testenv.Env) error {
-		var err error
-		if user, err = unlimited(e.Config); err != nil {
+		if err := installFloorKind(e.Config); err != nil {
 			return err
 		}
-		reactor, err = unlimited(e.Config)
+		floor, err := floorScheme()
+		if err != nil {
+			return err
+		}
+		if user, err = unlimited(e.Config, testenv.Scheme); err != nil {
+			return err
+		}
+		if floorUser, err = unlimited(e.Config, floor); err != nil {
+			return err
+		}
+		reactor, err = unlimited(e.Config, floor)
 		return err
 	})
 }
 
 // unlimited is a client with no rate limit, on a connection of its own: client-go shares one
 // connection among the clients of a config unless it dials for itself.
-func unlimited(c *rest.Config) (client.WithWatch, error) {
+func unlimited(c *rest.Config, scheme *kruntime.Scheme) (client.WithWatch, error) {
 	cfg := rest.CopyConfig(c)
 	cfg.QPS = -1
 	cfg.Dial = (&net.Dialer{Timeout: 30 * time.Second}).DialContext
-	return client.NewWithWatch(cfg, client.Options{Scheme: testenv.Scheme})
+	return client.NewWithWatch(cfg, client.Options{Scheme: scheme})
 }
 
 // step is one bulk change: the user's write to every key, and the phase each must reach.
@@ -85,11 +97,12 @@ var steps = []step{
 // may be.
 var target = map[string]float64{stepCreate: 3, "schedule": 1.5, "cancel": 1.5, "enable": 1.5}
 
-// BenchmarkBulk creates, schedules the deletion of, cancels it for, and enables -keys keys,
-// first as the floor, then with the operator, -rounds times each, and prints for each step the
-// median time, keys/s and ratio to the floor's median, the apiserver's CPU in both, the
-// manager's CPU and its apiserver requests per key by verb and resource, and its peak memory.
-// Each round makes keys of its own. Run it once: -benchtime 1x.
+// BenchmarkBulk creates, schedules the deletion of, cancels it for, and enables -keys keys, as
+// the bare floor (Secret and status writes), as the floor (the same and an event) and with the
+// operator, taking turns, -rounds times each, and prints for each step the median times, keys/s
+// and ratios to the floors, the apiserver's CPU, the manager's CPU and its apiserver requests
+// per key by verb and resource, and its peak memory. Each round makes keys of its own. Run it
+// once: -benchtime 1x.
 func BenchmarkBulk(b *testing.B) {
 	ctx := context.Background()
 	bin := buildManager(b)
@@ -99,7 +112,8 @@ func BenchmarkBulk(b *testing.B) {
 	}
 	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%100000)
 	floorNS, floorKMS, ns, kmsNS := "floor-"+suffix, "floor-kms-"+suffix, "bench-"+suffix, "cmk-bench-"+suffix
-	for _, n := range []string{floorNS, floorKMS, ns, kmsNS} {
+	bareNS, bareKMS := "bare-"+suffix, "bare-kms-"+suffix
+	for _, n := range []string{floorNS, floorKMS, bareNS, bareKMS, ns, kmsNS} {
 		if err := env.CreateNamespace(ctx, n); err != nil {
 			b.Fatal(err)
 		}
@@ -108,42 +122,56 @@ func BenchmarkBulk(b *testing.B) {
 
 	for range b.N {
 		r := newReport(*keyCount)
-		// The floor, after a short warm-up of the apiserver that is not timed.
-		f := newFloor(user, reactor, floorNS, floorKMS, *writers, *workers)
+		f := newFloor(floorUser, reactor, floorNS, floorKMS, *writers, *workers, true)
+		bare := newFloor(floorUser, reactor, bareNS, bareKMS, *writers, *workers, false)
+		m := startManager(b, bin, kubeconfig, kmsNS)
+		// A short warm-up of all three, not timed.
 		for _, s := range steps {
 			if _, err := f.run(ctx, s, roundNames(-1, min(100, *keyCount))); err != nil {
 				b.Fatal(err)
 			}
+			if _, err := bare.run(ctx, s, roundNames(-1, min(100, *keyCount))); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := userRun(ctx, s, ns, roundNames(-1, min(100, *keyCount))); err != nil {
+				b.Fatal(err)
+			}
+			settle(b, m)
 		}
+		// The floors and the operator take turns, step by step, so that none has the apiserver
+		// at its freshest.
 		for round := range *rounds {
 			for _, s := range steps {
+				d, err := bare.run(ctx, s, roundNames(round, *keyCount))
+				if err != nil {
+					b.Fatalf("bare floor, %s: %v", s.name, err)
+				}
+				r.bare[s.name] = append(r.bare[s.name], d)
+
 				cpu := cpuSeconds(apiserver)
-				d, err := f.run(ctx, s, roundNames(round, *keyCount))
+				if *profiles != "" && round == 0 {
+					profileAPIServer(b, 6*time.Second, filepath.Join(*profiles, "apiserver-floor-"+s.name+".pprof"))
+				}
+				d, err = f.run(ctx, s, roundNames(round, *keyCount))
 				if err != nil {
 					b.Fatalf("floor, %s: %v", s.name, err)
 				}
 				r.floor[s.name] = append(r.floor[s.name], d)
 				r.floorCPU[s.name] += cpuSeconds(apiserver) - cpu
-			}
-		}
-		if err := f.clean(ctx); err != nil {
-			b.Fatal(err)
-		}
+				if *profiles != "" && round == 0 {
+					time.Sleep(7 * time.Second) // the floor's profile is taken
+				}
 
-		// The operator.
-		m := startManager(b, bin, kubeconfig, kmsNS)
-		settle(b, m)
-		for round := range *rounds {
-			for _, s := range steps {
 				apiCPU, mgrCPU := cpuSeconds(apiserver), cpuSeconds(m.cmd.Process.Pid)
 				before, err := m.scrape()
 				if err != nil {
 					b.Fatal(err)
 				}
-				if *profiles != "" {
-					m.profile(median(r.floor[s.name]), filepath.Join(*profiles, fmt.Sprintf("%s-%d.pprof", s.name, round)))
+				if *profiles != "" && round == 0 {
+					m.profile(6*time.Second, filepath.Join(*profiles, "manager-"+s.name+".pprof"))
+					profileAPIServer(b, 6*time.Second, filepath.Join(*profiles, "apiserver-operator-"+s.name+".pprof"))
 				}
-				d, err := userRun(ctx, s, ns, roundNames(round, *keyCount))
+				d, err = userRun(ctx, s, ns, roundNames(round, *keyCount))
 				if err != nil {
 					b.Fatalf("operator, %s: %v\n%s", s.name, err, m.tail())
 				}
@@ -159,6 +187,9 @@ func BenchmarkBulk(b *testing.B) {
 				}
 				r.apiserverCPU[s.name] += cpuSeconds(apiserver) - apiCPU
 				r.managerCPU[s.name] += cpuSeconds(m.cmd.Process.Pid) - mgrCPU
+				if *profiles != "" && round == 0 {
+					time.Sleep(7 * time.Second)
+				}
 			}
 		}
 		_, r.peakMiB, _ = m.memory()
@@ -172,6 +203,23 @@ func BenchmarkBulk(b *testing.B) {
 		}
 		cleanKeys(b, ns)
 	}
+}
+
+// profileAPIServer writes a CPU profile of the apiserver over the next d to file, in the
+// background.
+func profileAPIServer(b testing.TB, d time.Duration, file string) {
+	cfg := rest.CopyConfig(env.Config)
+	cfg.NegotiatedSerializer = clientgoscheme.Codecs.WithoutConversion()
+	rc, err := rest.UnversionedRESTClientFor(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		raw, err := rc.Get().AbsPath("/debug/pprof/profile").Param("seconds", fmt.Sprint(int(d.Seconds()))).DoRaw(context.Background())
+		if err == nil {
+			_ = os.WriteFile(file, raw, 0o644)
+		}
+	}()
 }
 
 // roundNames are the names of a round's keys; round -1 is the warm-up.
@@ -226,20 +274,28 @@ func userRun(ctx context.Context, s step, namespace string, names []string) (tim
 	return end.Sub(start), err
 }
 
-// settle waits until the manager's work queue is empty and no worker is busy.
+// settle waits until the manager is idle: its work queue empty, no worker busy, and no request
+// to the apiserver for a while (events are sent after the reconcile that records them), so
+// that what a step sets off is counted with it and does not slow the next.
 func settle(b testing.TB, m *manager) {
 	b.Helper()
+	last := -1.0
 	for quiet := 0; quiet < 3; {
 		mt, err := m.scrape()
 		if err != nil {
 			b.Fatal(err)
 		}
-		if mt.sum("workqueue_depth", `name="customermasterkey"`) == 0 && mt.sum("controller_runtime_active_workers", `controller="customermasterkey"`) == 0 {
+		sent := 0.0
+		for _, n := range mt.requests() {
+			sent += n
+		}
+		if mt.sum("workqueue_depth", `name="customermasterkey"`) == 0 && mt.sum("controller_runtime_active_workers", `controller="customermasterkey"`) == 0 && sent == last {
 			quiet++
 		} else {
 			quiet = 0
 		}
-		time.Sleep(100 * time.Millisecond)
+		last = sent
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
@@ -298,8 +354,9 @@ func diff(after, before map[string]float64) map[string]float64 {
 
 // report is what BenchmarkBulk prints.
 type report struct {
-	keys        int
-	floor, took map[string][]time.Duration
+	keys int
+	// floor is the floor with events, bare the floor without them (see floor).
+	floor, bare, took map[string][]time.Duration
 	// requests are the manager's, summed over the rounds.
 	requests map[string]map[string]float64
 	peakMiB  float64
@@ -310,7 +367,7 @@ type report struct {
 }
 
 func newReport(keys int) report {
-	r := report{keys: keys, floor: map[string][]time.Duration{}, took: map[string][]time.Duration{},
+	r := report{keys: keys, floor: map[string][]time.Duration{}, bare: map[string][]time.Duration{}, took: map[string][]time.Duration{},
 		requests: map[string]map[string]float64{}, floorCPU: map[string]float64{}, apiserverCPU: map[string]float64{}, managerCPU: map[string]float64{}}
 	for _, s := range steps {
 		r.requests[s.name] = map[string]float64{}
@@ -326,12 +383,12 @@ func (r report) print(out *os.File) {
 	fmt.Fprintf(out, "\n%d keys a step, %d writers, %d workers, median of %d rounds; %s, %d CPUs\n",
 		r.keys, *writers, *workers, *rounds, runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU())
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "step\tfloor\toperator\tkeys/s\t× floor\ttarget\tCPU s per round: apiserver floor/operator, manager\tmanager's apiserver requests per key")
+	fmt.Fprintln(w, "step\tfloor\toperator\tkeys/s\t× floor\ttarget\tbare floor (no events)\t× bare\tCPU s per round: apiserver floor/operator, manager\tmanager's apiserver requests per key")
 	n := float64(*rounds)
 	for _, s := range steps {
-		took := median(r.took[s.name])
-		fmt.Fprintf(w, "%s\t%.2fs\t%.2fs\t%.0f\t%.2f\t≤ %.1f\t%.1f / %.1f, %.1f\t%s\n", s.name, median(r.floor[s.name]).Seconds(), took.Seconds(),
-			float64(r.keys)/took.Seconds(), r.ratio(s.name), target[s.name],
+		took, bare := median(r.took[s.name]), median(r.bare[s.name])
+		fmt.Fprintf(w, "%s\t%.2fs\t%.2fs\t%.0f\t%.2f\t≤ %.1f\t%.2fs\t%.2f\t%.1f / %.1f, %.1f\t%s\n", s.name, median(r.floor[s.name]).Seconds(), took.Seconds(),
+			float64(r.keys)/took.Seconds(), r.ratio(s.name), target[s.name], bare.Seconds(), took.Seconds()/bare.Seconds(),
 			r.floorCPU[s.name]/n, r.apiserverCPU[s.name]/n, r.managerCPU[s.name]/n, perKey(r.requests[s.name], r.keys**rounds))
 	}
 	_ = w.Flush()
@@ -411,13 +468,18 @@ func BenchmarkRestart(b *testing.B) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		took := time.Since(start)
-		_, peak, _ := m.memory()
+		rss, peak, _ := m.memory()
+		if *profiles != "" {
+			if err := m.heap(filepath.Join(*profiles, "restart-heap.pprof")); err != nil {
+				b.Log(err)
+			}
+		}
 		reqs := mt.requests()
 		m.stop(b)
 
 		fmt.Printf("\n%d keys: created in %.1fs (%.0f keys/s), manager peak memory %.0f MiB\n",
 			len(names), created.Seconds(), float64(len(names))/created.Seconds(), createPeak)
-		fmt.Printf("restart: every key settled again %.2fs after the manager started; peak memory %.0f MiB\n", took.Seconds(), peak)
+		fmt.Printf("restart: every key settled again %.2fs after the manager started; memory %.0f MiB then, %.0f MiB at the peak\n", took.Seconds(), rss, peak)
 		fmt.Printf("requests during the restart: %s\n", total(reqs))
 		b.ReportMetric(took.Seconds(), "restart-s")
 		b.ReportMetric(peak, "restart-MiB")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -22,9 +23,11 @@ import (
 // answer in advance. The user's writes are made as in the operator's run, *writers at a time;
 // as each returns, one of as many workers as the operator has makes, for that key, the writes
 // no operator can avoid: one write of the key's Secret and one status write, as the embedded
-// KMS and the reconciler must (a create also makes the Secret and adds a finalizer). It reads
-// nothing, and needs no watch to learn of the user's write. Its time is what the apiserver, on
-// this machine, allows at best.
+// KMS and the reconciler must (a create also makes the Secret and adds a finalizer); and, with
+// events, the one event this project's operator records for each change (STYLE.md: events for
+// what happened), sent one at a time from one queue as client-go's event broadcaster does. It
+// reads nothing, and needs no watch to learn of the user's write. Its time is what the
+// apiserver, on this machine, allows at best.
 type floor struct {
 	// user makes the user's writes, c the floor's own.
 	user      client.WithWatch
@@ -33,13 +36,14 @@ type floor struct {
 	kmsNS     string
 	writers   int
 	workers   int
+	events    bool
 	// The floor's resources and Secrets as last written, by name.
 	cmks    map[string]*v1alpha1.CustomerMasterKey
 	secrets map[string]*corev1.Secret
 }
 
-func newFloor(user, c client.WithWatch, namespace, kmsNS string, writers, workers int) *floor {
-	return &floor{user: user, c: c, namespace: namespace, kmsNS: kmsNS, writers: writers, workers: workers,
+func newFloor(user, c client.WithWatch, namespace, kmsNS string, writers, workers int, events bool) *floor {
+	return &floor{user: user, c: c, namespace: namespace, kmsNS: kmsNS, writers: writers, workers: workers, events: events,
 		cmks: map[string]*v1alpha1.CustomerMasterKey{}, secrets: map[string]*corev1.Secret{}}
 }
 
@@ -57,8 +61,16 @@ func (f *floor) run(ctx context.Context, s step, names []string) (time.Duration,
 		cmks[i], secrets[i] = f.cmks[name], f.secrets[name]
 	}
 	written := make(chan int, len(names))
-	var reacted error
+	var reacted, recorded error
 	var wg sync.WaitGroup
+	events := make(chan *eventsv1.Event, len(names))
+	wg.Go(func() {
+		for ev := range events {
+			if err := f.c.Create(ctx, ev); err != nil && recorded == nil {
+				recorded = err
+			}
+		}
+	})
 	wg.Go(func() {
 		reacted = parallel(ctx, f.workers, len(names), func(int) error {
 			i, ok := <-written
@@ -69,9 +81,13 @@ func (f *floor) run(ctx context.Context, s step, names []string) (time.Duration,
 			if cmks[i], secrets[i], err = f.react(ctx, s, cmks[i], secrets[i]); err != nil {
 				return err
 			}
+			if f.events {
+				events <- event(cmks[i], s)
+			}
 			w.expect(names[i], s.want, cmks[i].Generation)
 			return nil
 		})
+		close(events)
 	})
 	start := time.Now()
 	err = parallel(ctx, f.writers, len(names), func(i int) error {
@@ -83,15 +99,15 @@ func (f *floor) run(ctx context.Context, s step, names []string) (time.Duration,
 		return nil
 	})
 	close(written)
-	wg.Wait()
 	if err != nil {
+		wg.Wait()
 		return 0, err
 	}
-	if reacted != nil {
-		return 0, reacted
-	}
 	end, err := w.wait(ctx, len(names))
-	if err != nil {
+	// The events still queued are sent before the next step, untimed, as the operator's are
+	// (see settle).
+	wg.Wait()
+	if err := errors.Join(err, reacted, recorded); err != nil {
 		return 0, err
 	}
 	for i, name := range names {
@@ -177,6 +193,20 @@ func (f *floor) clean(ctx context.Context) error {
 }
 
 const floorFinalizer = "bench.cmk.io/floor"
+
+// event is the event the operator records for a key's change, shaped as client-go's event
+// recorder makes it.
+func event(cmk *v1alpha1.CustomerMasterKey, s step) *eventsv1.Event {
+	now := time.Now()
+	return &eventsv1.Event{
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%v.%x", cmk.Name, now.UnixNano()), Namespace: cmk.Namespace},
+		EventTime:  metav1.NewMicroTime(now), ReportingController: "cmk-operator", ReportingInstance: "cmk-operator-bench",
+		Action: "Floor", Reason: "Floor" + s.name, Type: corev1.EventTypeNormal,
+		Regarding: corev1.ObjectReference{Kind: "FloorKey", APIVersion: floorGroupVersion.String(), Namespace: cmk.Namespace,
+			Name: cmk.Name, UID: cmk.UID, ResourceVersion: cmk.ResourceVersion},
+		Note: fmt.Sprintf("Key %s of %s is now %s", cmk.Status.KeyID, cmk.Name, s.want),
+	}
+}
 
 // keySecret is a Secret shaped like the embedded KMS's: a record and sealed material of the
 // same sizes, and the same labels.

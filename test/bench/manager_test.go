@@ -88,6 +88,22 @@ func freeAddress(b testing.TB) string {
 	return l.Addr().String()
 }
 
+// heap writes the manager's heap profile to file.
+func (m *manager) heap(file string) error {
+	resp, err := http.Get(strings.TrimSuffix(m.pprof, "profile") + "heap")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	out, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	_, err = io.Copy(out, resp.Body)
+	return err
+}
+
 // profile writes a CPU profile of the manager over the next d to file, in the background.
 func (m *manager) profile(d time.Duration, file string) {
 	go func() {
