@@ -478,3 +478,32 @@ func TestReaperMovesPastStuckKey(t *testing.T) {
 		t.Errorf("the stuck key, once writable, is %s", got)
 	}
 }
+
+// TestViewForgetsADeletedKeySecret deletes a key's Secret behind the provider's back right
+// after the provider wrote it: the key is then no key, and the change is passed on.
+func TestViewForgetsADeletedKeySecret(t *testing.T) {
+	f := newFixture(t)
+	k := f.create(t, "AES_256", kms.OriginKMS)
+	if err := f.do(k.ID, kmstest.Disable); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Delete(context.Background(), f.secret(t, k.ID)); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := f.p.Observe(context.Background(), k.ID); kms.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a deleted key Secret is still reported")
+		}
+	}
+	select {
+	case id := <-f.p.Changes():
+		if id != k.ID {
+			t.Errorf("change of %s passed on, want %s", id, k.ID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the deletion was not passed on")
+	}
+}

@@ -2,11 +2,13 @@ package embedded
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -120,8 +122,10 @@ func startView(ctx context.Context, c client.Client, namespace string, log logr.
 	}); err != nil {
 		return nil, err
 	}
+	var lastErr atomic.Value
 	if err := v.informer.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *toolscache.Reflector, err error) {
-		log.Info("Watch of the key Secrets ended; resuming", "error", err.Error())
+		lastErr.Store(err)
+		log.Info("Listing or watching the key Secrets failed; trying again", "error", err.Error())
 	}); err != nil {
 		return nil, err
 	}
@@ -129,23 +133,27 @@ func startView(ctx context.Context, c client.Client, namespace string, log logr.
 		AddFunc: func(obj any, initial bool) { v.caughtUp(obj, !initial) },
 		// A relist hands over every Secret again as an update: only a new version is news.
 		UpdateFunc: func(old, obj any) { v.caughtUp(obj, newer(obj.(*corev1.Secret), old.(*corev1.Secret))) },
-		DeleteFunc: func(obj any) { v.caughtUp(obj, true) },
+		DeleteFunc: func(obj any) { v.gone(obj) },
 	}); err != nil {
 		return nil, err
 	}
 	go v.informer.RunWithContext(ctx)
-	if !toolscache.WaitForCacheSync(ctx.Done(), v.informer.HasSynced) {
-		return nil, fmt.Errorf("listing the key Secrets of namespace %s: %w", namespace, context.Cause(ctx))
+	wait, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	if !toolscache.WaitForCacheSync(wait.Done(), v.informer.HasSynced) {
+		err, _ := lastErr.Load().(error)
+		return nil, fmt.Errorf("the embedded KMS could not list its key Secrets in namespace %s within %s (it needs get, list, watch, "+
+			"create and update on Secrets there: config/rbac): %w", namespace, syncTimeout, errors.Join(err, context.Cause(wait)))
 	}
 	return v, nil
 }
 
-// caughtUp drops this process's write of a Secret once the watch has delivered it, or a
-// newer version, or the Secret's deletion; and passes on a change this process did not make.
+// syncTimeout bounds the first list of the key Secrets.
+const syncTimeout = 2 * time.Minute
+
+// caughtUp drops this process's write of a Secret once the watch has delivered it or a newer
+// version, and passes on a change this process did not make.
 func (v *view) caughtUp(obj any, change bool) {
-	if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
-		obj = tomb.Obj
-	}
 	s, ok := obj.(*corev1.Secret)
 	if !ok {
 		return
@@ -160,6 +168,25 @@ func (v *view) caughtUp(obj any, change bool) {
 	news := change && v.writing[s.Name] == 0 && (!known || newer(s, mine))
 	v.mu.Unlock()
 	if news && v.changed != nil {
+		v.changed(s.Name)
+	}
+}
+
+// gone forgets a deleted Secret, this process's writes of it included: a write after the
+// deletion could only be a Create, whose version the watch brings next (and until it does, the
+// Secret is read from the apiserver).
+func (v *view) gone(obj any) {
+	if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+		obj = tomb.Obj
+	}
+	s, ok := obj.(*corev1.Secret)
+	if !ok {
+		return
+	}
+	v.mu.Lock()
+	delete(v.own, s.Name)
+	v.mu.Unlock()
+	if v.changed != nil {
 		v.changed(s.Name)
 	}
 }
