@@ -137,40 +137,57 @@ func (o *options) namespaceOrDefault() string {
 }
 
 // apply asks the verb what to do with one key, as the selection's list read it (a key named is
-// read now), and patches it. The patch is a merge of the fields the verb sets, so a key changed
-// since the list keeps what else changed; a verb's choice rests on the phase it read, as it
-// would on a read just before.
+// read now), and patches it. The patch carries the resourceVersion the choice was made on: a key
+// changed since (another hand, or deleted and made again under its name) is read again and the
+// verb asked again, so no choice rests on a state that is gone.
 func (o *options) apply(ctx context.Context, v verb, f *verbFlags, r *result) {
 	c := r.current
-	if c == nil {
-		c = &v1alpha1.CustomerMasterKey{}
-		if err := o.client.Get(ctx, r.key, c); err != nil {
-			r.outcome, r.note = failed, notFound(err)
+	for attempt := 0; ; attempt++ {
+		if c == nil {
+			c = &v1alpha1.CustomerMasterKey{}
+			if err := o.client.Get(ctx, r.key, c); err != nil {
+				r.outcome, r.note = failed, notFound(err)
+				return
+			}
+		}
+		err := o.patch(ctx, v, f, r, c)
+		if !apierrors.IsConflict(err) || attempt == 2 {
+			if err != nil {
+				r.outcome, r.note = failed, refusal(err)
+			}
 			return
 		}
+		c = nil
 	}
+}
+
+// patch sends the verb's patch for one key as read, and records the outcome; a refused patch
+// is returned.
+func (o *options) patch(ctx context.Context, v verb, f *verbFlags, r *result, c *v1alpha1.CustomerMasterKey) error {
 	r.from = c.Status.Phase
 	if c.Status.Phase == v1alpha1.PhaseDeleted {
 		r.outcome, r.note = skipped, "deleted: the key is gone for good"
-		return
+		return nil
 	}
 	st := v.plan(c, f)
 	if st.skip != "" {
 		r.outcome, r.note = skipped, st.skip
-		return
+		return nil
 	}
-	raw, err := json.Marshal(st.patch)
+	patch := map[string]any{"metadata": map[string]any{"resourceVersion": c.ResourceVersion}}
+	for k, val := range st.patch {
+		patch[k] = val
+	}
+	raw, err := json.Marshal(patch)
 	if err != nil {
-		r.outcome, r.note = failed, err.Error()
-		return
+		return err
 	}
 	var opts []client.PatchOption
 	if o.dryRun {
 		opts = append(opts, client.DryRunAll)
 	}
 	if err := o.client.Patch(ctx, c, client.RawPatch(types.MergePatchType, raw), opts...); err != nil {
-		r.outcome, r.note = failed, refusal(err)
-		return
+		return err
 	}
 	r.want, r.generation = st.want, c.Generation
 	switch {
@@ -181,6 +198,7 @@ func (o *options) apply(ctx context.Context, v verb, f *verbFlags, r *result) {
 	default:
 		r.outcome = requested
 	}
+	return nil
 }
 
 // waitFor watches the selection until every patched key reports a wanted phase for the

@@ -13,15 +13,20 @@ import (
 	"sync"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/requestmetrics"
 )
 
 // countingAPIServer puts a proxy that counts requests by verb and resource in front of the
-// test's apiserver, and returns a kubeconfig that reaches the apiserver through it.
-func countingAPIServer(t *testing.T) (string, func() map[string]int) {
+// test's apiserver, and returns a kubeconfig that reaches the apiserver through it. before, if
+// set, sees each request before it is passed on.
+func countingAPIServer(t *testing.T, before func(*http.Request)) (string, func() map[string]int) {
 	t.Helper()
 	transport, err := rest.TransportFor(env.Config)
 	if err != nil {
@@ -40,6 +45,9 @@ func countingAPIServer(t *testing.T) (string, func() map[string]int) {
 		mu.Lock()
 		counts[verb+" "+resource]++
 		mu.Unlock()
+		if before != nil {
+			before(r)
+		}
 		proxy.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
@@ -78,7 +86,7 @@ func TestSelectionIsPagedAndNotReadAgain(t *testing.T) {
 	for i := range 120 {
 		create(t, newKey(ns, fmt.Sprintf("key-%03d", i), map[string]string{"team": "paged"}))
 	}
-	kubeconfig, counts := countingAPIServer(t)
+	kubeconfig, counts := countingAPIServer(t, nil)
 	var out, errOut strings.Builder
 	cmd := NewCommand(genericiooptions.IOStreams{Out: &out, ErrOut: &errOut})
 	cmd.SetArgs([]string{"--kubeconfig", kubeconfig, "-n", ns, "disable", "-l", "team=paged"})
@@ -91,5 +99,42 @@ func TestSelectionIsPagedAndNotReadAgain(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "120 requested") {
 		t.Errorf("output:\n%s", tail(out.String()))
+	}
+}
+
+// TestChangedSinceTheListIsReadAgain changes a key between the selection's list and its patch:
+// the patch, which carries the version listed, is refused, and the key is read again and
+// patched on what it is now.
+func TestChangedSinceTheListIsReadAgain(t *testing.T) {
+	ns := "plugin-changed"
+	if err := env.CreateNamespace(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	create(t, newKey(ns, "key", map[string]string{"team": "changed"}))
+	var once sync.Once
+	kubeconfig, counts := countingAPIServer(t, func(r *http.Request) {
+		if r.Method == http.MethodPatch {
+			once.Do(func() { // someone else's change, just before the plugin's patch arrives
+				c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "key"}}
+				if err := env.Client.Patch(context.Background(), c, client.RawPatch(types.MergePatchType,
+					[]byte(`{"metadata":{"labels":{"touched":"yes"}}}`))); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+	})
+	out, err := kubectlCmk(t, "--kubeconfig", kubeconfig, "-n", ns, "disable", "-l", "team=changed")
+	if err != nil || !strings.Contains(out, "1 requested") {
+		t.Fatalf("disable: %v\n%s", err, out)
+	}
+	if got := counts(); got["patch customermasterkeys"] != 2 || got["get customermasterkeys"] != 1 {
+		t.Errorf("requests %v; want the refused patch, one read, and the patch again", got)
+	}
+	c := &v1alpha1.CustomerMasterKey{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "key"}, c); err != nil {
+		t.Fatal(err)
+	}
+	if c.Spec.Enabled || c.Labels["touched"] != "yes" {
+		t.Errorf("enabled %v, labels %v: want disabled, with the other change kept", c.Spec.Enabled, c.Labels)
 	}
 }

@@ -461,6 +461,9 @@ func (p *Provider) transitionSecret(ctx context.Context, keyID, call string, cha
 		done := p.view.write(s.Name)
 		defer done()
 		if err := p.client.Update(ctx, s); err != nil {
+			if apierrors.IsNotFound(err) {
+				return &kms.NotFoundError{KeyID: keyID} // deleted since it was read
+			}
 			return fmt.Errorf("%s key %s: %w", call, keyID, err)
 		}
 		p.view.saw(s)

@@ -2,7 +2,6 @@ package embedded
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
@@ -122,9 +122,15 @@ func startView(ctx context.Context, c client.Client, namespace string, log logr.
 	}); err != nil {
 		return nil, err
 	}
-	var lastErr atomic.Value
+	var refused atomic.Value
 	if err := v.informer.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *toolscache.Reflector, err error) {
-		lastErr.Store(err)
+		if apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
+			// Not a passing failure: without its watch the KMS relists every key over and over.
+			refused.Store(err)
+			log.Error(err, "The embedded KMS may not list or watch its key Secrets: it needs get, list, watch, create and update "+
+				"on Secrets in its namespace (config/rbac)", "namespace", namespace)
+			return
+		}
 		log.Info("Listing or watching the key Secrets failed; trying again", "error", err.Error())
 	}); err != nil {
 		return nil, err
@@ -137,19 +143,32 @@ func startView(ctx context.Context, c client.Client, namespace string, log logr.
 	}); err != nil {
 		return nil, err
 	}
-	go v.informer.RunWithContext(ctx)
-	wait, cancel := context.WithTimeout(ctx, syncTimeout)
-	defer cancel()
-	if !toolscache.WaitForCacheSync(wait.Done(), v.informer.HasSynced) {
-		err, _ := lastErr.Load().(error)
-		return nil, fmt.Errorf("the embedded KMS could not list its key Secrets in namespace %s within %s (it needs get, list, watch, "+
-			"create and update on Secrets there: config/rbac): %w", namespace, syncTimeout, errors.Join(err, context.Cause(wait)))
+	run, stop := context.WithCancel(ctx)
+	go v.informer.RunWithContext(run)
+	// Waits for the first list, but not for a refusal, which waiting does not cure.
+	deadline := time.Now().Add(syncTimeout)
+	for !v.informer.HasSynced() {
+		err, _ := refused.Load().(error)
+		if err == nil && time.Now().After(deadline) {
+			err = fmt.Errorf("not listed within %s", syncTimeout)
+		}
+		if err == nil && ctx.Err() != nil {
+			err = context.Cause(ctx)
+		}
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("the embedded KMS cannot list its key Secrets in namespace %s (it needs get, list, watch, "+
+				"create and update on Secrets there: config/rbac): %w", namespace, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
+	_ = stop // runs until ctx ends
 	return v, nil
 }
 
-// syncTimeout bounds the first list of the key Secrets.
-const syncTimeout = 2 * time.Minute
+// syncTimeout bounds the first list of the key Secrets: well within the manager's liveness
+// probe, so the reason is logged before the pod is restarted.
+const syncTimeout = 30 * time.Second
 
 // caughtUp drops this process's write of a Secret once the watch has delivered it or a newer
 // version, and passes on a change this process did not make.
@@ -217,6 +236,9 @@ func (v *view) saw(s *corev1.Secret) {
 	if cached, ok := v.cached(s.Name); ok && !newer(s, cached) {
 		return
 	}
+	if v.passed(s) {
+		return
+	}
 	s = s.DeepCopy()
 	s.ManagedFields = nil
 	v.own[s.Name] = s
@@ -226,6 +248,10 @@ func (v *view) saw(s *corev1.Secret) {
 func (v *view) get(name string) (*corev1.Secret, bool) {
 	v.mu.Lock()
 	mine, mineOK := v.own[name]
+	if mineOK && v.passed(mine) {
+		delete(v.own, name)
+		mineOK = false
+	}
 	v.mu.Unlock()
 	cached, cachedOK := v.cached(name)
 	switch {
@@ -253,6 +279,11 @@ func (v *view) byIndex(index, value string) ([]*corev1.Secret, error) {
 		if cached, ok := v.cached(name); ok && !newer(mine, cached) {
 			continue // the index already reflects the write
 		}
+		if v.passed(mine) {
+			delete(v.own, name)
+			delete(found, name)
+			continue
+		}
 		// The cache's version of the Secret is older than this process's write: the write
 		// decides whether it matches.
 		delete(found, name)
@@ -276,6 +307,9 @@ func (v *view) dueBy(now time.Time) ([]*corev1.Secret, time.Time, error) {
 	times := v.informer.GetIndexer().ListIndexFuncValues(byDue)
 	v.mu.Lock()
 	for _, mine := range v.own {
+		if v.passed(mine) {
+			continue // dropped by byIndex
+		}
 		values, _ := indexers[byDue](mine)
 		times = append(times, values...)
 	}
@@ -303,6 +337,20 @@ func (v *view) dueBy(now time.Time) ([]*corev1.Secret, time.Time, error) {
 	}
 	slices.SortFunc(due, func(a, b *corev1.Secret) int { return strings.Compare(a.Name, b.Name) })
 	return due, next, nil
+}
+
+// passed reports whether the watch has gone past version s of a Secret it does not hold: the
+// Secret was deleted (or lost its label) after that version, whatever order this process
+// learned of the two in. Such a version is no longer laid over the view; a read of the Secret
+// then asks the apiserver. The watch may have gone past a version it has not handed to the
+// view yet, for a moment: that, too, only costs a read.
+func (v *view) passed(s *corev1.Secret) bool {
+	if _, ok := v.cached(s.Name); ok {
+		return false
+	}
+	synced, errS := strconv.ParseUint(v.informer.LastSyncResourceVersion(), 10, 64)
+	version, errV := strconv.ParseUint(s.ResourceVersion, 10, 64)
+	return errS == nil && errV == nil && version <= synced
 }
 
 func (v *view) cached(name string) (*corev1.Secret, bool) {

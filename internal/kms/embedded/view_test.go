@@ -1,0 +1,121 @@
+package embedded
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/uuid"
+	"k8s.io/apimachinery/pkg/watch"
+	clocktesting "k8s.io/utils/clock/testing"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+)
+
+// TestViewDropsAWriteOfASecretDeletedMeanwhile: a person deletes a key Secret between the
+// apiserver's answer to this process's Update and saw(), and the watch delivers the deletion first.
+// The key is then no key: not observed, holding no alias, refused as not found.
+func TestViewDropsAWriteOfASecretDeletedMeanwhile(t *testing.T) {
+	ns := "kms-" + string(uuid.NewUUID())[:8]
+	if err := env.CreateNamespace(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	var p *Provider
+	var armed atomic.Bool
+	c := interceptor.NewClient(env.Client, interceptor.Funcs{
+		Update: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.UpdateOption) error {
+			if err := c.Update(ctx, o, opts...); err != nil {
+				return err
+			}
+			if armed.Load() {
+				// The person's delete, and the watch delivering it, before saw().
+				del := &corev1.Secret{}
+				del.Namespace, del.Name = o.GetNamespace(), o.GetName()
+				if err := env.Client.Delete(ctx, del); err != nil {
+					t.Errorf("delete: %v", err)
+				}
+				deadline := time.Now().Add(10 * time.Second)
+				for time.Now().Before(deadline) {
+					if _, ok := p.view.cached(o.GetName()); !ok {
+						break
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			return nil
+		},
+	})
+	var err error
+	p, err = New(t.Context(), kms.Env{Client: c, Namespace: ns, Clock: clocktesting.NewFakeClock(time.Now()), Log: logr.Discard()}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := p.Create(context.Background(), kms.CreateRequest{Alias: "a/b", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "tok-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	if err := p.Disable(context.Background(), k.ID); err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(false)
+	time.Sleep(2 * time.Second) // plenty for the watch
+	s := &corev1.Secret{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: secretName(k.ID)}, s); err == nil {
+		t.Fatalf("secret still exists")
+	}
+	got, err := p.Observe(context.Background(), k.ID)
+	if !kms.IsNotFound(err) {
+		t.Errorf("Observe of a deleted key: %+v, %v; want NotFound (phantom from the own overlay)", got.State, err)
+	}
+	if err := p.checkAliasFree(context.Background(), "a/b", "other"); err != nil {
+		t.Errorf("alias of a deleted key still held by the phantom: %v", err)
+	}
+	if err := p.Enable(context.Background(), k.ID); !kms.IsNotFound(err) {
+		t.Errorf("Enable of a deleted key: %v; want NotFound", err)
+	}
+}
+
+// TestViewRefusedFailsAtOnce starts a provider that may not list Secrets: it fails at once,
+// saying what it needs, rather than wait for a refusal that waiting does not cure.
+func TestViewRefusedFailsAtOnce(t *testing.T) {
+	ns := "kms-" + string(uuid.NewUUID())[:8]
+	if err := env.CreateNamespace(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	// A first start makes the root key, so the second's first list is its view's.
+	if _, err := New(t.Context(), kms.Env{Client: env.Client, Namespace: ns, Log: logr.Discard()}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	c := interceptor.NewClient(env.Client, interceptor.Funcs{
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			if _, ok := list.(*corev1.SecretList); ok {
+				return apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "", errors.New("injected: no list"))
+			}
+			return c.List(ctx, list, opts...)
+		},
+		Watch: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) (watch.Interface, error) {
+			if _, ok := list.(*corev1.SecretList); ok {
+				return nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "", errors.New("injected: no watch"))
+			}
+			return c.Watch(ctx, list, opts...)
+		},
+	})
+	start := time.Now()
+	_, err := New(t.Context(), kms.Env{Client: c, Namespace: ns, Clock: clocktesting.NewFakeClock(time.Now()), Log: logr.Discard()}, Options{})
+	if err == nil || !strings.Contains(err.Error(), "config/rbac") || !apierrors.IsForbidden(err) {
+		t.Fatalf("New without the right to list Secrets: %v", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the refusal took %v to report", took)
+	}
+}
