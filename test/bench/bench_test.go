@@ -4,6 +4,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -398,30 +399,28 @@ func (r report) print(out *os.File) {
 
 // perKey formats requests per key, most first, leaving out what is under 0.01 per key.
 func perKey(reqs map[string]float64, keys int) string {
-	type kv struct {
-		k string
-		v float64
-	}
-	var all []kv
-	for k, v := range reqs {
-		if per := v / float64(keys); per >= 0.01 {
-			all = append(all, kv{k, per})
+	var parts []string
+	for _, k := range mostFirst(reqs) {
+		if per := reqs[k] / float64(keys); per >= 0.01 {
+			parts = append(parts, fmt.Sprintf("%s %.2f", k, per))
 		}
-	}
-	slices.SortFunc(all, func(a, b kv) int {
-		if a.v != b.v {
-			if a.v > b.v {
-				return -1
-			}
-			return 1
-		}
-		return strings.Compare(a.k, b.k)
-	})
-	parts := make([]string, len(all))
-	for i, e := range all {
-		parts[i] = fmt.Sprintf("%s %.2f", e.k, e.v)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// mostFirst orders the keys of counts by count, then by name.
+func mostFirst(counts map[string]float64) []string {
+	keys := make([]string, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int {
+		if c := cmp.Compare(counts[b], counts[a]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	return keys
 }
 
 // BenchmarkRestart creates -restart-keys keys with the operator, restarts the manager, and
@@ -499,22 +498,9 @@ func BenchmarkRestart(b *testing.B) {
 
 // total formats requests by "verb resource", most first.
 func total(reqs map[string]float64) string {
-	keys := make([]string, 0, len(reqs))
-	for k := range reqs {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b string) int {
-		if reqs[a] != reqs[b] {
-			if reqs[a] > reqs[b] {
-				return -1
-			}
-			return 1
-		}
-		return strings.Compare(a, b)
-	})
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s %.0f", k, reqs[k])
+	parts := make([]string, 0, len(reqs))
+	for _, k := range mostFirst(reqs) {
+		parts = append(parts, fmt.Sprintf("%s %.0f", k, reqs[k]))
 	}
 	return strings.Join(parts, ", ")
 }

@@ -90,7 +90,17 @@ func freeAddress(b testing.TB) string {
 
 // heap writes the manager's heap profile to file.
 func (m *manager) heap(file string) error {
-	resp, err := http.Get(strings.TrimSuffix(m.pprof, "profile") + "heap")
+	return download(strings.TrimSuffix(m.pprof, "profile")+"heap", file)
+}
+
+// profile writes a CPU profile of the manager over the next d to file, in the background.
+func (m *manager) profile(d time.Duration, file string) {
+	go func() { _ = download(fmt.Sprintf("%s?seconds=%d", m.pprof, int(d.Seconds())), file) }()
+}
+
+// download writes what url answers to file.
+func download(url, file string) error {
+	resp, err := http.Get(url)
 	if err != nil {
 		return err
 	}
@@ -102,23 +112,6 @@ func (m *manager) heap(file string) error {
 	defer out.Close()
 	_, err = io.Copy(out, resp.Body)
 	return err
-}
-
-// profile writes a CPU profile of the manager over the next d to file, in the background.
-func (m *manager) profile(d time.Duration, file string) {
-	go func() {
-		resp, err := http.Get(fmt.Sprintf("%s?seconds=%d", m.pprof, int(d.Seconds())))
-		if err != nil {
-			return
-		}
-		defer resp.Body.Close()
-		out, err := os.Create(file)
-		if err != nil {
-			return
-		}
-		defer out.Close()
-		_, _ = io.Copy(out, resp.Body)
-	}()
 }
 
 // stop ends the manager as Kubernetes does, with SIGTERM, and waits for it.

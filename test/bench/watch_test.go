@@ -42,16 +42,25 @@ func watchPhases(ctx context.Context, c client.WithWatch, namespace string) (*ph
 	ctx, cancel := context.WithCancel(ctx)
 	w := &phaseWatch{latest: map[string]seen{}, want: map[string]goal{}, done: map[string]time.Time{},
 		change: make(chan struct{}, 1), cancel: cancel}
-	list := &v1alpha1.CustomerMasterKeyList{}
-	if err := c.List(ctx, list, client.InNamespace(namespace)); err != nil {
+	version, err := w.list(ctx, c, namespace)
+	if err != nil {
 		cancel()
 		return nil, err
+	}
+	go w.follow(ctx, c, namespace, version)
+	return w, nil
+}
+
+// list notes every resource of the namespace as it is now, and returns the list's version.
+func (w *phaseWatch) list(ctx context.Context, c client.WithWatch, namespace string) (string, error) {
+	list := &v1alpha1.CustomerMasterKeyList{}
+	if err := c.List(ctx, list, client.InNamespace(namespace)); err != nil {
+		return "", err
 	}
 	for i := range list.Items {
 		w.saw(&list.Items[i])
 	}
-	go w.follow(ctx, c, namespace, list.ResourceVersion)
-	return w, nil
+	return list.ResourceVersion, nil
 }
 
 func (w *phaseWatch) follow(ctx context.Context, c client.WithWatch, namespace, version string) {
@@ -79,16 +88,12 @@ func (w *phaseWatch) follow(ctx context.Context, c client.WithWatch, namespace, 
 					return
 				}
 				// Too far behind to resume: start again from a list.
-				list := &v1alpha1.CustomerMasterKeyList{}
-				if err := c.List(ctx, list, client.InNamespace(namespace)); err != nil {
+				var err error
+				if version, err = w.list(ctx, c, namespace); err != nil {
 					w.fail(err)
 					wi.Stop()
 					return
 				}
-				for i := range list.Items {
-					w.saw(&list.Items[i])
-				}
-				version = list.ResourceVersion
 			}
 		}
 		wi.Stop()
