@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -74,6 +75,21 @@ func TestCreateRules(t *testing.T) {
 		"ExternalSM4":           {map[string]any{"origin": "External", "keySpec": "SM4"}, ""},
 		"ExpiryNotATime": {map[string]any{"origin": "External", "keyMaterial": map[string]any{
 			"secretRef": map[string]any{"name": "m"}, "expiresAt": "tomorrow"}}, "spec.keyMaterial.expiresAt"},
+		"RotationAES":         {map[string]any{"rotation": map[string]any{"enabled": true, "intervalDays": 30}}, ""},
+		"RotationSM4":         {map[string]any{"keySpec": "SM4", "rotation": map[string]any{"enabled": true, "intervalDays": 365}}, ""},
+		"RotationExternal":    {map[string]any{"origin": "External", "rotation": map[string]any{"enabled": true}}, "rotation.enabled is only for symmetric keys (AES_256, SM4) with origin: KMS"},
+		"RotationKeyPair":     {map[string]any{"keySpec": "RSA_2048", "rotation": map[string]any{"enabled": true}}, "rotation.enabled is only for symmetric keys"},
+		"RotationOffExternal": {map[string]any{"origin": "External", "rotation": map[string]any{"enabled": false}}, ""},
+		"RotationTooOften":    {map[string]any{"rotation": map[string]any{"enabled": true, "intervalDays": 29}}, "should be greater than or equal to 30"},
+		"RotationTooRare":     {map[string]any{"rotation": map[string]any{"enabled": true, "intervalDays": 366}}, "should be less than or equal to 365"},
+		"Tags":                {map[string]any{"tags": map[string]any{"team": "payments", strings.Repeat("k", 36): strings.Repeat("v", 43), "empty": ""}}, ""},
+		"TooManyTags":         {map[string]any{"tags": tagsOf(11)}, "must have at most 10 items"},
+		"TenTags":             {map[string]any{"tags": tagsOf(10)}, ""},
+		"LongTagKey":          {map[string]any{"tags": map[string]any{strings.Repeat("k", 37): "v"}}, "tag keys must be 1 to 36 characters"},
+		"EmptyTagKey":         {map[string]any{"tags": map[string]any{"": "v"}}, "tag keys must be 1 to 36 characters"},
+		"LongTagValue":        {map[string]any{"tags": map[string]any{"k": strings.Repeat("v", 44)}}, "tag values must be at most 43 characters"},
+		"ReservedTag":         {map[string]any{"tags": map[string]any{"kms.cmk.io/owner": "me"}}, "tag keys starting with kms.cmk.io/ or cmk-operator- are reserved"},
+		"OwnerTag":            {map[string]any{"tags": map[string]any{"cmk-operator-owner-uid": "x"}}, "are reserved for the operator's own tags"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -90,6 +106,14 @@ func TestCreateRules(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("defaults of spec: {}: -want, +got:\n%s", diff)
 	}
+}
+
+func tagsOf(n int) map[string]any {
+	tags := map[string]any{}
+	for i := range n {
+		tags[fmt.Sprintf("tag%d", i)] = "v"
+	}
+	return tags
 }
 
 func TestUpdateRules(t *testing.T) {
@@ -110,6 +134,8 @@ func TestUpdateRules(t *testing.T) {
 		"CancelAndEnable":           {map[string]any{"deletionScheduled": false, "enabled": true}, ""},
 		"DescriptionMutable":        {map[string]any{"description": "still the app key"}, ""},
 		"PolicyMutable":             {map[string]any{"deletionPolicy": "Delete"}, ""},
+		"RotationMutable":           {map[string]any{"rotation": map[string]any{"enabled": true, "intervalDays": 90}}, ""},
+		"TagsMutable":               {map[string]any{"tags": map[string]any{"team": "b"}}, ""},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -67,6 +67,7 @@ const (
 // +kubebuilder:validation:XValidation:rule="!(oldSelf.deletionScheduled && self.deletionScheduled) || self.pendingDays == oldSelf.pendingDays",message="pendingDays cannot change while deletionScheduled stays true: the deletion date is already set; cancel with deletionScheduled: false, then schedule again with the new pendingDays"
 // +kubebuilder:validation:XValidation:rule="self.origin != 'External' || self.keySpec in ['AES_256', 'SM4']",message="origin: External (bring your own key) takes symmetric material only (AES_256, SM4): importing RSA, EC or SM2 key pairs is not supported; use origin: KMS for a key pair"
 // +kubebuilder:validation:XValidation:rule="!has(self.keyMaterial) || self.origin == 'External'",message="keyMaterial is only for keys with origin: External; a KMS key has material the KMS made"
+// +kubebuilder:validation:XValidation:rule="!has(self.rotation) || !self.rotation.enabled || (self.origin == 'KMS' && self.keySpec in ['AES_256', 'SM4'])",message="rotation.enabled is only for symmetric keys (AES_256, SM4) with origin: KMS: the KMS cannot rotate imported material or key pairs; set rotation.enabled: false or remove spec.rotation"
 type CustomerMasterKeySpec struct {
 	// Alias is the key's unique name in the KMS region. Defaults to one derived from the
 	// resource's namespace and name. It cannot change after creation.
@@ -138,6 +139,39 @@ type CustomerMasterKeySpec struct {
 	// +kubebuilder:validation:MaxLength=36
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9a-z]{8}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{12}$')",message="keyID must be a KMS key ID: a UUID in lower case, such as 0d0466b0-e727-4d9c-b35d-f84bb474a37f (kubectl get cmk shows the IDs of your keys)"
 	KeyID string `json:"keyID,omitempty"`
+
+	// Rotation turns on automatic rotation of the key material: every IntervalDays the KMS
+	// makes new material and keeps the old, so data encrypted before still decrypts. Only for
+	// symmetric keys (AES_256, SM4) with origin: KMS.
+	// +optional
+	Rotation *Rotation `json:"rotation,omitempty"`
+
+	// Tags are kept on the key in the KMS, in step with this map: tags added here are added,
+	// changed ones changed, and tags removed here, or added to the key outside Kubernetes, are
+	// removed. The operator's own tags, which record the key's owner, are kept apart: they
+	// cannot be set or removed here. At most 10; keys 1 to 36 characters, values at most 43.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=10
+	// +kubebuilder:validation:XValidation:rule="self.all(k, size(k) >= 1 && size(k) <= 36)",message="tag keys must be 1 to 36 characters (the KMS's limit)"
+	// +kubebuilder:validation:XValidation:rule="self.all(k, size(self[k]) <= 43)",message="tag values must be at most 43 characters (the KMS's limit)"
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.startsWith('kms.cmk.io/') && !k.startsWith('cmk-operator-'))",message="tag keys starting with kms.cmk.io/ or cmk-operator- are reserved for the operator's own tags, which record the key's owner; choose another key"
+	Tags map[string]string `json:"tags,omitempty"`
+}
+
+// Rotation is automatic rotation of a key's material.
+type Rotation struct {
+	// Enabled turns automatic rotation on. Turned off in the KMS by someone else, it is turned
+	// on again.
+	// +optional
+	// +kubebuilder:default=false
+	Enabled bool `json:"enabled"`
+
+	// IntervalDays is how many days pass between two rotations.
+	// +optional
+	// +kubebuilder:default=365
+	// +kubebuilder:validation:Minimum=30
+	// +kubebuilder:validation:Maximum=365
+	IntervalDays int32 `json:"intervalDays,omitempty"`
 }
 
 // KeyMaterial points at wrapped key material to import.
@@ -232,6 +266,11 @@ type CustomerMasterKeyStatus struct {
 	// +optional
 	MaterialExpiresAt *metav1.Time `json:"materialExpiresAt,omitempty"`
 
+	// Rotation is the key's automatic rotation as the KMS reports it; set once rotation has
+	// been asked for, or the key has rotated.
+	// +optional
+	Rotation *RotationStatus `json:"rotation,omitempty"`
+
 	// ObservedGeneration is the spec generation this status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
@@ -242,6 +281,20 @@ type CustomerMasterKeyStatus struct {
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// RotationStatus is a key's automatic rotation as the KMS reports it.
+type RotationStatus struct {
+	// Enabled is whether the KMS rotates the key's material automatically.
+	Enabled bool `json:"enabled"`
+	// IntervalDays is the KMS's interval between two rotations.
+	// +optional
+	IntervalDays int32 `json:"intervalDays,omitempty"`
+	// LastRotationTime is when the material last rotated; unset before the first rotation.
+	// +optional
+	LastRotationTime *metav1.Time `json:"lastRotationTime,omitempty"`
+	// Rotations is how many times the material has rotated.
+	Rotations int32 `json:"rotations"`
 }
 
 // CustomerMasterKey is a KMS customer master key managed from Kubernetes.
