@@ -87,8 +87,12 @@ func TestCreateRules(t *testing.T) {
 		"TenTags":             {map[string]any{"tags": tagsOf(10)}, ""},
 		"LongTagKey":          {map[string]any{"tags": map[string]any{strings.Repeat("k", 37): "v"}}, "tag keys must be 1 to 36 characters"},
 		"EmptyTagKey":         {map[string]any{"tags": map[string]any{"": "v"}}, "tag keys must be 1 to 36 characters"},
-		"LongTagValue":        {map[string]any{"tags": map[string]any{"k": strings.Repeat("v", 44)}}, "tag values must be at most 43 characters"},
+		"LongTagValue":        {map[string]any{"tags": map[string]any{"k": strings.Repeat("v", 44)}}, "may not be more than 43 bytes"},
 		"ReservedTag":         {map[string]any{"tags": map[string]any{"kms.cmk.io/owner": "me"}}, "tag keys starting with kms.cmk.io/ or cmk-operator- are reserved"},
+		"TagKeyStar":          {map[string]any{"tags": map[string]any{"a*b": "v"}}, "tag keys cannot hold control characters or any of * < > ="},
+		"TagValueBackslash":   {map[string]any{"tags": map[string]any{"k": `a\b`}}, "tag values cannot hold control characters or any of * < > ="},
+		"TagValueNewline":     {map[string]any{"tags": map[string]any{"k": "a\nb"}}, "tag values cannot hold control characters or any of * < > ="},
+		"TagPunctuation":      {map[string]any{"tags": map[string]any{"team.a_b-c@d:e/f": "x y,z"}}, ""},
 		"OwnerTag":            {map[string]any{"tags": map[string]any{"cmk-operator-owner-uid": "x"}}, "are reserved for the operator's own tags"},
 	}
 	for name, tc := range cases {

@@ -153,10 +153,15 @@ type CustomerMasterKeySpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxProperties=10
 	// +kubebuilder:validation:XValidation:rule="self.all(k, size(k) >= 1 && size(k) <= 36)",message="tag keys must be 1 to 36 characters (the KMS's limit)"
-	// +kubebuilder:validation:XValidation:rule="self.all(k, size(self[k]) <= 43)",message="tag values must be at most 43 characters (the KMS's limit)"
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.matches(r'[*<>=\\\\\\x00-\\x1f]'))",message="tag keys cannot hold control characters or any of * < > = \\ (the KMS refuses them)"
 	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.startsWith('kms.cmk.io/') && !k.startsWith('cmk-operator-'))",message="tag keys starting with kms.cmk.io/ or cmk-operator- are reserved for the operator's own tags, which record the key's owner; choose another key"
-	Tags map[string]string `json:"tags,omitempty"`
+	Tags map[string]TagValue `json:"tags,omitempty"`
 }
+
+// TagValue is the value of a tag: at most 43 characters, and none the KMS refuses.
+// +kubebuilder:validation:MaxLength=43
+// +kubebuilder:validation:XValidation:rule="!self.matches(r'[*<>=\\\\\\x00-\\x1f]')",message="tag values cannot hold control characters or any of * < > = \\ (the KMS refuses them)"
+type TagValue string
 
 // Rotation is automatic rotation of a key's material.
 type Rotation struct {

@@ -99,7 +99,7 @@ func (in *CustomerMasterKeySpec) DeepCopyInto(out *CustomerMasterKeySpec) {
 	}
 	if in.Tags != nil {
 		in, out := &in.Tags, &out.Tags
-		*out = make(map[string]string, len(*in))
+		*out = make(map[string]TagValue, len(*in))
 		for key, val := range *in {
 			(*out)[key] = val
 		}

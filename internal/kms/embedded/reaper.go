@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 )
 
@@ -69,7 +71,7 @@ func (p *Provider) ReapDue(ctx context.Context) (time.Time, error) {
 			}
 			continue
 		}
-		if err := p.transition(ctx, r.ID, "reap", p.reap); err != nil {
+		if err := p.transitionSecret(ctx, r.ID, "reap", p.reap); err != nil {
 			if ctx.Err() != nil {
 				return next, ctx.Err()
 			}
@@ -96,20 +98,26 @@ const reapRetry = 10 * time.Second
 
 // reap applies what is due to a key, on a fresh read, so a deletion canceled meanwhile stands:
 // at the deletion date the key is Deleted and its material destroyed; at the material's expiry
-// the material is destroyed and an Enabled or Disabled key returns to PendingImport.
-func (p *Provider) reap(r *record) (bool, error) {
+// the material is destroyed and an Enabled or Disabled key returns to PendingImport; at its
+// rotation time the key gets new material, and keeps the old for what it encrypted.
+func (p *Provider) reap(r *record, s *corev1.Secret) (bool, error) {
 	now := p.clock.Now().UTC()
 	due, ok := r.nextDue()
 	if !ok || due.After(now) {
 		return false, nil
 	}
-	if r.State == kms.StatePendingDeletion {
+	switch {
+	case r.State == kms.StatePendingDeletion:
 		r.State, r.HasMaterial, r.Import, r.DeletedAt = kms.StateDeleted, false, nil, &now
-		return true, nil
-	}
-	r.HasMaterial, r.MaterialExpiresAt = false, nil
-	if r.State == kms.StateEnabled || r.State == kms.StateDisabled {
-		r.State = kms.StatePendingImport
+	case r.HasMaterial && r.MaterialExpiresAt != nil && !r.MaterialExpiresAt.After(now):
+		r.HasMaterial, r.MaterialExpiresAt = false, nil
+		if r.State == kms.StateEnabled || r.State == kms.StateDisabled {
+			r.State = kms.StatePendingImport
+		}
+	default:
+		if err := p.rotate(r, s, now.Truncate(time.Second)); err != nil {
+			return false, err
+		}
 	}
 	return true, nil
 }

@@ -121,7 +121,7 @@ func (p *Provider) verifySealedUnder(ctx context.Context, s *corev1.Secret) erro
 		return nil // Reported on the key itself, when it is used.
 	}
 	if sealed, ok := s.Data[materialField]; ok {
-		if _, err := p.sealer.open(r.ID, sealed); err != nil {
+		if _, err := p.sealer.open(materialAAD(r.ID, r.version()), sealed); err != nil {
 			return wrong
 		}
 	}

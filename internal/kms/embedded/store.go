@@ -67,6 +67,11 @@ type record struct {
 	ImportedTokenHash []byte        `json:"importedTokenHash,omitempty"`
 	MaterialExpiresAt *time.Time    `json:"materialExpiresAt,omitempty"`
 	Import            *importRecord `json:"import,omitempty"`
+
+	// Rotation is the key's automatic rotation (see rotation.go); nil when never turned on.
+	Rotation *rotationRecord `json:"rotation,omitempty"`
+	// UserTags are the tags users set. The owner is kept in Owner, apart from them.
+	UserTags map[string]string `json:"userTags,omitempty"`
 }
 
 // importRecord is the latest import parameters issued for a key; the wrapping private key is
@@ -77,15 +82,20 @@ type importRecord struct {
 	ExpiresAt time.Time `json:"expiresAt"`
 }
 
-// nextDue is when the reaper must next act on the key, if ever.
+// nextDue is when the reaper must next act on the key, if ever: its deletion date, else the
+// earlier of its material's expiry and its next rotation.
 func (r *record) nextDue() (time.Time, bool) {
 	if r.State == kms.StatePendingDeletion && r.DeletionDate != nil {
 		return *r.DeletionDate, true
 	}
+	var due time.Time
 	if r.HasMaterial && r.MaterialExpiresAt != nil {
-		return *r.MaterialExpiresAt, true
+		due = *r.MaterialExpiresAt
 	}
-	return time.Time{}, false
+	if at, ok := r.rotationDue(); ok && (due.IsZero() || at.Before(due)) {
+		due = at
+	}
+	return due, !due.IsZero()
 }
 
 func (r *record) key() kms.Key {
@@ -187,6 +197,7 @@ func writeRecord(s *corev1.Secret, r *record) error {
 	// without outstanding import parameters.
 	if !r.HasMaterial {
 		delete(s.Data, materialField)
+		dropOldMaterial(s)
 	}
 	if r.Import == nil {
 		delete(s.Data, wrappingKeyField)
