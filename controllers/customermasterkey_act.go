@@ -65,6 +65,14 @@ func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.Cus
 		if err := r.KMS.SetDescription(ctx, id, cmk.Spec.Description); err != nil {
 			return nil, err
 		}
+	case planner.SetRotation:
+		if err := r.setRotation(ctx, cmk, id); err != nil {
+			return nil, err
+		}
+	case planner.SetTags:
+		if err := r.setTags(ctx, cmk, id); err != nil {
+			return nil, err
+		}
 	case planner.IssueImportParameters:
 		if err := r.issueImportParameters(ctx, cmk); err != nil {
 			return nil, err

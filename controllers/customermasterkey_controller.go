@@ -36,10 +36,11 @@ const Finalizer = "kms.cmk.io/deletion-policy"
 // outside Kubernetes.
 const DefaultSyncPeriod = 10 * time.Minute
 
-// maxActions bounds the KMS calls one reconcile makes. A spec change needs at most three in a
-// row (cancel, schedule again; cancel, enable; issue parameters, import, disable); a provider
+// maxActions bounds the KMS calls one reconcile makes. A spec change needs at most five in a
+// row (cancel, schedule again; cancel, enable, rotation, tags; issue parameters, import, tags,
+// disable; create, rotation, tags, disable); a provider
 // that never reaches the state it reports is sent through the rate limiter instead.
-const maxActions = 4
+const maxActions = 6
 
 // CustomerMasterKeyReconciler drives a KMS toward each CustomerMasterKey's spec.
 type CustomerMasterKeyReconciler struct {
@@ -111,6 +112,10 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 		r.setBlocked(cmk, v1alpha1.ReasonSpecMismatch, msg)
 		return r.resync(), nil
 	}
+	if key, err = r.withExtras(ctx, cmk, key); err != nil {
+		return r.actFailed(cmk, nil, "Observing", err)
+	}
+	r.reportExtrasDrift(cmk, key)
 	lastPhase := cmk.Status.Phase
 	decision := planner.Next(r.input(cmk, key))
 	if planner.Drift(lastPhase, cmk.Generation != cmk.Status.ObservedGeneration, key, decision) {
@@ -124,12 +129,20 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 		}
 		log.FromContext(ctx).Info("Acting on key", "action", decision.Action, "keyID", cmk.Status.KeyID)
 		after, err := r.act(ctx, cmk, key, decision.Action)
+		if err == nil {
+			after, err = r.withExtras(ctx, cmk, after)
+		}
 		if err != nil {
 			return r.actFailed(cmk, key, string(decision.Action), err)
 		}
 		key = after
 		r.recordKey(cmk, key) // the next decision starts from what the KMS now reports
 		decision = planner.Next(r.input(cmk, key))
+	}
+	if msg := r.unsupported(cmk); msg != "" {
+		r.recordKey(cmk, key)
+		r.setBlocked(cmk, v1alpha1.ReasonUnsupported, msg)
+		return r.resync(), nil
 	}
 	r.setObserved(cmk, key)
 	r.reportDeletion(cmk, lastPhase)

@@ -51,6 +51,7 @@ func (r *CustomerMasterKeyReconciler) recordKey(cmk *v1alpha1.CustomerMasterKey,
 		// Parameters only mean something while the key waits for material.
 		st.ImportParameters = nil
 	}
+	recordExtras(st, cmk.Spec, key)
 }
 
 // setObserved records a successful reconcile: the key's real state, Ready as the planner

@@ -100,6 +100,9 @@ const (
 	EventImportFailed      = "ImportFailed"
 	EventDeleted           = "Deleted"
 	EventDriftDetected     = "DriftDetected"
+	EventRotationEnabled   = "RotationEnabled"
+	EventRotationDisabled  = "RotationDisabled"
+	EventTagsChanged       = "TagsChanged"
 	EventRetained          = "Retained"
 	EventAdopted           = "Adopted"
 	// EventReclaimed: a resource created again with a retained key's namespace and name took

@@ -276,6 +276,11 @@ type CustomerMasterKeyStatus struct {
 	// +optional
 	Rotation *RotationStatus `json:"rotation,omitempty"`
 
+	// Tags are the key's tags in the KMS as last read, the operator's own aside. They are read
+	// while spec.tags or this field holds any.
+	// +optional
+	Tags map[string]string `json:"tags,omitempty"`
+
 	// ObservedGeneration is the spec generation this status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`

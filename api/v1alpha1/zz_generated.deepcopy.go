@@ -137,6 +137,13 @@ func (in *CustomerMasterKeyStatus) DeepCopyInto(out *CustomerMasterKeyStatus) {
 		*out = new(RotationStatus)
 		(*in).DeepCopyInto(*out)
 	}
+	if in.Tags != nil {
+		in, out := &in.Tags, &out.Tags
+		*out = make(map[string]string, len(*in))
+		for key, val := range *in {
+			(*out)[key] = val
+		}
+	}
 	if in.Conditions != nil {
 		in, out := &in.Conditions, &out.Conditions
 		*out = make([]v1.Condition, len(*in))

@@ -54,6 +54,13 @@ type Key struct {
 	HasMaterial bool
 	// MaterialExpiresAt is when imported material expires; zero when it does not.
 	MaterialExpiresAt time.Time
+
+	// Rotation is the key's automatic rotation (see Rotator); nil when it was not read:
+	// Observe does not read it, the reconciler does when the spec or status asks about it.
+	Rotation *Rotation
+	// Tags are the key's tags, the provider's own aside (see Tagger); nil when they were not
+	// read, empty when the key has none. Read, like Rotation, only when asked about.
+	Tags map[string]string
 }
 
 // Owner is the CustomerMasterKey a key belongs to, recorded in the KMS itself (tags, or the

@@ -5,6 +5,7 @@ package planner
 
 import (
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 
@@ -25,6 +26,10 @@ const (
 	ScheduleDeletion Action = "ScheduleDeletion"
 	CancelDeletion   Action = "CancelDeletion"
 	SetDescription   Action = "SetDescription"
+	// SetRotation turns automatic rotation on or off, or changes its interval.
+	SetRotation Action = "SetRotation"
+	// SetTags makes the key's tags those of the spec.
+	SetTags Action = "SetTags"
 	// IssueImportParameters publishes fresh parameters to wrap material with.
 	IssueImportParameters Action = "IssueImportParameters"
 	// ImportMaterial imports the material spec.keyMaterial points at.
@@ -115,6 +120,11 @@ func Next(in Input) Decision {
 		}
 	}
 	switch {
+	case Rotates(in.Spec, k):
+		// Before a Disable the spec may also ask for: rotation changes only on an Enabled key.
+		return Decision{Action: SetRotation}
+	case Retags(in.Spec, k):
+		return Decision{Action: SetTags}
 	case k.State == kms.StateEnabled && !in.Spec.Enabled:
 		return Decision{Action: Disable}
 	case k.State == kms.StateDisabled && in.Spec.Enabled:
@@ -127,6 +137,53 @@ func Next(in Input) Decision {
 	}
 	// Matches the spec; imported material that expires is looked at again then.
 	return Decision{Action: None, RecheckAt: recheck(k.MaterialExpiresAt, in.Now)}
+}
+
+// WantRotation is the rotation the spec asks for: off without spec.rotation, and the
+// default interval when none is given.
+func WantRotation(spec v1alpha1.CustomerMasterKeySpec) (enabled bool, intervalDays int) {
+	if spec.Rotation == nil || !spec.Rotation.Enabled {
+		return false, 0
+	}
+	if spec.Rotation.IntervalDays == 0 {
+		return true, kms.DefaultRotationDays
+	}
+	return true, int(spec.Rotation.IntervalDays)
+}
+
+// Rotates reports whether the key's rotation must change to the spec's. Only an Enabled key's
+// rotation is changed: Huawei's console guide makes an enabled key the condition for turning
+// rotation on or off ("Enabling Key Rotation", prerequisites), and its API reference names no
+// answer for other states. A key whose rotation was not read (k.Rotation nil) is left alone.
+func Rotates(spec v1alpha1.CustomerMasterKeySpec, k *kms.Key) bool {
+	if k.Rotation == nil || k.State != kms.StateEnabled {
+		return false
+	}
+	enabled, days := WantRotation(spec)
+	return enabled != k.Rotation.Enabled || (enabled && days != k.Rotation.IntervalDays)
+}
+
+// Retags reports whether the key's tags must change to the spec's. Tags are changed while the
+// key can be used or waits for material, not while its deletion is pending.
+func Retags(spec v1alpha1.CustomerMasterKeySpec, k *kms.Key) bool {
+	if k.Tags == nil {
+		return false
+	}
+	switch k.State {
+	case kms.StateEnabled, kms.StateDisabled, kms.StatePendingImport:
+	default:
+		return false
+	}
+	return !maps.Equal(k.Tags, SpecTags(spec))
+}
+
+// SpecTags are the spec's tags as the KMS takes them.
+func SpecTags(spec v1alpha1.CustomerMasterKeySpec) map[string]string {
+	tags := make(map[string]string, len(spec.Tags))
+	for k, v := range spec.Tags {
+		tags[k] = string(v)
+	}
+	return tags
 }
 
 // WindowVerdict says what to do with the date of a deletion the spec asks to keep.
@@ -318,13 +375,16 @@ func Ready(in Input) Readiness {
 			"status.importParameters.publicKey (RSAES_OAEP_SHA_256), store it with status.importParameters.importToken " +
 			"in a Secret, and set spec.keyMaterial.secretRef to that Secret"}
 	case kms.StateDisabled:
-		if spec.Enabled || spec.DeletionScheduled {
+		if spec.Enabled || spec.DeletionScheduled || Retags(spec, key) {
 			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Moving the key to the state the spec asks for"}
 		}
-		return Readiness{Reason: v1alpha1.ReasonKeyDisabled,
-			Message: "The key is disabled as spec.enabled asks; set spec.enabled to true to use it"}
+		msg := "The key is disabled as spec.enabled asks; set spec.enabled to true to use it"
+		if key.Rotation != nil && Rotates(spec, &kms.Key{State: kms.StateEnabled, Rotation: key.Rotation}) {
+			msg += "; spec.rotation takes effect once the key is enabled"
+		}
+		return Readiness{Reason: v1alpha1.ReasonKeyDisabled, Message: msg}
 	case kms.StateEnabled:
-		if !spec.Enabled || spec.DeletionScheduled || describes(spec, key) {
+		if !spec.Enabled || spec.DeletionScheduled || describes(spec, key) || Rotates(spec, key) || Retags(spec, key) {
 			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Moving the key to the state the spec asks for"}
 		}
 		return Readiness{Ready: true, Reason: v1alpha1.ReasonAvailable, Message: "The key is enabled and matches the spec"}

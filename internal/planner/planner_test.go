@@ -472,3 +472,60 @@ func TestDrift(t *testing.T) {
 		})
 	}
 }
+
+// TestRotationAndTags covers when rotation and tags change: only once read, rotation only on
+// an Enabled key (before a Disable the spec also asks for), tags not while the deletion is
+// pending, and never a call when the key already matches.
+func TestRotationAndTags(t *testing.T) {
+	rotating := func(s v1alpha1.CustomerMasterKeySpec, days int32) v1alpha1.CustomerMasterKeySpec {
+		s.Rotation = &v1alpha1.Rotation{Enabled: true, IntervalDays: days}
+		return s
+	}
+	tagged := func(s v1alpha1.CustomerMasterKeySpec, tags map[string]v1alpha1.TagValue) v1alpha1.CustomerMasterKeySpec {
+		s.Tags = tags
+		return s
+	}
+	with := func(k *kms.Key, rot *kms.Rotation, tags map[string]string) *kms.Key {
+		k.Rotation, k.Tags = rot, tags
+		return k
+	}
+	on := func(days int) *kms.Rotation { return &kms.Rotation{Enabled: true, IntervalDays: days} }
+	cases := map[string]struct {
+		spec v1alpha1.CustomerMasterKeySpec
+		key  *kms.Key
+		want Action
+	}{
+		"RotationNotRead":           {rotating(spec(true, false), 30), key(kms.StateEnabled), None},
+		"TurnOn":                    {rotating(spec(true, false), 30), with(key(kms.StateEnabled), &kms.Rotation{}, nil), SetRotation},
+		"DefaultInterval":           {rotating(spec(true, false), 0), with(key(kms.StateEnabled), on(365), nil), None},
+		"NewInterval":               {rotating(spec(true, false), 90), with(key(kms.StateEnabled), on(30), nil), SetRotation},
+		"TurnOff":                   {spec(true, false), with(key(kms.StateEnabled), on(30), nil), SetRotation},
+		"OffAndOff":                 {spec(true, false), with(key(kms.StateEnabled), &kms.Rotation{IntervalDays: 30}, nil), None},
+		"BeforeDisabling":           {rotating(spec(false, false), 30), with(key(kms.StateEnabled), &kms.Rotation{}, nil), SetRotation},
+		"NotOnADisabledKey":         {rotating(spec(false, false), 30), with(key(kms.StateDisabled), &kms.Rotation{}, nil), None},
+		"NotWhilePending":           {rotating(spec(false, true), 30), with(key(kms.StatePendingDeletion), &kms.Rotation{}, nil), None},
+		"EnableFirstThenRotation":   {rotating(spec(true, false), 30), with(key(kms.StateDisabled), &kms.Rotation{}, nil), Enable},
+		"TagsNotRead":               {tagged(spec(true, false), map[string]v1alpha1.TagValue{"a": "1"}), key(kms.StateEnabled), None},
+		"AddTags":                   {tagged(spec(true, false), map[string]v1alpha1.TagValue{"a": "1"}), with(key(kms.StateEnabled), nil, map[string]string{}), SetTags},
+		"ChangeTag":                 {tagged(spec(true, false), map[string]v1alpha1.TagValue{"a": "2"}), with(key(kms.StateEnabled), nil, map[string]string{"a": "1"}), SetTags},
+		"RemoveTags":                {spec(true, false), with(key(kms.StateEnabled), nil, map[string]string{"a": "1"}), SetTags},
+		"SameTags":                  {tagged(spec(true, false), map[string]v1alpha1.TagValue{"a": "1"}), with(key(kms.StateEnabled), nil, map[string]string{"a": "1"}), None},
+		"TagsOfADisabledKey":        {tagged(spec(false, false), map[string]v1alpha1.TagValue{"a": "1"}), with(key(kms.StateDisabled), nil, map[string]string{}), SetTags},
+		"NoTagsWhilePending":        {tagged(spec(false, true), map[string]v1alpha1.TagValue{"a": "1"}), with(key(kms.StatePendingDeletion), nil, map[string]string{}), None},
+		"CancelBeforeTags":          {tagged(spec(false, false), map[string]v1alpha1.TagValue{"a": "1"}), with(key(kms.StatePendingDeletion), nil, map[string]string{}), CancelDeletion},
+		"ScheduleBeforeRotationOff": {spec(false, true), with(key(kms.StateEnabled), on(30), nil), ScheduleDeletion},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			in := Input{Spec: tc.spec, KeyID: "k1", Key: tc.key, LastPhase: v1alpha1.Phase(tc.key.State), Now: now, PendingDays: 7}
+			if got := Next(in).Action; got != tc.want {
+				t.Errorf("Next = %s, want %s", got, tc.want)
+			}
+			if tc.want == SetRotation || tc.want == SetTags {
+				if r := Ready(in); r.Ready {
+					t.Errorf("Ready while %s is due", tc.want)
+				}
+			}
+		})
+	}
+}

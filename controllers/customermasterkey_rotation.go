@@ -1,0 +1,133 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/planner"
+)
+
+// withExtras adds to the key what the spec or status asks about beyond its state: its rotation
+// and its tags. Each is one more call to a cloud KMS, so each is read only when asked about:
+// rotation while spec.rotation or status.rotation is set, tags while spec.tags or status.tags
+// holds any (so tags removed from the spec are removed from the key, and then no longer read).
+func (r *CustomerMasterKeyReconciler) withExtras(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, key *kms.Key) (*kms.Key, error) {
+	if key == nil || key.State == kms.StateDeleted {
+		return key, nil
+	}
+	out := *key
+	rotator, ok := r.KMS.(kms.Rotator)
+	if ok && (cmk.Spec.Rotation != nil || cmk.Status.Rotation != nil) && kms.CanRotate(string(cmk.Spec.KeySpec), string(cmk.Spec.Origin)) {
+		rotation, err := rotator.Rotation(ctx, key.ID)
+		if err != nil {
+			return nil, fmt.Errorf("reading the rotation of key %s: %w", key.ID, err)
+		}
+		out.Rotation = &rotation
+	}
+	tagger, ok := r.KMS.(kms.Tagger)
+	if ok && (len(cmk.Spec.Tags) > 0 || len(cmk.Status.Tags) > 0) {
+		tags, err := tagger.Tags(ctx, key.ID)
+		if err != nil {
+			return nil, fmt.Errorf("reading the tags of key %s: %w", key.ID, err)
+		}
+		if tags == nil {
+			tags = map[string]string{}
+		}
+		out.Tags = tags
+	}
+	return &out, nil
+}
+
+// setRotation turns the key's rotation on or off, or changes its interval, as the spec asks.
+func (r *CustomerMasterKeyReconciler) setRotation(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string) error {
+	rotator, ok := r.KMS.(kms.Rotator)
+	if !ok {
+		return &kms.UnsupportedError{Reason: unsupportedRotation}
+	}
+	enabled, days := planner.WantRotation(cmk.Spec)
+	if err := rotator.SetRotation(ctx, id, enabled, days); err != nil {
+		return err
+	}
+	if enabled {
+		r.event(cmk, "Normal", v1alpha1.EventRotationEnabled, "SetKeyRotation", "Key %s rotates every %d days", id, days)
+	} else {
+		r.event(cmk, "Normal", v1alpha1.EventRotationDisabled, "SetKeyRotation", "Turned off rotation of key %s", id)
+	}
+	return nil
+}
+
+// setTags makes the key's tags those of the spec.
+func (r *CustomerMasterKeyReconciler) setTags(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string) error {
+	tagger, ok := r.KMS.(kms.Tagger)
+	if !ok {
+		return &kms.UnsupportedError{Reason: unsupportedTags}
+	}
+	tags := planner.SpecTags(cmk.Spec)
+	if err := tagger.SetTags(ctx, id, tags); err != nil {
+		return err
+	}
+	r.event(cmk, "Normal", v1alpha1.EventTagsChanged, "SetKeyTags", "Key %s has %d tags, as spec.tags asks", id, len(tags))
+	return nil
+}
+
+const (
+	unsupportedRotation = "The KMS provider cannot rotate keys: remove spec.rotation, or run the operator with a provider that can (embedded, huaweicloud)"
+	unsupportedTags     = "The KMS provider cannot tag keys: remove spec.tags, or run the operator with a provider that can (embedded, huaweicloud)"
+)
+
+// unsupported says what the spec asks that the provider cannot do; empty when nothing.
+func (r *CustomerMasterKeyReconciler) unsupported(cmk *v1alpha1.CustomerMasterKey) string {
+	if _, ok := r.KMS.(kms.Rotator); !ok && cmk.Spec.Rotation != nil && cmk.Spec.Rotation.Enabled {
+		return unsupportedRotation
+	}
+	if _, ok := r.KMS.(kms.Tagger); !ok && len(cmk.Spec.Tags) > 0 {
+		return unsupportedTags
+	}
+	return ""
+}
+
+// reportExtrasDrift sends a DriftDetected event when the key's rotation or tags changed outside
+// Kubernetes since status recorded them, while the spec stayed the same: the reconcile puts
+// them back.
+func (r *CustomerMasterKeyReconciler) reportExtrasDrift(cmk *v1alpha1.CustomerMasterKey, key *kms.Key) {
+	if key == nil || cmk.Generation != cmk.Status.ObservedGeneration {
+		return
+	}
+	if was := cmk.Status.Rotation; was != nil && key.Rotation != nil && was.Enabled && !key.Rotation.Enabled && planner.Rotates(cmk.Spec, key) {
+		r.event(cmk, "Warning", v1alpha1.EventDriftDetected, "Observe",
+			"Rotation of key %s was turned off outside Kubernetes; turning it on again, as spec.rotation asks", key.ID)
+	}
+	if was := cmk.Status.Tags; key.Tags != nil && !maps.Equal(was, key.Tags) && planner.Retags(cmk.Spec, key) {
+		r.event(cmk, "Warning", v1alpha1.EventDriftDetected, "Observe",
+			"Tags of key %s were changed outside Kubernetes; putting back those of spec.tags", key.ID)
+	}
+}
+
+// recordExtras records the key's rotation and tags, when they were read.
+func recordExtras(st *v1alpha1.CustomerMasterKeyStatus, spec v1alpha1.CustomerMasterKeySpec, key *kms.Key) {
+	if key == nil {
+		return
+	}
+	if rot := key.Rotation; rot != nil {
+		st.Rotation = &v1alpha1.RotationStatus{Enabled: rot.Enabled, IntervalDays: int32(rot.IntervalDays), Rotations: int32(rot.Rotations)}
+		if !rot.LastRotation.IsZero() {
+			// Whole seconds, as status keeps them: a finer time would differ from it on every read.
+			st.Rotation.LastRotationTime = &metav1.Time{Time: rot.LastRotation.Truncate(time.Second)}
+		}
+		if spec.Rotation == nil && !rot.Enabled {
+			st.Rotation = nil // nothing asks about it any more
+		}
+	}
+	if key.Tags != nil {
+		st.Tags = maps.Clone(key.Tags)
+		if len(st.Tags) == 0 {
+			st.Tags = nil
+		}
+	}
+}
