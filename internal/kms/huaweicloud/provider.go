@@ -255,19 +255,9 @@ func (p *Provider) setTags(ctx context.Context, id string, tags []model.TagItem)
 // token, which is its creating resource's UID: its owner is that UID in a namespace unknown,
 // until that resource claims it again.
 func (p *Provider) Owner(ctx context.Context, keyID string) (kms.Owner, error) {
-	var resp *model.ShowKmsTagsResponse
-	err := send(ctx, func() (err error) {
-		resp, err = p.kms().ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: keyID})
-		return err
-	})
+	tags, err := p.allTags(ctx, keyID)
 	if err != nil {
-		return kms.Owner{}, classify(err, "read the tags of", keyID, "")
-	}
-	tags := map[string]string{}
-	if resp.Tags != nil {
-		for _, t := range *resp.Tags {
-			tags[t.Key] = deref(t.Value)
-		}
+		return kms.Owner{}, err
 	}
 	o := kms.Owner{Namespace: tags[ownerNamespaceTag], Name: tags[ownerNameTag], UID: tags[ownerUIDTag]}
 	if o.UID == "" {

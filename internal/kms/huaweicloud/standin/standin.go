@@ -153,6 +153,7 @@ type key struct {
 	token                 string
 	tokenExpires          time.Time
 	tags                  map[string]string
+	rotation              rotation
 }
 
 // Start serves the stand-in on loopback until Close.
@@ -360,6 +361,8 @@ func (s *Server) dispatch(op string, req map[string]any) (any, *apiError) {
 	case "update-key-description":
 		k.description = str("key_description")
 		return map[string]any{"key_info": map[string]any{"key_id": k.id}}, nil
+	case "enable-key-rotation", "disable-key-rotation", "update-key-rotation-interval", "get-key-rotation-status":
+		return s.rotate(k, op, req)
 	case "get-parameters-for-import":
 		return s.parameters(k, str("wrapping_algorithm"))
 	case "import-key-material":
@@ -384,6 +387,7 @@ func (s *Server) applyTime() {
 			s.deleted[id] = true
 			continue
 		}
+		s.rotateDue(k, now)
 		if k.material != nil && !k.materialExpires.IsZero() && !k.materialExpires.Add(MaterialRemovalDelay).After(now) {
 			k.material, k.materialExpires = nil, time.Time{}
 			if k.state == "2" || k.state == "3" {
