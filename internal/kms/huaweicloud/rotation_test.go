@@ -53,7 +53,9 @@ func TestRotationThroughTheOperator(t *testing.T) {
 		}
 	}
 	patch(`{"rotation":{"intervalDays":200}}`)
-	settled(func(g Gomega, c *v1alpha1.CustomerMasterKey) { g.Expect(c.Status.Rotation.IntervalDays).To(Equal(int32(200))) })
+	settled(func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+		g.Expect(c.Status.Rotation.IntervalDays).To(Equal(int32(200)))
+	})
 
 	// The KMS rotates at the interval; status reports it at the next look.
 	s.Advance(201 * 24 * time.Hour)
@@ -66,7 +68,9 @@ func TestRotationThroughTheOperator(t *testing.T) {
 
 	// Scheduled and canceled: rotation stays on through it, and nothing is refused.
 	patch(`{"enabled":false,"deletionScheduled":true}`)
-	settled(func(g Gomega, c *v1alpha1.CustomerMasterKey) { g.Expect(c.Status.Phase).To(Equal(v1alpha1.PhasePendingDeletion)) })
+	settled(func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+		g.Expect(c.Status.Phase).To(Equal(v1alpha1.PhasePendingDeletion))
+	})
 	patch(`{"deletionScheduled":false,"enabled":true}`)
 	settled(func(g Gomega, c *v1alpha1.CustomerMasterKey) {
 		g.Expect(c.Status.Phase).To(Equal(v1alpha1.PhaseEnabled))
@@ -185,4 +189,3 @@ func TestTagsThroughTheOperator(t *testing.T) {
 		t.Errorf("owner after the tags changed: %+v, %v; want %+v", o, err, owner)
 	}
 }
-
