@@ -112,9 +112,9 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 		r.setBlocked(cmk, v1alpha1.ReasonSpecMismatch, msg)
 		return r.resync(), nil
 	}
-	if key, err = r.withExtras(ctx, cmk, key); err != nil {
-		return r.actFailed(cmk, nil, "Observing", err)
-	}
+	// A failed read of rotation or tags holds up only rotation and tags: the key's state (a
+	// deletion to cancel, say) still follows the spec, and the failure is reported after.
+	key, extrasErr := r.withExtras(ctx, cmk, key)
 	r.reportExtrasDrift(cmk, key)
 	lastPhase := cmk.Status.Phase
 	decision := planner.Next(r.input(cmk, key))
@@ -130,7 +130,7 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 		log.FromContext(ctx).Info("Acting on key", "action", decision.Action, "keyID", cmk.Status.KeyID)
 		after, err := r.act(ctx, cmk, key, decision.Action)
 		if err == nil {
-			after, err = r.withExtras(ctx, cmk, after)
+			after, extrasErr = r.withExtras(ctx, cmk, after)
 		}
 		if err != nil {
 			return r.actFailed(cmk, key, string(decision.Action), err)
@@ -138,6 +138,9 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 		key = after
 		r.recordKey(cmk, key) // the next decision starts from what the KMS now reports
 		decision = planner.Next(r.input(cmk, key))
+	}
+	if extrasErr != nil {
+		return r.actFailed(cmk, key, "Reading rotation and tags of", extrasErr)
 	}
 	if msg := r.unsupported(cmk); msg != "" {
 		r.recordKey(cmk, key)

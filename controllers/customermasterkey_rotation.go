@@ -17,6 +17,7 @@ import (
 // and its tags. Each is one more call to a cloud KMS, so each is read only when asked about:
 // rotation while spec.rotation or status.rotation is set, tags while spec.tags or status.tags
 // holds any (so tags removed from the spec are removed from the key, and then no longer read).
+// When a read fails, the key is returned without what failed, with the error.
 func (r *CustomerMasterKeyReconciler) withExtras(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, key *kms.Key) (*kms.Key, error) {
 	if key == nil || key.State == kms.StateDeleted {
 		return key, nil
@@ -26,7 +27,7 @@ func (r *CustomerMasterKeyReconciler) withExtras(ctx context.Context, cmk *v1alp
 	if ok && (cmk.Spec.Rotation != nil || cmk.Status.Rotation != nil) && kms.CanRotate(string(cmk.Spec.KeySpec), string(cmk.Spec.Origin)) {
 		rotation, err := rotator.Rotation(ctx, key.ID)
 		if err != nil {
-			return nil, fmt.Errorf("reading the rotation of key %s: %w", key.ID, err)
+			return key, fmt.Errorf("reading the rotation of key %s: %w", key.ID, err)
 		}
 		out.Rotation = &rotation
 	}
@@ -34,7 +35,8 @@ func (r *CustomerMasterKeyReconciler) withExtras(ctx context.Context, cmk *v1alp
 	if ok && (len(cmk.Spec.Tags) > 0 || len(cmk.Status.Tags) > 0) {
 		tags, err := tagger.Tags(ctx, key.ID)
 		if err != nil {
-			return nil, fmt.Errorf("reading the tags of key %s: %w", key.ID, err)
+			out.Rotation = nil // the state's calls go on; rotation waits with the tags
+			return &out, fmt.Errorf("reading the tags of key %s: %w", key.ID, err)
 		}
 		if tags == nil {
 			tags = map[string]string{}
@@ -99,9 +101,10 @@ func (r *CustomerMasterKeyReconciler) reportExtrasDrift(cmk *v1alpha1.CustomerMa
 	if key == nil || cmk.Generation != cmk.Status.ObservedGeneration {
 		return
 	}
-	if was := cmk.Status.Rotation; was != nil && key.Rotation != nil && was.Enabled && !key.Rotation.Enabled && planner.Rotates(cmk.Spec, key) {
+	if was := cmk.Status.Rotation; was != nil && key.Rotation != nil && planner.Rotates(cmk.Spec, key) &&
+		(was.Enabled != key.Rotation.Enabled || int(was.IntervalDays) != key.Rotation.IntervalDays) {
 		r.event(cmk, "Warning", v1alpha1.EventDriftDetected, "Observe",
-			"Rotation of key %s was turned off outside Kubernetes; turning it on again, as spec.rotation asks", key.ID)
+			"Rotation of key %s was changed outside Kubernetes; putting back what spec.rotation asks", key.ID)
 	}
 	if was := cmk.Status.Tags; key.Tags != nil && !maps.Equal(was, key.Tags) && planner.Retags(cmk.Spec, key) {
 		r.event(cmk, "Warning", v1alpha1.EventDriftDetected, "Observe",

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/kms/embedded"
 )
 
 // TestRotation turns rotation on, lets the key rotate at its interval on the fake clock,
@@ -158,4 +159,27 @@ func (h *harness) tags(id string) map[string]string {
 		h.t.Fatal(err)
 	}
 	return tags
+}
+
+// failingRotation is a provider whose rotation cannot be read.
+type failingRotation struct{ *embedded.Provider }
+
+func (failingRotation) Rotation(context.Context, string) (kms.Rotation, error) {
+	return kms.Rotation{}, &kms.UnsupportedError{Reason: "rotation status refused"}
+}
+
+// TestFailedRotationReadHoldsUpOnlyRotation: a key whose rotation cannot be read still follows
+// the spec's state (its deletion is scheduled), and the failure is reported.
+func TestFailedRotationReadHoldsUpOnlyRotation(t *testing.T) {
+	h := newHarness(t)
+	h.start(managerOptions{provider: func(p *embedded.Provider) kms.Provider { return failingRotation{p} }})
+	h.create(h.cmk("unreadable", func(c *v1alpha1.CustomerMasterKey) {
+		c.Spec.Rotation = &v1alpha1.Rotation{Enabled: true, IntervalDays: 30}
+	}))
+	h.eventually("unreadable", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+		g.Expect(c.Status.Phase).To(Equal(v1alpha1.PhaseEnabled))
+		g.Expect(cond(c, v1alpha1.ConditionSynced).Message).To(ContainSubstring("rotation status refused"))
+	})
+	h.patch("unreadable", schedule)
+	h.waitPhase("unreadable", v1alpha1.PhasePendingDeletion)
 }

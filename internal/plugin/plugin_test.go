@@ -211,7 +211,7 @@ func TestMixedPhases(t *testing.T) {
 		t.Errorf("enable: %v\n%s", err, out)
 	}
 	out, err = kubectlCmk(t, "-n", ns, "status", "-l", "mix=yes")
-	if err != nil || !strings.Contains(out, "WAITING-FOR") || !strings.Contains(out, "PendingImport: The key has no key material") {
+	if err != nil || !strings.Contains(out, "WAITING-FOR") || !strings.Contains(out, "DELETES-IN") || !strings.Contains(out, "ROTATION") || !strings.Contains(out, "PendingImport: The key has no key material") {
 		t.Errorf("status: %v\n%s", err, out)
 	}
 }

@@ -58,9 +58,11 @@ func (o *options) status(ctx context.Context, names []string) error {
 		return nil
 	}
 	w := tabwriter.NewWriter(o.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NAMESPACE\tNAME\tPHASE\tDELETION-DATE\tWAITING-FOR")
+	fmt.Fprintln(w, "NAMESPACE\tNAME\tPHASE\tDELETION-DATE\tDELETES-IN\tROTATION\tWAITING-FOR")
+	now := time.Now()
 	for _, c := range keys {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", c.Namespace, c.Name, orDash(string(c.Status.Phase)), date(c.Status.DeletionDate), waitingFor(&c))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Namespace, c.Name, orDash(string(c.Status.Phase)), date(c.Status.DeletionDate),
+			timeLeft(c.Status.DeletionDate, now), rotation(c.Status.Rotation), waitingFor(&c))
 	}
 	_ = w.Flush()
 	if missing > 0 {
@@ -107,4 +109,31 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// timeLeft is the time until a key's deletion date, in days and hours; "due" once it passed
+// (the KMS deletes the key shortly after).
+func timeLeft(at *metav1.Time, now time.Time) string {
+	if at == nil {
+		return "-"
+	}
+	left := at.Sub(now)
+	if left <= 0 {
+		return "due"
+	}
+	day := 24 * time.Hour
+	return fmt.Sprintf("%dd%dh", left/day, left%day/time.Hour)
+}
+
+// rotation sums up a key's automatic rotation as the KMS reports it.
+func rotation(r *v1alpha1.RotationStatus) string {
+	switch {
+	case r == nil:
+		return "-"
+	case !r.Enabled:
+		return "off"
+	case r.LastRotationTime == nil:
+		return fmt.Sprintf("every %dd", r.IntervalDays)
+	}
+	return fmt.Sprintf("every %dd, %d so far, last %s", r.IntervalDays, r.Rotations, date(r.LastRotationTime))
 }

@@ -27,6 +27,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	clocktesting "k8s.io/utils/clock/testing"
 )
@@ -454,7 +455,8 @@ func (s *Server) batchTags(id string, req map[string]any) (any, *apiError) {
 		tm, _ := t.(map[string]any)
 		name, _ := tm["key"].(string)
 		value, _ := tm["value"].(string)
-		if name == "" || len(name) > 36 || len(value) > 43 {
+		// Characters, not bytes: "36 Unicode characters" (BatchCreateKmsTags reference, TagItem).
+		if name == "" || utf8.RuneCountInString(name) > 36 || utf8.RuneCountInString(value) > 43 {
 			return nil, fail(http.StatusBadRequest, "KMS.0002", "invalid tag")
 		}
 		switch action {
