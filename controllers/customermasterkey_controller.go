@@ -130,7 +130,10 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 		log.FromContext(ctx).Info("Acting on key", "action", decision.Action, "keyID", cmk.Status.KeyID)
 		after, err := r.act(ctx, cmk, key, decision.Action)
 		if err == nil {
-			after, extrasErr = r.withExtras(ctx, cmk, after)
+			var readErr error
+			if after, readErr = r.extrasAfter(ctx, cmk, key, after, decision.Action); readErr != nil {
+				extrasErr = readErr
+			}
 		}
 		if err != nil {
 			return r.actFailed(cmk, key, string(decision.Action), err)

@@ -46,6 +46,20 @@ func (r *CustomerMasterKeyReconciler) withExtras(ctx context.Context, cmk *v1alp
 	return &out, nil
 }
 
+// extrasAfter gives the key read back after an action its rotation and tags: read again after
+// a create or a change of them, carried over from before any other action, which leaves them as
+// they were (Huawei keeps rotation through a scheduled deletion and its cancel: "About Key
+// Rotation"; tags too: Open Telekom Cloud Terraform provider, issue 2802). A state change of a
+// key with rotation or tags thus costs no more calls than one without.
+func (r *CustomerMasterKeyReconciler) extrasAfter(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, before, after *kms.Key, action planner.Action) (*kms.Key, error) {
+	if before == nil || after == nil || action == planner.Create || action == planner.SetRotation || action == planner.SetTags {
+		return r.withExtras(ctx, cmk, after)
+	}
+	out := *after
+	out.Rotation, out.Tags = before.Rotation, before.Tags
+	return &out, nil
+}
+
 // setRotation turns the key's rotation on or off, or changes its interval, as the spec asks.
 func (r *CustomerMasterKeyReconciler) setRotation(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string) error {
 	rotator, ok := r.KMS.(kms.Rotator)

@@ -156,11 +156,16 @@ func WantRotation(spec v1alpha1.CustomerMasterKeySpec) (enabled bool, intervalDa
 // rotation on or off ("Enabling Key Rotation", prerequisites), and its API reference names no
 // answer for other states. A key whose rotation was not read (k.Rotation nil) is left alone.
 func Rotates(spec v1alpha1.CustomerMasterKeySpec, k *kms.Key) bool {
-	if k.Rotation == nil || k.State != kms.StateEnabled {
+	return k.State == kms.StateEnabled && rotationDiffers(spec, k.Rotation)
+}
+
+// rotationDiffers reports whether a rotation that was read differs from the spec's.
+func rotationDiffers(spec v1alpha1.CustomerMasterKeySpec, rot *kms.Rotation) bool {
+	if rot == nil {
 		return false
 	}
 	enabled, days := WantRotation(spec)
-	return enabled != k.Rotation.Enabled || (enabled && days != k.Rotation.IntervalDays)
+	return enabled != rot.Enabled || (enabled && days != rot.IntervalDays)
 }
 
 // Retags reports whether the key's tags must change to the spec's. Tags are changed while the
@@ -379,7 +384,7 @@ func Ready(in Input) Readiness {
 			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Moving the key to the state the spec asks for"}
 		}
 		msg := "The key is disabled as spec.enabled asks; set spec.enabled to true to use it"
-		if key.Rotation != nil && Rotates(spec, &kms.Key{State: kms.StateEnabled, Rotation: key.Rotation}) {
+		if rotationDiffers(spec, key.Rotation) {
 			msg += "; spec.rotation takes effect once the key is enabled"
 		}
 		return Readiness{Reason: v1alpha1.ReasonKeyDisabled, Message: msg}
