@@ -4,12 +4,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"os"
 	"runtime/debug"
 	"time"
 
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -18,12 +20,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/cmk-operator/cmk-operator/controllers"
+	"github.com/cmk-operator/cmk-operator/internal/keymetrics"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	_ "github.com/cmk-operator/cmk-operator/internal/kms/embedded"    // registers the "embedded" provider
 	_ "github.com/cmk-operator/cmk-operator/internal/kms/huaweicloud" // registers the "huaweicloud" provider
+	"github.com/cmk-operator/cmk-operator/internal/kms/kmsmetrics"
 	"github.com/cmk-operator/cmk-operator/internal/requestmetrics"
 	"github.com/cmk-operator/cmk-operator/internal/scheme"
 )
@@ -31,9 +37,16 @@ import (
 // Leader election keeps its Lease in the operator's own namespace.
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=cmk-system,resources=leases,verbs=get;list;watch;create;update;patch;delete
 
+// The secure metrics endpoint asks the apiserver who a scraper is and whether it may read
+// /metrics: config/rbac/metrics_auth_role.yaml grants that apart, as kubebuilder does, so
+// that it goes with the endpoint.
+
 func main() {
 	var (
 		metricsAddr  string
+		metricsTLS   bool
+		metricsCerts string
+		enableHTTP2  bool
 		probeAddr    string
 		pprofAddr    string
 		leaderElect  bool
@@ -44,7 +57,10 @@ func main() {
 		apiQPS       float64
 		apiBurst     int
 	)
-	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "The address the metrics endpoint binds to, e.g. :8080; 0 disables it.")
+	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "The address the metrics endpoint binds to, e.g. :8443 (HTTPS) or :8080 (--metrics-secure=false); 0 disables it.")
+	flag.BoolVar(&metricsTLS, "metrics-secure", true, "Serve metrics over HTTPS, only to clients the apiserver authenticates and authorizes to get /metrics; --metrics-secure=false serves plain HTTP to anyone who can reach it.")
+	flag.StringVar(&metricsCerts, "metrics-cert-path", "", "A directory holding tls.crt and tls.key for the metrics endpoint (a cert-manager Secret, for example), reloaded when they change; empty for a self-signed certificate.")
+	flag.BoolVar(&enableHTTP2, "enable-http2", false, "Serve metrics over HTTP/2 as well; off by default because of HTTP/2's stream-reset and rapid-reset attacks (CVE-2023-44487, CVE-2023-39325).")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "The address the health probe endpoint binds to.")
 	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "The address Go's profiling endpoint (/debug/pprof) binds to, e.g. 127.0.0.1:6060; 0 disables it.")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "Enable leader election, so that only one manager acts at a time.")
@@ -61,8 +77,8 @@ func main() {
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 
-	if err := run(ctrl.SetupSignalHandler(), managerConfig{
-		metricsAddr: metricsAddr, probeAddr: probeAddr, pprofAddr: pprofAddr, leaderElect: leaderElect,
+	if err := run(ctrl.SetupSignalHandler(), ctrl.GetConfigOrDie(), managerConfig{
+		metricsAddr: metricsAddr, metricsTLS: metricsTLS, metricsCerts: metricsCerts, enableHTTP2: enableHTTP2, probeAddr: probeAddr, pprofAddr: pprofAddr, leaderElect: leaderElect,
 		provider: providerName, kmsNamespace: kmsNamespace, syncPeriod: syncPeriod, workers: workers,
 		apiQPS: apiQPS, apiBurst: apiBurst,
 	}); err != nil {
@@ -73,6 +89,9 @@ func main() {
 
 type managerConfig struct {
 	metricsAddr, probeAddr string
+	metricsTLS             bool
+	metricsCerts           string
+	enableHTTP2            bool
 	pprofAddr              string
 	leaderElect            bool
 	provider, kmsNamespace string
@@ -80,9 +99,11 @@ type managerConfig struct {
 	workers                int
 	apiQPS                 float64
 	apiBurst               int
+	// skipNameValidation lets tests run the manager more than once in a process.
+	skipNameValidation bool
 }
 
-func run(ctx context.Context, cfg managerConfig) error {
+func run(ctx context.Context, restConfig *rest.Config, cfg managerConfig) error {
 	log := ctrl.Log.WithName("setup")
 	if os.Getenv("GOGC") == "" {
 		// The manager's memory is mostly what it keeps: its caches of the resources and of the
@@ -91,7 +112,6 @@ func run(ctx context.Context, cfg managerConfig) error {
 		// GOGC, when set, decides instead.
 		debug.SetGCPercent(gcPercent)
 	}
-	restConfig := ctrl.GetConfigOrDie()
 	if cfg.apiQPS != 0 {
 		restConfig.QPS, restConfig.Burst = float32(cfg.apiQPS), max(cfg.apiBurst, 1)
 	}
@@ -101,7 +121,7 @@ func run(ctx context.Context, cfg managerConfig) error {
 		// managedFields are never read here; without them the cache of thousands of keys is
 		// about half the size.
 		Cache:                   cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
-		Metrics:                 metricsserver.Options{BindAddress: cfg.metricsAddr},
+		Metrics:                 metricsOptions(cfg),
 		HealthProbeBindAddress:  cfg.probeAddr,
 		PprofBindAddress:        cfg.pprofAddr,
 		LeaderElection:          cfg.leaderElect,
@@ -137,6 +157,12 @@ func run(ctx context.Context, cfg managerConfig) error {
 			return err
 		}
 	}
+	provider = kmsmetrics.Instrument(cfg.provider, provider)
+	keys := &keymetrics.Collector{Reader: mgr.GetCache(), Elected: mgr.Elected()}
+	if err := metrics.Registry.Register(keys); err != nil {
+		return fmt.Errorf("registering the key metrics: %w", err)
+	}
+	defer metrics.Registry.Unregister(keys)
 
 	if err := (&controllers.CustomerMasterKeyReconciler{
 		Client:     mgr.GetClient(),
@@ -145,7 +171,7 @@ func run(ctx context.Context, cfg managerConfig) error {
 		Recorder:   mgr.GetEventRecorder("cmk-operator"),
 		Clock:      clock.RealClock{},
 		SyncPeriod: cfg.syncPeriod,
-	}).SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: cfg.workers}); err != nil {
+	}).SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: cfg.workers, SkipNameValidation: &cfg.skipNameValidation}); err != nil {
 		return fmt.Errorf("setting up controller: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
@@ -156,6 +182,24 @@ func run(ctx context.Context, cfg managerConfig) error {
 	}
 	log.Info("Starting manager", "kmsProvider", cfg.provider, "kmsNamespace", cfg.kmsNamespace, "syncPeriod", cfg.syncPeriod)
 	return mgr.Start(ctx)
+}
+
+// metricsOptions serves the metrics endpoint as kubebuilder v4 scaffolds it: HTTPS, with each
+// scraper's bearer token checked by a TokenReview and its access to /metrics by a
+// SubjectAccessReview, and HTTP/1.1 only unless asked.
+func metricsOptions(cfg managerConfig) metricsserver.Options {
+	opts := metricsserver.Options{BindAddress: cfg.metricsAddr, SecureServing: cfg.metricsTLS}
+	if !cfg.metricsTLS {
+		return opts
+	}
+	opts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	if cfg.metricsCerts != "" {
+		opts.CertDir = cfg.metricsCerts
+	}
+	if !cfg.enableHTTP2 {
+		opts.TLSOpts = append(opts.TLSOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
+	}
+	return opts
 }
 
 // gcPercent is the manager's GOGC unless the environment sets one.

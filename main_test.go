@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"github.com/go-logr/logr/funcr"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	"k8s.io/apimachinery/pkg/util/uuid"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -26,11 +26,6 @@ func TestMain(m *testing.M) { testenv.Main(m, &env) }
 // TestStopReleasesLease runs the manager as main does, with leader election, and stops it: it
 // hands the lease back at once (no failover wait for the next replica) and logs no error.
 func TestStopReleasesLease(t *testing.T) {
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := env.KubeConfig(kubeconfig); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("KUBECONFIG", kubeconfig)
 	var mu sync.Mutex
 	var logged []string
 	ctrl.SetLogger(funcr.New(func(prefix, args string) {
@@ -49,8 +44,8 @@ func TestStopReleasesLease(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, managerConfig{metricsAddr: "0", probeAddr: "0", leaderElect: true, provider: "embedded",
-			kmsNamespace: ns, syncPeriod: controllers.DefaultSyncPeriod, workers: 1})
+		done <- run(ctx, rest.CopyConfig(env.Config), managerConfig{metricsAddr: "0", probeAddr: "0", leaderElect: true, provider: "embedded",
+			kmsNamespace: ns, syncPeriod: controllers.DefaultSyncPeriod, workers: 1, skipNameValidation: true})
 	}()
 
 	lease := &coordinationv1.Lease{}

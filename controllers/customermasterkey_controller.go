@@ -345,7 +345,7 @@ func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr 
 				CreateFunc: func(event.CreateEvent) bool { return false }, UpdateFunc: func(event.UpdateEvent) bool { return false },
 				GenericFunc: func(event.GenericEvent) bool { return false }})).
 		WithOptions(opts)
-	if n, ok := r.KMS.(kms.Notifier); ok {
+	if n, ok := kms.As[kms.Notifier](r.KMS); ok {
 		src, err := keyChangeSource(ctx, mgr, n)
 		if err != nil {
 			return err

@@ -169,7 +169,7 @@ func (r *CustomerMasterKeyReconciler) apiReader() client.Reader {
 }
 
 func (r *CustomerMasterKeyReconciler) importer() (kms.Importer, error) {
-	imp, ok := r.KMS.(kms.Importer)
+	imp, ok := kms.As[kms.Importer](r.KMS)
 	if !ok {
 		return nil, &kms.UnsupportedError{Reason: "the configured KMS provider does not take imported key material"}
 	}

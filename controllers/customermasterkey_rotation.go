@@ -23,7 +23,7 @@ func (r *CustomerMasterKeyReconciler) withExtras(ctx context.Context, cmk *v1alp
 		return key, nil
 	}
 	out := *key
-	rotator, ok := r.KMS.(kms.Rotator)
+	rotator, ok := kms.As[kms.Rotator](r.KMS)
 	if ok && (cmk.Spec.Rotation != nil || cmk.Status.Rotation != nil) && kms.CanRotate(string(cmk.Spec.KeySpec), string(cmk.Spec.Origin)) {
 		rotation, err := rotator.Rotation(ctx, key.ID)
 		if err != nil {
@@ -31,7 +31,7 @@ func (r *CustomerMasterKeyReconciler) withExtras(ctx context.Context, cmk *v1alp
 		}
 		out.Rotation = &rotation
 	}
-	tagger, ok := r.KMS.(kms.Tagger)
+	tagger, ok := kms.As[kms.Tagger](r.KMS)
 	if ok && (len(cmk.Spec.Tags) > 0 || len(cmk.Status.Tags) > 0) {
 		tags, err := tagger.Tags(ctx, key.ID)
 		if err != nil {
@@ -62,7 +62,7 @@ func (r *CustomerMasterKeyReconciler) extrasAfter(ctx context.Context, cmk *v1al
 
 // setRotation turns the key's rotation on or off, or changes its interval, as the spec asks.
 func (r *CustomerMasterKeyReconciler) setRotation(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string) error {
-	rotator, ok := r.KMS.(kms.Rotator)
+	rotator, ok := kms.As[kms.Rotator](r.KMS)
 	if !ok {
 		return &kms.UnsupportedError{Reason: unsupportedRotation}
 	}
@@ -80,7 +80,7 @@ func (r *CustomerMasterKeyReconciler) setRotation(ctx context.Context, cmk *v1al
 
 // setTags makes the key's tags those of the spec.
 func (r *CustomerMasterKeyReconciler) setTags(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string) error {
-	tagger, ok := r.KMS.(kms.Tagger)
+	tagger, ok := kms.As[kms.Tagger](r.KMS)
 	if !ok {
 		return &kms.UnsupportedError{Reason: unsupportedTags}
 	}
@@ -99,10 +99,10 @@ const (
 
 // unsupported says what the spec asks that the provider cannot do; empty when nothing.
 func (r *CustomerMasterKeyReconciler) unsupported(cmk *v1alpha1.CustomerMasterKey) string {
-	if _, ok := r.KMS.(kms.Rotator); !ok && cmk.Spec.Rotation != nil && cmk.Spec.Rotation.Enabled {
+	if _, ok := kms.As[kms.Rotator](r.KMS); !ok && cmk.Spec.Rotation != nil && cmk.Spec.Rotation.Enabled {
 		return unsupportedRotation
 	}
-	if _, ok := r.KMS.(kms.Tagger); !ok && len(cmk.Spec.Tags) > 0 {
+	if _, ok := kms.As[kms.Tagger](r.KMS); !ok && len(cmk.Spec.Tags) > 0 {
 		return unsupportedTags
 	}
 	return ""

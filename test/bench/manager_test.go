@@ -52,7 +52,7 @@ func startManager(b testing.TB, bin, kubeconfig, kmsNamespace string) *manager {
 	if err != nil {
 		b.Fatal(err)
 	}
-	m.cmd = exec.Command(bin, "--kms-namespace="+kmsNamespace, "--metrics-bind-address="+addr,
+	m.cmd = exec.Command(bin, "--kms-namespace="+kmsNamespace, "--metrics-bind-address="+addr, "--metrics-secure=false",
 		"--health-probe-bind-address=0", "--pprof-bind-address="+pprofAddr, fmt.Sprintf("--max-concurrent-reconciles=%d", *workers))
 	m.cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	m.cmd.Stdout, m.cmd.Stderr = logFile, logFile

@@ -314,7 +314,7 @@ func Wrap(t testing.TB, p kms.ImportParameters, material []byte) []byte {
 
 func importer(t *testing.T, f Fixture) kms.Importer {
 	t.Helper()
-	imp, ok := f.Provider.(kms.Importer)
+	imp, ok := kms.As[kms.Importer](f.Provider)
 	if !ok {
 		t.Fatal("the provider does not implement kms.Importer")
 	}

@@ -1,0 +1,418 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/rulefmt"
+	"github.com/prometheus/prometheus/promql/parser"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/uuid"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+)
+
+// TestMetricsEndpoint runs the manager as main does, under the ServiceAccount and RBAC that
+// config/default deploys, with the metrics endpoint as deployed (HTTPS, authenticated and
+// authorized through the apiserver), and reads the key and KMS metrics as Prometheus would
+// while keys are created, scheduled for deletion and canceled.
+func TestMetricsEndpoint(t *testing.T) {
+	ctx := t.Context()
+	for _, file := range []string{"config/default/namespace.yaml", "config/rbac/service_account.yaml", "config/rbac/role.yaml",
+		"config/rbac/role_binding.yaml", "config/rbac/metrics_auth_role.yaml", "config/rbac/metrics_auth_role_binding.yaml",
+		"config/rbac/metrics_reader_role.yaml"} {
+		apply(t, file)
+	}
+	addr := freeAddress(t)
+	asOperator := rest.CopyConfig(env.Config)
+	asOperator.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:cmk-system:cmk-operator"}
+	startManager(t, asOperator, managerConfig{
+		metricsAddr: addr, metricsTLS: true, probeAddr: "0", pprofAddr: "0", leaderElect: true,
+		provider: "embedded", kmsNamespace: "cmk-system", syncPeriod: time.Hour, workers: 4, apiQPS: -1, skipNameValidation: true,
+	})
+
+	reader := serviceAccountToken(t, "monitoring", "prometheus", "cmk-operator-metrics-reader")
+	nosy := serviceAccountToken(t, "monitoring", "nosy", "")
+	url := "https://" + addr + "/metrics"
+	// Without a token the filter answers 401; a token the apiserver does not accept fails its
+	// TokenReview, which controller-runtime's filter answers with 500. Either way, no metrics.
+	for _, c := range []struct {
+		who, token string
+		want       int
+	}{{"no token", "", http.StatusUnauthorized}, {"a made-up token", "not-a-token", http.StatusInternalServerError},
+		{"a ServiceAccount not bound to the metrics reader role", nosy, http.StatusForbidden}} {
+		if code, body := get(t, url, c.token); code != c.want || bytes.Contains(body, []byte("cmk_")) {
+			t.Errorf("a scrape with %s: HTTP %d, want %d and no metrics", c.who, code, c.want)
+		}
+	}
+
+	// The KMS counters are the process's: what this test adds is measured from here.
+	before := scrape(t, url, reader, func(scraped) bool { return true })
+	ns := "metrics-" + string(uuid.NewUUID())[:8]
+	if err := env.CreateNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"orders", "archive"} {
+		cmk := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: v1alpha1.CustomerMasterKeySpec{Alias: ns + "/" + name, Enabled: name == "orders"}}
+		if err := env.Client.Create(ctx, cmk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keyID := waitFor(t, ns, "orders", v1alpha1.PhaseEnabled).Status.KeyID
+	waitFor(t, ns, "archive", v1alpha1.PhaseDisabled)
+	m := scrape(t, url, reader, func(m scraped) bool { return m.has("cmk_keys", "namespace", ns, "phase", "Enabled") == 1 })
+	m.expect(t, 1, "cmk_keys", "namespace", ns, "phase", "Enabled")
+	m.expect(t, 1, "cmk_keys", "namespace", ns, "phase", "Disabled")
+	m.expect(t, 0, "cmk_keys", "namespace", ns, "phase", "PendingDeletion")
+	m.expect(t, 1, "cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonKeyDisabled)
+	m.absent(t, "cmk_key_deletion_timestamp_seconds", "namespace", ns)
+	m.expectIncrease(t, before, 2, "cmk_kms_requests_total", "provider", "embedded", "operation", "create", "outcome", "success")
+	m.expectIncrease(t, before, 1, "cmk_kms_requests_total", "provider", "embedded", "operation", "disable", "outcome", "success")
+	create := []string{"provider", "embedded", "operation", "create"}
+	if n := m.histogramCount("cmk_kms_request_duration_seconds", create...) - before.histogramCount("cmk_kms_request_duration_seconds", create...); n != 2 {
+		t.Errorf("cmk_kms_request_duration_seconds{operation=create} counted %d calls, want 2", n)
+	}
+	if len(m["controller_runtime_reconcile_total"]) == 0 {
+		t.Error("controller-runtime's own metrics are not served")
+	}
+
+	setSpec(t, ns, "orders", func(s *v1alpha1.CustomerMasterKeySpec) {
+		s.Enabled, s.DeletionScheduled, s.PendingDays = false, true, 7
+	})
+	pending := waitFor(t, ns, "orders", v1alpha1.PhasePendingDeletion)
+	m = scrape(t, url, reader, func(m scraped) bool { return m.has("cmk_keys", "namespace", ns, "phase", "PendingDeletion") == 1 })
+	date := float64(pending.Status.DeletionDate.Unix())
+	m.expect(t, date, "cmk_key_deletion_timestamp_seconds", "namespace", ns, "name", "orders", "key_id", keyID)
+	if left := time.Until(time.Unix(int64(date), 0)); left < 7*24*time.Hour-time.Hour || left > 7*24*time.Hour+time.Hour {
+		t.Errorf("the deletion countdown reads %v, want about 7 days", left)
+	}
+	m.expect(t, 0, "cmk_keys", "namespace", ns, "phase", "Enabled")
+	m.expect(t, 1, "cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonPendingDeletion)
+	m.expectIncrease(t, before, 1, "cmk_kms_requests_total", "provider", "embedded", "operation", "schedule_deletion", "outcome", "success")
+	// Every metric the alerts read is one the manager serves (now that a key is pending deletion, all are).
+	for _, name := range ruleMetrics(t) {
+		if len(m[name]) == 0 {
+			t.Errorf("config/prometheus/rules.yaml reads %s, which the manager does not serve", name)
+		}
+	}
+
+	setSpec(t, ns, "orders", func(s *v1alpha1.CustomerMasterKeySpec) { s.DeletionScheduled = false })
+	waitFor(t, ns, "orders", v1alpha1.PhaseDisabled)
+	m = scrape(t, url, reader, func(m scraped) bool { return m.has("cmk_keys", "namespace", ns, "phase", "Disabled") == 2 })
+	m.absent(t, "cmk_key_deletion_timestamp_seconds", "namespace", ns)
+	m.expect(t, 0, "cmk_keys", "namespace", ns, "phase", "PendingDeletion")
+	m.expect(t, 2, "cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonKeyDisabled)
+	m.expectIncrease(t, before, 1, "cmk_kms_requests_total", "provider", "embedded", "operation", "cancel_deletion", "outcome", "success")
+
+}
+
+// TestPrometheusRules checks config/prometheus/rules.yaml as promtool check rules would: the
+// PrometheusRule's groups parse, and every expression and template is valid.
+func TestPrometheusRules(t *testing.T) {
+	groups := ruleGroups(t)
+	var alerts []string
+	for _, g := range groups.Groups {
+		for _, r := range g.Rules {
+			alerts = append(alerts, r.Alert)
+		}
+	}
+	want := []string{"CMKKeyDeletionSoon", "CMKKeysNotReady", "CMKKMSErrors"}
+	if strings.Join(alerts, ",") != strings.Join(want, ",") {
+		t.Errorf("alerts %v, want %v", alerts, want)
+	}
+}
+
+func ruleGroups(t *testing.T) *rulefmt.RuleGroups {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("config", "prometheus", "rules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rule struct {
+		Kind string
+		Spec struct {
+			Groups []any `json:"groups"`
+		}
+	}
+	if err := yaml.Unmarshal(raw, &rule); err != nil || rule.Kind != "PrometheusRule" {
+		t.Fatalf("rules.yaml is not a PrometheusRule: %v", err)
+	}
+	spec, err := yaml.Marshal(map[string]any{"groups": rule.Spec.Groups})
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups, errs := rulefmt.Parse(spec, false, model.UTF8Validation, parser.NewParser(parser.Options{}), slog.New(slog.DiscardHandler))
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("rules.yaml: %v", err)
+	}
+	return groups
+}
+
+// ruleMetrics lists the metrics the alerting rules read.
+func ruleMetrics(t *testing.T) []string {
+	var names []string
+	p := parser.NewParser(parser.Options{})
+	for _, g := range ruleGroups(t).Groups {
+		for _, r := range g.Rules {
+			expr, err := p.ParseExpr(r.Expr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parser.Inspect(expr, func(node parser.Node, _ []parser.Node) error {
+				if vs, ok := node.(*parser.VectorSelector); ok {
+					names = append(names, vs.Name)
+				}
+				return nil
+			})
+		}
+	}
+	return names
+}
+
+// startManager runs the manager until the test ends.
+func startManager(t *testing.T, cfg *rest.Config, mc managerConfig) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, mc) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
+}
+
+// apply creates the objects of a manifest file.
+func apply(t *testing.T, file string) {
+	t.Helper()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
+	for {
+		obj := &unstructured.Unstructured{}
+		if err := dec.Decode(&obj.Object); errors.Is(err, io.EOF) {
+			return
+		} else if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if len(obj.Object) == 0 {
+			continue
+		}
+		if err := env.Client.Create(t.Context(), obj); client.IgnoreAlreadyExists(err) != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+	}
+}
+
+// serviceAccountToken makes a ServiceAccount, bound to clusterRole unless that is empty, and
+// returns a token for it.
+func serviceAccountToken(t *testing.T, ns, name, clusterRole string) string {
+	t.Helper()
+	ctx := t.Context()
+	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); client.IgnoreAlreadyExists(err) != nil {
+		t.Fatal(err)
+	}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
+	if err := env.Client.Create(ctx, sa); client.IgnoreAlreadyExists(err) != nil {
+		t.Fatal(err)
+	}
+	if clusterRole != "" {
+		binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ns + "-" + name},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: ns}},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: clusterRole}}
+		if err := env.Client.Create(ctx, binding); client.IgnoreAlreadyExists(err) != nil {
+			t.Fatal(err)
+		}
+	}
+	token := &authenticationv1.TokenRequest{}
+	if err := env.Client.SubResource("token").Create(ctx, sa, token); err != nil {
+		t.Fatal(err)
+	}
+	return token.Status.Token
+}
+
+func freeAddress(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// get fetches url with a bearer token, waiting for the endpoint to come up.
+func get(t *testing.T, url, token string) (int, []byte) {
+	t.Helper()
+	// The manager's certificate is self-signed: what is checked here is who may scrape.
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := hc.Do(req)
+		if err == nil {
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return resp.StatusCode, body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// scraped is a scrape, by metric family.
+type scraped map[string][]*dto.Metric
+
+// scrape reads the endpoint until ready holds of what it serves (the cache may lag the
+// apiserver by a moment).
+func scrape(t *testing.T, url, token string, ready func(scraped) bool) scraped {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := get(t, url, token)
+		if code != http.StatusOK {
+			t.Fatalf("an authorized scrape: HTTP %d: %s", code, body)
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := scraped{}
+		for name, f := range families {
+			m[name] = f.GetMetric()
+		}
+		if ready(m) || time.Now().After(deadline) {
+			return m
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// find returns the series of name with these label values (pairs of name and value), or nil.
+func (m scraped) find(name string, labels ...string) []*dto.Metric {
+	var out []*dto.Metric
+	for _, metric := range m[name] {
+		have := map[string]string{}
+		for _, l := range metric.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for i := 0; i < len(labels); i += 2 {
+			match = match && have[labels[i]] == labels[i+1]
+		}
+		if match {
+			out = append(out, metric)
+		}
+	}
+	return out
+}
+
+// has is the value of the one series of name with these labels; -1 when there is none.
+func (m scraped) has(name string, labels ...string) float64 {
+	found := m.find(name, labels...)
+	if len(found) != 1 {
+		return -1
+	}
+	switch f := found[0]; {
+	case f.Gauge != nil:
+		return f.GetGauge().GetValue()
+	case f.Counter != nil:
+		return f.GetCounter().GetValue()
+	}
+	return -1
+}
+
+func (m scraped) expect(t *testing.T, want float64, name string, labels ...string) {
+	t.Helper()
+	if got := m.has(name, labels...); got != want {
+		t.Errorf("%s%v = %v, want %v (-1: no such series)", name, labels, got, want)
+	}
+}
+
+// expectIncrease checks that a counter grew by want since before.
+func (m scraped) expectIncrease(t *testing.T, before scraped, want float64, name string, labels ...string) {
+	t.Helper()
+	if got := m.has(name, labels...) - max(before.has(name, labels...), 0); got != want {
+		t.Errorf("%s%v rose by %v, want %v", name, labels, got, want)
+	}
+}
+
+func (m scraped) absent(t *testing.T, name string, labels ...string) {
+	t.Helper()
+	if found := m.find(name, labels...); len(found) != 0 {
+		t.Errorf("%s%v: %d series, want none", name, labels, len(found))
+	}
+}
+
+func (m scraped) histogramCount(name string, labels ...string) uint64 {
+	found := m.find(name, labels...)
+	if len(found) != 1 {
+		return 0
+	}
+	return found[0].GetHistogram().GetSampleCount()
+}
+
+func waitFor(t *testing.T, ns, name string, phase v1alpha1.Phase) *v1alpha1.CustomerMasterKey {
+	t.Helper()
+	cmk := &v1alpha1.CustomerMasterKey{}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if err := env.Client.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: name}, cmk); err != nil {
+			t.Fatal(err)
+		}
+		if cmk.Status.Phase == phase && cmk.Status.ObservedGeneration == cmk.Generation {
+			return cmk
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s/%s is %q, want %s", ns, name, cmk.Status.Phase, phase)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func setSpec(t *testing.T, ns, name string, change func(*v1alpha1.CustomerMasterKeySpec)) {
+	t.Helper()
+	cmk := &v1alpha1.CustomerMasterKey{}
+	if err := env.Client.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: name}, cmk); err != nil {
+		t.Fatal(err)
+	}
+	patch := client.MergeFrom(cmk.DeepCopy())
+	change(&cmk.Spec)
+	if err := env.Client.Patch(t.Context(), cmk, patch); err != nil {
+		t.Fatal(fmt.Errorf("patching %s/%s: %w", ns, name, err))
+	}
+}
