@@ -165,3 +165,68 @@ func TestCreateAfterCrashBeforeTag(t *testing.T) {
 		t.Errorf("Create with a console key's alias: %v, want AliasInUse naming %s", err, console)
 	}
 }
+
+// TestInterruptedClaim lets a claim die between deleting the previous owner's tags and writing
+// its own (Huawei does not overwrite a tag, so a claim takes two calls): the key stays its
+// namespace's, owned by no live resource, so only a resource of that namespace can take it,
+// and the claim made again completes.
+func TestInterruptedClaim(t *testing.T) {
+	p, _ := newStandIn(t)
+	ctx := context.Background()
+	key, err := p.Create(ctx, kms.CreateRequest{Alias: "k8s/ns/a", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT",
+		Origin: kms.OriginKMS, Token: "token-a", Owner: kms.Owner{Namespace: "ns", Name: "a", UID: "00000000-0000-4000-8000-00000000000a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := kms.Owner{Namespace: "ns", Name: "b", UID: "00000000-0000-4000-8000-00000000000b"}
+	tags, err := p.allTags(ctx, key.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remove, _ := changes(tags, ownerTags(b))
+	if err := p.retag(ctx, key.ID, remove, nil); err != nil { // the claim's first call, and no second
+		t.Fatal(err)
+	}
+	half, err := p.Owner(ctx, key.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if half.IsZero() || !half.In("ns") || half.In("other") || half.UID == b.UID {
+		t.Fatalf("after a claim died halfway the owner reads %+v, want one of namespace ns that no resource is", half)
+	}
+	if err := p.Claim(ctx, key.ID, b, kms.Owner{}); !kms.IsClaimLost(err) {
+		t.Errorf("a claim of a halfway-claimed key as if it had no owner: %v, want it lost", err)
+	}
+	if err := p.Claim(ctx, key.ID, b, half); err != nil {
+		t.Fatalf("claiming again: %v", err)
+	}
+	if now, _ := p.Owner(ctx, key.ID); now != b {
+		t.Errorf("owner after the claim made again: %+v, want %+v", now, b)
+	}
+}
+
+// TestClaimRewritesOnlyWhatChanges takes a key back for a resource created again (same
+// namespace and name, new UID) from a KMS that refuses to create a tag key a key has: only the
+// UID tag goes and comes back.
+func TestClaimRewritesOnlyWhatChanges(t *testing.T) {
+	p, s := newStandIn(t)
+	ctx := context.Background()
+	old := kms.Owner{Namespace: "ns", Name: "app", UID: "00000000-0000-4000-8000-00000000000a"}
+	key, err := p.Create(ctx, kms.CreateRequest{Alias: "k8s/ns/app", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT",
+		Origin: kms.OriginKMS, Token: old.UID, Owner: old})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again := kms.Owner{Namespace: "ns", Name: "app", UID: "00000000-0000-4000-8000-00000000000c"}
+	s.ResetCalls()
+	if err := p.Claim(ctx, key.ID, again, old); err != nil {
+		t.Fatal(err)
+	}
+	// Read, delete the old UID, create the new one, read back.
+	if calls := s.Calls(); calls["tags"] != 2 || calls["tags/action"] != 2 {
+		t.Errorf("the claim made %v calls, want 2 reads and 2 writes of tags", calls)
+	}
+	if now, _ := p.Owner(ctx, key.ID); now != again {
+		t.Errorf("owner %+v, want %+v", now, again)
+	}
+}

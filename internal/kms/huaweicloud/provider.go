@@ -237,33 +237,76 @@ func ownerTags(o kms.Owner) []model.TagItem {
 	}
 }
 
-// setTags adds tags in one call; a tag whose key the key already has takes the new value (as
-// the stand-in models it; the read-back in Claim catches a KMS that does otherwise).
+// setTags adds tags to a key that has none of their keys (a new one) in one call.
 func (p *Provider) setTags(ctx context.Context, id string, tags []model.TagItem) error {
-	err := send(ctx, func() error {
-		_, err := p.kms().BatchCreateKmsTags(&model.BatchCreateKmsTagsRequest{KeyId: id,
-			Body: &model.BatchCreateKmsTagsRequestBody{Action: "create", Tags: tags}})
-		return err
-	})
-	if err != nil {
-		return classify(err, "tag", id, "")
+	return p.retag(ctx, id, nil, tags)
+}
+
+// retag deletes the tags remove, then creates the tags add, one batch call each. A tag whose
+// value changes is in both: Huawei does not overwrite a tag key the key already has (KMS.0406,
+// as the stand-in's batchTags cites), so it goes before it comes back.
+func (p *Provider) retag(ctx context.Context, id string, remove, add []model.TagItem) error {
+	for _, batch := range []struct {
+		action string
+		tags   []model.TagItem
+	}{{"delete", remove}, {"create", add}} {
+		if len(batch.tags) == 0 {
+			continue
+		}
+		err := send(ctx, func() error {
+			_, err := p.kms().BatchCreateKmsTags(&model.BatchCreateKmsTagsRequest{KeyId: id,
+				Body: &model.BatchCreateKmsTagsRequestBody{Action: batch.action, Tags: batch.tags}})
+			return err
+		})
+		if err != nil {
+			return classify(err, "tag", id, "")
+		}
 	}
 	return nil
 }
 
+// changes lists what turns the tags have into want: the tags to delete (those of want's keys
+// with other values) and the tags to create (want's, but those already there).
+func changes(have map[string]string, want []model.TagItem) (remove, add []model.TagItem) {
+	for _, t := range want {
+		value, ok := have[t.Key]
+		switch {
+		case !ok:
+			add = append(add, t)
+		case value != deref(t.Value):
+			remove = append(remove, model.TagItem{Key: t.Key, Value: ptr(value)})
+			add = append(add, t)
+		}
+	}
+	return remove, add
+}
+
 // Owner reads the owner's tags. A key made before owner tags existed has only its creation
 // token, which is its creating resource's UID: its owner is that UID in a namespace unknown,
-// until that resource claims it again.
+// until that resource claims it again. A key with an owner namespace but no owner UID is one
+// whose claim died between deleting the previous owner's tags and writing the new ones: it
+// stays its namespace's, owned by no resource that lives (claimInterrupted), so only a
+// resource of that namespace may take it, as from any owner that is gone.
 func (p *Provider) Owner(ctx context.Context, keyID string) (kms.Owner, error) {
 	tags, err := p.allTags(ctx, keyID)
 	if err != nil {
 		return kms.Owner{}, err
 	}
+	return ownerIn(tags), nil
+}
+
+// claimInterrupted is the owner UID of a key whose claim died halfway: no resource has it.
+const claimInterrupted = "claim-interrupted"
+
+func ownerIn(tags map[string]string) kms.Owner {
 	o := kms.Owner{Namespace: tags[ownerNamespaceTag], Name: tags[ownerNameTag], UID: tags[ownerUIDTag]}
-	if o.UID == "" {
+	switch {
+	case o.UID == "" && o.Namespace != "":
+		o.UID = claimInterrupted
+	case o.UID == "":
 		o = kms.Owner{UID: tags[uidTag]}
 	}
-	return o, nil
+	return o
 }
 
 // Claim writes the owner's tags if the recorded owner is still previous. Tags have no
@@ -278,17 +321,21 @@ func (p *Provider) Claim(ctx context.Context, keyID string, owner, previous kms.
 	lock, _ := p.claiming.LoadOrStore(keyID, &sync.Mutex{})
 	lock.(*sync.Mutex).Lock()
 	defer lock.(*sync.Mutex).Unlock()
-	now, err := p.Owner(ctx, keyID)
+	tags, err := p.allTags(ctx, keyID)
 	if err != nil {
 		return err
 	}
+	now := ownerIn(tags)
 	if sameOwner(now, owner) {
 		return nil
 	}
 	if !sameOwner(now, previous) {
 		return &kms.ClaimError{KeyID: keyID}
 	}
-	if err := p.setTags(ctx, keyID, ownerTags(owner)); err != nil {
+	// Claims stay in a namespace (the reconciler's adoption rules), so the namespace tag is
+	// only ever added: between the two calls the key is still its namespace's.
+	remove, add := changes(tags, ownerTags(owner))
+	if err := p.retag(ctx, keyID, remove, add); err != nil {
 		return err
 	}
 	after, err := p.Owner(ctx, keyID)

@@ -217,21 +217,5 @@ func (p *Provider) SetTags(ctx context.Context, keyID string, tags map[string]st
 		return &kms.RejectedError{Reason: fmt.Sprintf("Huawei keeps at most %d tags on a key, and %d of key %s's are the operator's "+
 			"own (its owner): spec.tags can hold at most %d here", maxTags, own, keyID, maxTags-own)}
 	}
-	for _, batch := range []struct {
-		action string
-		tags   []model.TagItem
-	}{{"delete", remove}, {"create", add}} {
-		if len(batch.tags) == 0 {
-			continue
-		}
-		err := send(ctx, func() error {
-			_, err := p.kms().BatchCreateKmsTags(&model.BatchCreateKmsTagsRequest{KeyId: keyID,
-				Body: &model.BatchCreateKmsTagsRequestBody{Action: batch.action, Tags: batch.tags}})
-			return err
-		})
-		if err != nil {
-			return classify(err, "tag", keyID, "")
-		}
-	}
-	return nil
+	return p.retag(ctx, keyID, remove, add)
 }

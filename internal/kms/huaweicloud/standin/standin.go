@@ -437,9 +437,11 @@ func (s *Server) tag(id string, req map[string]any) (any, *apiError) {
 
 // batchTags adds or deletes tags: POST /v1.0/{project_id}/kms/{key_id}/tags/action with
 // action "create" or "delete" (Huawei API reference, BatchCreateKmsTags: keys up to 36
-// characters, values up to 43, at most 10 tags a key). A create with a key the key already
-// has replaces its value: the reference does not say, and Huawei's tag APIs of other services
-// document it so.
+// characters, values up to 43, at most 10 tags a key). A create with a tag key the key already
+// has is refused with KMS.0406 "Invalid tagKey.", as Open Telekom Cloud's KMS (Huawei's, run by
+// T-Systems) answers (Open Telekom Cloud Terraform provider, issue 2802: tags set again on a
+// key that has them). The reference does not say; a provider that deletes before it creates
+// works whether the KMS refuses such a create or overwrites the value.
 func (s *Server) batchTags(id string, req map[string]any) (any, *apiError) {
 	k, ok := s.keys[id]
 	if !ok {
@@ -461,6 +463,9 @@ func (s *Server) batchTags(id string, req map[string]any) (any, *apiError) {
 		}
 		switch action {
 		case "create":
+			if _, exists := k.tags[name]; exists {
+				return nil, fail(http.StatusBadRequest, "KMS.0406", "Invalid tagKey.")
+			}
 			next[name] = value
 		case "delete":
 			delete(next, name)
