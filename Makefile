@@ -44,6 +44,7 @@ vet: ## Run go vet.
 .PHONY: test
 test: manifests generate vet envtest-assets ## Run every test against a real kube-apiserver and etcd.
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./... -count=1 -timeout 20m
+	cd test/prometheus && $(GO) vet ./... && $(GO) test ./... -count=1
 
 # Sizes of `make bench`: keys changed at once, rounds of each step, keys before the restart.
 BENCH_KEYS ?= 1000

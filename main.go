@@ -5,9 +5,11 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"time"
 
@@ -42,49 +44,37 @@ import (
 // that it goes with the endpoint.
 
 func main() {
-	var (
-		metricsAddr  string
-		metricsTLS   bool
-		metricsCerts string
-		enableHTTP2  bool
-		probeAddr    string
-		pprofAddr    string
-		leaderElect  bool
-		providerName string
-		kmsNamespace string
-		syncPeriod   time.Duration
-		workers      int
-		apiQPS       float64
-		apiBurst     int
-	)
-	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "The address the metrics endpoint binds to, e.g. :8443 (HTTPS) or :8080 (--metrics-secure=false); 0 disables it.")
-	flag.BoolVar(&metricsTLS, "metrics-secure", true, "Serve metrics over HTTPS, only to clients the apiserver authenticates and authorizes to get /metrics; --metrics-secure=false serves plain HTTP to anyone who can reach it.")
-	flag.StringVar(&metricsCerts, "metrics-cert-path", "", "A directory holding tls.crt and tls.key for the metrics endpoint (a cert-manager Secret, for example), reloaded when they change; empty for a self-signed certificate.")
-	flag.BoolVar(&enableHTTP2, "enable-http2", false, "Serve metrics over HTTP/2 as well; off by default because of HTTP/2's stream-reset and rapid-reset attacks (CVE-2023-44487, CVE-2023-39325).")
-	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "The address the health probe endpoint binds to.")
-	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "The address Go's profiling endpoint (/debug/pprof) binds to, e.g. 127.0.0.1:6060; 0 disables it.")
-	flag.BoolVar(&leaderElect, "leader-elect", false, "Enable leader election, so that only one manager acts at a time.")
-	flag.StringVar(&providerName, "kms-provider", "embedded", fmt.Sprintf("The KMS provider to drive, one of %v.", kms.Names()))
-	flag.StringVar(&kmsNamespace, "kms-namespace", defaultKMSNamespace(), "The namespace where the KMS provider keeps its state and credentials; $POD_NAMESPACE when that is set.")
-	flag.DurationVar(&syncPeriod, "sync-period", controllers.DefaultSyncPeriod, "How often a settled key is checked against the KMS, to correct changes made outside Kubernetes.")
-	flag.IntVar(&workers, "max-concurrent-reconciles", 16, "How many keys are reconciled at once.")
-	flag.Float64Var(&apiQPS, "kube-api-qps", -1, "Most requests per second to the Kubernetes apiserver; -1 sets no limit in the client, "+
-		"leaving the pace to the apiserver's API Priority and Fairness, as controller-runtime does by default (the workers already bound the requests in flight).")
-	flag.IntVar(&apiBurst, "kube-api-burst", 200, "Most requests in a burst to the Kubernetes apiserver, with a --kube-api-qps above 0.")
+	cfg := bindFlags(flag.CommandLine)
 	kms.AddFlags(flag.CommandLine)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 
-	if err := run(ctrl.SetupSignalHandler(), ctrl.GetConfigOrDie(), managerConfig{
-		metricsAddr: metricsAddr, metricsTLS: metricsTLS, metricsCerts: metricsCerts, enableHTTP2: enableHTTP2, probeAddr: probeAddr, pprofAddr: pprofAddr, leaderElect: leaderElect,
-		provider: providerName, kmsNamespace: kmsNamespace, syncPeriod: syncPeriod, workers: workers,
-		apiQPS: apiQPS, apiBurst: apiBurst,
-	}); err != nil {
+	if err := run(ctrl.SetupSignalHandler(), ctrl.GetConfigOrDie(), *cfg); err != nil {
 		ctrl.Log.Error(err, "Manager stopped")
 		os.Exit(1)
 	}
+}
+
+// bindFlags registers the manager's own flags on fs, to be parsed into the returned config.
+func bindFlags(fs *flag.FlagSet) *managerConfig {
+	cfg := &managerConfig{}
+	fs.StringVar(&cfg.metricsAddr, "metrics-bind-address", "0", "The address the metrics endpoint binds to, e.g. :8443 (HTTPS) or :8080 (--metrics-secure=false); 0 disables it.")
+	fs.BoolVar(&cfg.metricsTLS, "metrics-secure", true, "Serve metrics over HTTPS, only to clients the apiserver authenticates and authorizes to get /metrics; --metrics-secure=false serves plain HTTP to anyone who can reach it.")
+	fs.StringVar(&cfg.metricsCerts, "metrics-cert-path", "", "A directory holding tls.crt and tls.key for the metrics endpoint (a cert-manager Secret, for example), reloaded when they change; empty for a self-signed certificate.")
+	fs.BoolVar(&cfg.enableHTTP2, "enable-http2", false, "Serve metrics over HTTP/2 as well; off by default because of HTTP/2's stream-reset and rapid-reset attacks (CVE-2023-44487, CVE-2023-39325).")
+	fs.StringVar(&cfg.probeAddr, "health-probe-bind-address", ":8081", "The address the health probe endpoint binds to.")
+	fs.StringVar(&cfg.pprofAddr, "pprof-bind-address", "0", "The address Go's profiling endpoint (/debug/pprof) binds to, e.g. 127.0.0.1:6060; 0 disables it.")
+	fs.BoolVar(&cfg.leaderElect, "leader-elect", false, "Enable leader election, so that only one manager acts at a time.")
+	fs.StringVar(&cfg.provider, "kms-provider", "embedded", fmt.Sprintf("The KMS provider to drive, one of %v.", kms.Names()))
+	fs.StringVar(&cfg.kmsNamespace, "kms-namespace", defaultKMSNamespace(), "The namespace where the KMS provider keeps its state and credentials; $POD_NAMESPACE when that is set.")
+	fs.DurationVar(&cfg.syncPeriod, "sync-period", controllers.DefaultSyncPeriod, "How often a settled key is checked against the KMS, to correct changes made outside Kubernetes.")
+	fs.IntVar(&cfg.workers, "max-concurrent-reconciles", 16, "How many keys are reconciled at once.")
+	fs.Float64Var(&cfg.apiQPS, "kube-api-qps", -1, "Most requests per second to the Kubernetes apiserver; -1 sets no limit in the client, "+
+		"leaving the pace to the apiserver's API Priority and Fairness, as controller-runtime does by default (the workers already bound the requests in flight).")
+	fs.IntVar(&cfg.apiBurst, "kube-api-burst", 200, "Most requests in a burst to the Kubernetes apiserver, with a --kube-api-qps above 0.")
+	return cfg
 }
 
 type managerConfig struct {
@@ -116,12 +106,16 @@ func run(ctx context.Context, restConfig *rest.Config, cfg managerConfig) error 
 		restConfig.QPS, restConfig.Burst = float32(cfg.apiQPS), max(cfg.apiBurst, 1)
 	}
 	requestmetrics.Count(restConfig)
+	metricsServer, err := metricsOptions(cfg)
+	if err != nil {
+		return err
+	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme: scheme.Scheme,
 		// managedFields are never read here; without them the cache of thousands of keys is
 		// about half the size.
 		Cache:                   cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
-		Metrics:                 metricsOptions(cfg),
+		Metrics:                 metricsServer,
 		HealthProbeBindAddress:  cfg.probeAddr,
 		PprofBindAddress:        cfg.pprofAddr,
 		LeaderElection:          cfg.leaderElect,
@@ -157,6 +151,8 @@ func run(ctx context.Context, restConfig *rest.Config, cfg managerConfig) error 
 			return err
 		}
 	}
+	// Wrapped only now: the wrapper passes on the optional interfaces of the kms package, not
+	// manager.Runnable, which the provider's own background work (the embedded reaper) needs.
 	provider = kmsmetrics.Instrument(cfg.provider, provider)
 	keys := &keymetrics.Collector{Reader: mgr.GetCache(), Elected: mgr.Elected()}
 	if err := metrics.Registry.Register(keys); err != nil {
@@ -187,19 +183,29 @@ func run(ctx context.Context, restConfig *rest.Config, cfg managerConfig) error 
 // metricsOptions serves the metrics endpoint as kubebuilder v4 scaffolds it: HTTPS, with each
 // scraper's bearer token checked by a TokenReview and its access to /metrics by a
 // SubjectAccessReview, and HTTP/1.1 only unless asked.
-func metricsOptions(cfg managerConfig) metricsserver.Options {
+func metricsOptions(cfg managerConfig) (metricsserver.Options, error) {
 	opts := metricsserver.Options{BindAddress: cfg.metricsAddr, SecureServing: cfg.metricsTLS}
 	if !cfg.metricsTLS {
-		return opts
+		if cfg.metricsCerts != "" {
+			return opts, errors.New("--metrics-cert-path is for HTTPS: drop it, or --metrics-secure=false")
+		}
+		return opts, nil
 	}
 	opts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	if cfg.metricsCerts != "" {
+		// controller-runtime falls back to a self-signed certificate when either file is
+		// missing; a mistyped path or a Secret not mounted is said here instead.
+		for _, f := range []string{"tls.crt", "tls.key"} {
+			if _, err := os.Stat(filepath.Join(cfg.metricsCerts, f)); err != nil {
+				return opts, fmt.Errorf("--metrics-cert-path: %w", err)
+			}
+		}
 		opts.CertDir = cfg.metricsCerts
 	}
 	if !cfg.enableHTTP2 {
 		opts.TLSOpts = append(opts.TLSOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
 	}
-	return opts
+	return opts, nil
 }
 
 // gcPercent is the manager's GOGC unless the environment sets one.

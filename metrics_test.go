@@ -5,22 +5,22 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
+	"regexp"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"github.com/prometheus/prometheus/model/rulefmt"
-	"github.com/prometheus/prometheus/promql/parser"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -41,18 +41,22 @@ import (
 // while keys are created, scheduled for deletion and canceled.
 func TestMetricsEndpoint(t *testing.T) {
 	ctx := t.Context()
-	for _, file := range []string{"config/default/namespace.yaml", "config/rbac/service_account.yaml", "config/rbac/role.yaml",
-		"config/rbac/role_binding.yaml", "config/rbac/metrics_auth_role.yaml", "config/rbac/metrics_auth_role_binding.yaml",
-		"config/rbac/metrics_reader_role.yaml"} {
-		apply(t, file)
+	apply(t, filepath.Join("config", "default", "namespace.yaml"))
+	var rbac struct {
+		Resources []string `json:"resources"`
 	}
+	readYAML(t, filepath.Join("config", "rbac", "kustomization.yaml"), &rbac)
+	for _, file := range rbac.Resources {
+		apply(t, filepath.Join("config", "rbac", file))
+	}
+	// The manager's flags as the Deployment gives them; only the addresses are this test's,
+	// so that it binds no fixed port.
+	cfg := deployedFlags(t)
 	addr := freeAddress(t)
+	cfg.metricsAddr, cfg.probeAddr, cfg.kmsNamespace, cfg.skipNameValidation = addr, "0", "cmk-system", true
 	asOperator := rest.CopyConfig(env.Config)
 	asOperator.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:cmk-system:cmk-operator"}
-	startManager(t, asOperator, managerConfig{
-		metricsAddr: addr, metricsTLS: true, probeAddr: "0", pprofAddr: "0", leaderElect: true,
-		provider: "embedded", kmsNamespace: "cmk-system", syncPeriod: time.Hour, workers: 4, apiQPS: -1, skipNameValidation: true,
-	})
+	startManager(t, asOperator, cfg)
 
 	reader := serviceAccountToken(t, "monitoring", "prometheus", "cmk-operator-metrics-reader")
 	nosy := serviceAccountToken(t, "monitoring", "nosy", "")
@@ -84,12 +88,15 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	keyID := waitFor(t, ns, "orders", v1alpha1.PhaseEnabled).Status.KeyID
 	waitFor(t, ns, "archive", v1alpha1.PhaseDisabled)
-	m := scrape(t, url, reader, func(m scraped) bool { return m.has("cmk_keys", "namespace", ns, "phase", "Enabled") == 1 })
+	m := scrape(t, url, reader, func(m scraped) bool {
+		return m.has("cmk_keys", "namespace", ns, "phase", "Enabled") == 1 && m.has("cmk_keys", "namespace", ns, "phase", "Disabled") == 1
+	})
 	m.expect(t, 1, "cmk_keys", "namespace", ns, "phase", "Enabled")
 	m.expect(t, 1, "cmk_keys", "namespace", ns, "phase", "Disabled")
 	m.expect(t, 0, "cmk_keys", "namespace", ns, "phase", "PendingDeletion")
 	m.expect(t, 1, "cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonKeyDisabled)
 	m.absent(t, "cmk_key_deletion_timestamp_seconds", "namespace", ns)
+	m.expect(t, 1, "cmk_key_metrics_up")
 	m.expectIncrease(t, before, 2, "cmk_kms_requests_total", "provider", "embedded", "operation", "create", "outcome", "success")
 	m.expectIncrease(t, before, 1, "cmk_kms_requests_total", "provider", "embedded", "operation", "disable", "outcome", "success")
 	create := []string{"provider", "embedded", "operation", "create"}
@@ -130,67 +137,168 @@ func TestMetricsEndpoint(t *testing.T) {
 
 }
 
-// TestPrometheusRules checks config/prometheus/rules.yaml as promtool check rules would: the
-// PrometheusRule's groups parse, and every expression and template is valid.
-func TestPrometheusRules(t *testing.T) {
-	groups := ruleGroups(t)
-	var alerts []string
-	for _, g := range groups.Groups {
-		for _, r := range g.Rules {
-			alerts = append(alerts, r.Alert)
-		}
-	}
-	want := []string{"CMKKeyDeletionSoon", "CMKKeysNotReady", "CMKKMSErrors"}
-	if strings.Join(alerts, ",") != strings.Join(want, ",") {
-		t.Errorf("alerts %v, want %v", alerts, want)
-	}
-}
-
-func ruleGroups(t *testing.T) *rulefmt.RuleGroups {
-	t.Helper()
-	raw, err := os.ReadFile(filepath.Join("config", "prometheus", "rules.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rule struct {
-		Kind string
-		Spec struct {
-			Groups []any `json:"groups"`
-		}
-	}
-	if err := yaml.Unmarshal(raw, &rule); err != nil || rule.Kind != "PrometheusRule" {
-		t.Fatalf("rules.yaml is not a PrometheusRule: %v", err)
-	}
-	spec, err := yaml.Marshal(map[string]any{"groups": rule.Spec.Groups})
-	if err != nil {
-		t.Fatal(err)
-	}
-	groups, errs := rulefmt.Parse(spec, false, model.UTF8Validation, parser.NewParser(parser.Options{}), slog.New(slog.DiscardHandler))
-	if err := errors.Join(errs...); err != nil {
-		t.Fatalf("rules.yaml: %v", err)
-	}
-	return groups
-}
-
-// ruleMetrics lists the metrics the alerting rules read.
+// ruleMetrics lists the cmk_ metrics the alerting rules read. (test/prometheus parses the
+// rules with Prometheus's parser; a match of metric names is enough here.)
 func ruleMetrics(t *testing.T) []string {
+	t.Helper()
+	var rule struct {
+		Spec struct {
+			Groups []struct {
+				Rules []struct {
+					Expr string `json:"expr"`
+				} `json:"rules"`
+			} `json:"groups"`
+		} `json:"spec"`
+	}
+	readYAML(t, filepath.Join("config", "prometheus", "rules.yaml"), &rule)
 	var names []string
-	p := parser.NewParser(parser.Options{})
-	for _, g := range ruleGroups(t).Groups {
+	for _, g := range rule.Spec.Groups {
 		for _, r := range g.Rules {
-			expr, err := p.ParseExpr(r.Expr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			parser.Inspect(expr, func(node parser.Node, _ []parser.Node) error {
-				if vs, ok := node.(*parser.VectorSelector); ok {
-					names = append(names, vs.Name)
+			for _, name := range regexp.MustCompile(`\bcmk_[a-z_]+\b`).FindAllString(r.Expr, -1) {
+				if !slices.Contains(names, name) {
+					names = append(names, name)
 				}
-				return nil
-			})
+			}
 		}
+	}
+	if len(names) == 0 {
+		t.Fatal("rules.yaml reads no cmk_ metric")
 	}
 	return names
+}
+
+func readYAML(t *testing.T, file string, into any) {
+	t.Helper()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, into); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+}
+
+// deployment is the part of config/manager/manager.yaml the tests read.
+type deployment struct {
+	Spec struct {
+		Template struct {
+			Metadata struct {
+				Labels map[string]string `json:"labels"`
+			} `json:"metadata"`
+			Spec struct {
+				Containers []struct {
+					Args  []string `json:"args"`
+					Ports []struct {
+						Name          string `json:"name"`
+						ContainerPort int    `json:"containerPort"`
+					} `json:"ports"`
+				} `json:"containers"`
+			} `json:"spec"`
+		} `json:"template"`
+	} `json:"spec"`
+}
+
+// deployedFlags parses the manager's arguments in config/manager/manager.yaml as main does.
+func deployedFlags(t *testing.T) managerConfig {
+	t.Helper()
+	var d deployment
+	readYAML(t, filepath.Join("config", "manager", "manager.yaml"), &d)
+	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
+	cfg := bindFlags(fs)
+	if err := fs.Parse(d.Spec.Template.Spec.Containers[0].Args); err != nil {
+		t.Fatalf("config/manager/manager.yaml: %v", err)
+	}
+	return *cfg
+}
+
+// TestMetricsWiring follows a scrape through config: the ServiceMonitor's port to the Service,
+// the Service to the Deployment's pods and container port, that port to the address the
+// manager's arguments bind, over HTTPS, with the key's own namespace label kept.
+func TestMetricsWiring(t *testing.T) {
+	var monitor struct {
+		Spec struct {
+			Selector struct {
+				MatchLabels map[string]string `json:"matchLabels"`
+			} `json:"selector"`
+			Endpoints []struct {
+				Port        string `json:"port"`
+				Scheme      string `json:"scheme"`
+				HonorLabels bool   `json:"honorLabels"`
+			} `json:"endpoints"`
+		} `json:"spec"`
+	}
+	readYAML(t, filepath.Join("config", "prometheus", "monitor.yaml"), &monitor)
+	var service struct {
+		Metadata struct {
+			Labels map[string]string `json:"labels"`
+		} `json:"metadata"`
+		Spec struct {
+			Selector map[string]string `json:"selector"`
+			Ports    []struct {
+				Name       string `json:"name"`
+				TargetPort string `json:"targetPort"`
+			} `json:"ports"`
+		} `json:"spec"`
+	}
+	readYAML(t, filepath.Join("config", "default", "metrics_service.yaml"), &service)
+	var d deployment
+	readYAML(t, filepath.Join("config", "manager", "manager.yaml"), &d)
+
+	for k, v := range monitor.Spec.Selector.MatchLabels {
+		if service.Metadata.Labels[k] != v {
+			t.Errorf("the ServiceMonitor selects %s=%s, which the metrics Service does not have", k, v)
+		}
+	}
+	for k, v := range service.Spec.Selector {
+		if d.Spec.Template.Metadata.Labels[k] != v {
+			t.Errorf("the metrics Service selects pods with %s=%s, which the manager's pods do not have", k, v)
+		}
+	}
+	if len(monitor.Spec.Endpoints) != 1 || len(service.Spec.Ports) != 1 {
+		t.Fatalf("want one ServiceMonitor endpoint and one Service port")
+	}
+	ep, port := monitor.Spec.Endpoints[0], service.Spec.Ports[0]
+	if ep.Port != port.Name || ep.Scheme != "https" || !ep.HonorLabels {
+		t.Errorf("ServiceMonitor endpoint %+v: want port %q, scheme https and honorLabels (the key metrics' namespace is the key's)", ep, port.Name)
+	}
+	container := 0
+	for _, p := range d.Spec.Template.Spec.Containers[0].Ports {
+		if p.Name == port.TargetPort {
+			container = p.ContainerPort
+		}
+	}
+	cfg := deployedFlags(t)
+	if _, bound, _ := net.SplitHostPort(cfg.metricsAddr); container == 0 || bound != strconv.Itoa(container) || !cfg.metricsTLS {
+		t.Errorf("the Service targets container port %q (%d); the manager serves metrics on %q, HTTPS %v", port.TargetPort, container, cfg.metricsAddr, cfg.metricsTLS)
+	}
+	// The Huawei overlay replaces the arguments: it must keep the metrics endpoint.
+	raw, err := os.ReadFile(filepath.Join("config", "huaweicloud", "manager_huaweicloud.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(raw, []byte("--metrics-bind-address="+cfg.metricsAddr)) {
+		t.Errorf("config/huaweicloud's arguments do not serve metrics on %s", cfg.metricsAddr)
+	}
+}
+
+// TestMetricsCertPath refuses a certificate directory that does not hold the certificate,
+// which controller-runtime would silently replace with a self-signed one.
+func TestMetricsCertPath(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := metricsOptions(managerConfig{metricsTLS: true, metricsCerts: dir}); err == nil {
+		t.Error("an empty --metrics-cert-path was taken")
+	}
+	for _, f := range []string{"tls.crt", "tls.key"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if opts, err := metricsOptions(managerConfig{metricsTLS: true, metricsCerts: dir}); err != nil || opts.CertDir != dir {
+		t.Errorf("a --metrics-cert-path with both files: %v, CertDir %q", err, opts.CertDir)
+	}
+	if _, err := metricsOptions(managerConfig{metricsTLS: false, metricsCerts: dir}); err == nil {
+		t.Error("--metrics-cert-path was taken with --metrics-secure=false")
+	}
 }
 
 // startManager runs the manager until the test ends.
@@ -266,18 +374,20 @@ func freeAddress(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// scraper skips verifying the manager's self-signed certificate: what is checked here is who
+// may scrape.
+var scraper = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+
 // get fetches url with a bearer token, waiting for the endpoint to come up.
 func get(t *testing.T, url, token string) (int, []byte) {
 	t.Helper()
-	// The manager's certificate is self-signed: what is checked here is who may scrape.
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		req, _ := http.NewRequest(http.MethodGet, url, nil)
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
-		resp, err := hc.Do(req)
+		resp, err := scraper.Do(req)
 		if err == nil {
 			body, err := io.ReadAll(resp.Body)
 			resp.Body.Close()

@@ -21,14 +21,15 @@ var (
 		"CustomerMasterKeys by namespace and phase (status.phase; Unknown before the operator first reported the key).",
 		[]string{"namespace", "phase"}, nil)
 	notReadyDesc = prometheus.NewDesc("cmk_keys_not_ready",
-		"CustomerMasterKeys whose Ready condition is not True, by namespace and the condition's reason. "+
-			"KeyDisabled, PendingDeletion, KeyDeleted and NotCreated are what the spec asks for; the other reasons wait on someone.",
+		"CustomerMasterKeys whose Ready condition is not True, by namespace and the condition's reason (Unknown before the operator first reported the key). "+
+			"KeyDisabled, PendingDeletion, KeyDeleted and NotCreated are what the spec asks for; PendingImport waits for key material; the other reasons wait on someone.",
 		[]string{"namespace", "reason"}, nil)
 	deletionDesc = prometheus.NewDesc("cmk_key_deletion_timestamp_seconds",
 		"When the KMS will delete the key, in seconds since the Unix epoch, for each key pending deletion (status.deletionDate).",
 		[]string{"namespace", "name", "key_id"}, nil)
-	scrapeErrorsDesc = prometheus.NewDesc("cmk_keys_scrape_errors",
-		"1 when the keys could not be listed from the manager's cache for this scrape, so the key metrics are missing; else 0.",
+	upDesc = prometheus.NewDesc("cmk_key_metrics_up",
+		"1 when this manager leads and listed the keys for this scrape; 0 when it leads and could not (the key metrics are then missing). "+
+			"A manager standing by reports no key metrics, this one included.",
 		nil, nil)
 )
 
@@ -60,7 +61,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- keysDesc
 	ch <- notReadyDesc
 	ch <- deletionDesc
-	ch <- scrapeErrorsDesc
+	ch <- upDesc
 }
 
 // Collect lists the keys and reports them.
@@ -76,10 +77,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	// The objects are only read, so the cache's own copies do; 10,000 deep copies per
 	// scrape would cost more than the rest of the scrape.
 	if err := c.Reader.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
-		ch <- prometheus.MustNewConstMetric(scrapeErrorsDesc, prometheus.GaugeValue, 1)
+		ch <- prometheus.MustNewConstMetric(upDesc, prometheus.GaugeValue, 0)
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(scrapeErrorsDesc, prometheus.GaugeValue, 0)
+	ch <- prometheus.MustNewConstMetric(upDesc, prometheus.GaugeValue, 1)
 	for _, m := range tally(list.Items) {
 		ch <- m
 	}

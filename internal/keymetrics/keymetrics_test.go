@@ -2,6 +2,7 @@ package keymetrics
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -27,13 +28,14 @@ func key(ns, name string, phase v1alpha1.Phase, ready metav1.ConditionStatus, re
 type list struct {
 	client.Reader
 	keys  []v1alpha1.CustomerMasterKey
+	err   error
 	calls int
 }
 
 func (l *list) List(_ context.Context, out client.ObjectList, _ ...client.ListOption) error {
 	l.calls++
 	out.(*v1alpha1.CustomerMasterKeyList).Items = l.keys
-	return nil
+	return l.err
 }
 
 func TestCollector(t *testing.T) {
@@ -52,41 +54,47 @@ func TestCollector(t *testing.T) {
 		t.Errorf("a replica standing by reported %d series from %d lists, want none", n, keys.calls)
 	}
 	close(elected)
-	want := `
-# HELP cmk_key_deletion_timestamp_seconds When the KMS will delete the key, in seconds since the Unix epoch, for each key pending deletion (status.deletionDate).
-# TYPE cmk_key_deletion_timestamp_seconds gauge
-cmk_key_deletion_timestamp_seconds{key_id="k-1",name="old",namespace="a"} 1.8e+09
-# HELP cmk_keys_not_ready CustomerMasterKeys whose Ready condition is not True, by namespace and the condition's reason. KeyDisabled, PendingDeletion, KeyDeleted and NotCreated are what the spec asks for; the other reasons wait on someone.
-# TYPE cmk_keys_not_ready gauge
-cmk_keys_not_ready{namespace="a",reason="PendingDeletion"} 1
-cmk_keys_not_ready{namespace="a",reason="PendingImport"} 1
-cmk_keys_not_ready{namespace="b",reason="Unknown"} 1
-`
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "cmk_key_deletion_timestamp_seconds", "cmk_keys_not_ready"); err != nil {
-		t.Error(err)
-	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c)
-	got := map[string]float64{}
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	// got holds each series' value by metric name and label values, as "name{v1,v2}".
+	got := map[string]float64{}
 	for _, f := range families {
-		if f.GetName() != "cmk_keys" {
-			continue
-		}
 		for _, m := range f.GetMetric() {
-			got[m.GetLabel()[0].GetValue()+"/"+m.GetLabel()[1].GetValue()] = m.GetGauge().GetValue()
+			var values []string
+			for _, l := range m.GetLabel() {
+				values = append(values, l.GetValue())
+			}
+			got[f.GetName()+"{"+strings.Join(values, ",")+"}"] = m.GetGauge().GetValue()
 		}
 	}
-	for series, n := range map[string]float64{"a/Enabled": 1, "a/PendingImport": 1, "a/PendingDeletion": 1, "a/Disabled": 0,
-		"a/Creating": 0, "a/Deleted": 0, "b/Unknown": 1, "b/Enabled": 0} {
-		if v, ok := got[series]; !ok || v != n {
-			t.Errorf("cmk_keys{%s} = %v (present: %v), want %v", series, v, ok, n)
+	want := map[string]float64{
+		"cmk_key_metrics_up{}":                          1,
+		"cmk_key_deletion_timestamp_seconds{k-1,old,a}": 1.8e9,
+		"cmk_keys_not_ready{a,PendingDeletion}":         1,
+		"cmk_keys_not_ready{a,PendingImport}":           1,
+		"cmk_keys_not_ready{b,Unknown}":                 1,
+		"cmk_keys{a,Enabled}":                           1, "cmk_keys{a,PendingImport}": 1, "cmk_keys{a,PendingDeletion}": 1,
+		"cmk_keys{a,Disabled}": 0, "cmk_keys{a,Creating}": 0, "cmk_keys{a,Deleted}": 0,
+		"cmk_keys{b,Unknown}": 1, "cmk_keys{b,Enabled}": 0, "cmk_keys{b,Disabled}": 0, "cmk_keys{b,Creating}": 0,
+		"cmk_keys{b,PendingDeletion}": 0, "cmk_keys{b,PendingImport}": 0, "cmk_keys{b,Deleted}": 0,
+	}
+	for series, v := range want {
+		if n, ok := got[series]; !ok || n != v {
+			t.Errorf("%s = %v (present: %v), want %v", series, n, ok, v)
 		}
 	}
-	if len(got) != 13 {
-		t.Errorf("cmk_keys has %d series, want 6 phases for each of 2 namespaces and b's Unknown: %v", len(got), got)
+	for series := range got {
+		if _, ok := want[series]; !ok {
+			t.Errorf("unexpected series %s", series)
+		}
+	}
+	keys.keys = nil
+	keys.err = errors.New("cache not started")
+	if families, _ := reg.Gather(); len(families) != 1 || families[0].GetMetric()[0].GetGauge().GetValue() != 0 {
+		t.Errorf("a failed list reported %v, want only cmk_key_metrics_up 0", families)
 	}
 }

@@ -18,15 +18,16 @@ var (
 	// Requests is cmk_kms_requests_total{provider, operation, outcome}.
 	Requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "cmk_kms_requests_total",
-		Help: "Calls the operator made to the KMS provider, by provider, operation (create, schedule_deletion, ...) and outcome (success, or why not: not_found, state_error, conflict, rejected, unsupported, unavailable, frozen, unreadable, timeout, error).",
+		Help: "Calls the operator made to the KMS provider, by provider, operation (create, schedule_deletion, ...) and outcome (success, or why not: not_found, state_error, conflict, rejected, unsupported, unavailable, frozen, unreadable, timeout, canceled, error).",
 	}, []string{"provider", "operation", "outcome"})
 	// Duration is cmk_kms_request_duration_seconds{provider, operation}.
 	Duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "cmk_kms_request_duration_seconds",
 		Help: "How long calls to the KMS provider took, by provider and operation, retries of throttled requests included.",
 		// From an in-cluster KMS answering in milliseconds to a cloud KMS retrying a
-		// throttled request for seconds.
-		Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		// request for most of a minute (Huawei: five attempts of up to 8 s each, with
+		// backoff between them, about 43 s): 5 ms to 82 s.
+		Buckets: prometheus.ExponentialBuckets(0.005, 2, 15),
 	}, []string{"provider", "operation"})
 )
 
@@ -45,6 +46,7 @@ const (
 	OutcomeFrozen      = "frozen"
 	OutcomeUnreadable  = "unreadable"
 	OutcomeTimeout     = "timeout"
+	OutcomeCanceled    = "canceled"
 	OutcomeError       = "error"
 )
 
@@ -72,6 +74,8 @@ func Outcome(err error) string {
 		return OutcomeUnreadable
 	case errors.Is(err, context.DeadlineExceeded):
 		return OutcomeTimeout
+	case errors.Is(err, context.Canceled):
+		return OutcomeCanceled // the manager stopping, not the KMS failing
 	default:
 		return OutcomeError
 	}
