@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -233,6 +233,9 @@ func (o *options) waitFor(ctx context.Context, results []result) {
 		for i := range list.Items {
 			observe(&list.Items[i])
 		}
+		if len(pending) == 0 {
+			break // all done by the time of the list: a watch would wait for nothing
+		}
 		w, err := o.client.Watch(ctx, &v1alpha1.CustomerMasterKeyList{},
 			append(o.scope(), &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: list.ResourceVersion}})...)
 		if err != nil {
@@ -279,10 +282,14 @@ func (o *options) progress(what string, total int) func() {
 	if total <= progressAbove {
 		return func() {}
 	}
-	var n atomic.Int64
+	// Called from the concurrent patches: the count and the line are written together.
+	var mu sync.Mutex
+	done := 0
 	return func() {
-		done := n.Add(1)
-		if done%int64(max(total/10, 1)) == 0 || done == int64(total) {
+		mu.Lock()
+		defer mu.Unlock()
+		done++
+		if done%max(total/10, 1) == 0 || done == total {
 			fmt.Fprintf(o.errOut, "%s %d of %d keys\n", what, done, total)
 		}
 	}

@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -136,5 +138,47 @@ func TestChangedSinceTheListIsReadAgain(t *testing.T) {
 	}
 	if c.Spec.Enabled || c.Labels["touched"] != "yes" {
 		t.Errorf("enabled %v, labels %v: want disabled, with the other change kept", c.Spec.Enabled, c.Labels)
+	}
+}
+
+// TestWaitEndsWhenTheListShowsItDone holds back the list that --wait starts from until the
+// operator has made the change: the list shows it done, and the wait ends there, without a
+// watch that would wait for changes that are not coming until --timeout.
+func TestWaitEndsWhenTheListShowsItDone(t *testing.T) {
+	ns := namespace(t)
+	create(t, newKey(ns, "quick", nil))
+	settled(t, ns)
+	var patched sync.Once
+	var waited, watched atomic.Bool // written by the proxy's handlers
+	patchSeen := make(chan struct{})
+	kubeconfig, _ := countingAPIServer(t, func(r *http.Request) {
+		switch verb, resource := requestmetrics.Classify(r); {
+		case verb == "patch" && resource == "customermasterkeys":
+			patched.Do(func() { close(patchSeen) })
+		case verb == "watch" && resource == "customermasterkeys":
+			watched.Store(true)
+		case verb == "list" && resource == "customermasterkeys":
+			select {
+			case <-patchSeen:
+			default:
+				return // the selection, before the patch
+			}
+			waited.Store(true)
+			deadline := time.Now().Add(30 * time.Second)
+			for c := (&v1alpha1.CustomerMasterKey{}); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+				err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "quick"}, c)
+				if err == nil && c.Status.Phase == v1alpha1.PhaseDisabled && c.Status.ObservedGeneration == c.Generation {
+					return
+				}
+			}
+			t.Error("the operator did not disable the key")
+		}
+	})
+	out, err := kubectlCmk(t, "--kubeconfig", kubeconfig, "-n", ns, "disable", "quick", "--wait", "--timeout", "20s")
+	if err != nil || !strings.Contains(out, "Enabled → Disabled") || !waited.Load() {
+		t.Errorf("disable --wait, the change done before its list (%v): %v\n%s", waited.Load(), err, out)
+	}
+	if watched.Load() {
+		t.Error("--wait watched for changes after its list showed them all done: it waits for --timeout")
 	}
 }
