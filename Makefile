@@ -89,6 +89,12 @@ dev: build controlplane envtest-assets ## Start a local control plane and the ma
 demo: build controlplane envtest-assets ## Walk through the seed: schedule and cancel deletions, one key and many.
 	hack/demo.sh
 
+IMAGE_TAR ?= bin/cmk-operator-image.tar
+
+.PHONY: image
+image: ## Build the manager image without a container engine (bin/cmk-operator-image.tar, tagged IMG) for ctr/docker/podman load or kind load image-archive.
+	GO=$(GO) hack/build-image.sh $(IMAGE_TAR) $(IMG)
+
 .PHONY: docker-build
 docker-build: ## Build the manager image (needs a Docker engine).
 	docker build -t $(IMG) .
