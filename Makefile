@@ -60,8 +60,16 @@ bench: envtest-assets ## Benchmark bulk work against the apiserver's floor, a re
 .PHONY: envtest-assets
 envtest-assets: $(ENVTEST_ASSETS)/kube-apiserver ## Build kube-apiserver and etcd from the Go module proxy into bin/k8s.
 
-$(ENVTEST_ASSETS)/kube-apiserver: hack/build-envtest-assets.sh
+$(ENVTEST_ASSETS)/kube-apiserver: hack/build-envtest-assets.sh hack/k8s-build.sh
 	KUBE_VERSION=$(ENVTEST_K8S_VERSION) ETCD_VERSION=$(ENVTEST_ETCD_VERSION) hack/build-envtest-assets.sh $(ENVTEST_ASSETS)
+
+NODE_ASSETS ?= $(LOCALBIN)/node
+
+.PHONY: node-assets
+node-assets: $(NODE_ASSETS)/kubelet ## Build kubelet, kube-proxy, kube-controller-manager and kube-scheduler from the Go module proxy into bin/node.
+
+$(NODE_ASSETS)/kubelet: hack/build-node-assets.sh hack/k8s-build.sh
+	KUBE_VERSION=$(ENVTEST_K8S_VERSION) hack/build-node-assets.sh $(NODE_ASSETS)
 
 ##@ Build and run
 
