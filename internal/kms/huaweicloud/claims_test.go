@@ -9,6 +9,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -228,5 +229,88 @@ func TestClaimRewritesOnlyWhatChanges(t *testing.T) {
 	}
 	if now, _ := p.Owner(ctx, key.ID); now != again {
 		t.Errorf("owner %+v, want %+v", now, again)
+	}
+}
+
+// TestHalfClaimedKeyIsNotTakenByAlias leaves an adopted console key (no creation token) with
+// only its namespace tag, a claim having died halfway: a resource of another namespace asking
+// for its alias, with a create attempt recorded before the key was made, is told the alias is
+// in use; the key is not taken as one its own create made and never tagged.
+func TestHalfClaimedKeyIsNotTakenByAlias(t *testing.T) {
+	p, s := newStandIn(t)
+	ctx := context.Background()
+	attempted := s.Clock.Now()
+	s.Advance(time.Minute)
+	id, err := s.CreateKeyInConsole("shared/payments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := kms.Owner{Namespace: "ns-y", Name: "a", UID: "00000000-0000-4000-8000-00000000000a"}
+	b := kms.Owner{Namespace: "ns-y", Name: "b", UID: "00000000-0000-4000-8000-00000000000b"}
+	if err := p.Claim(ctx, id, a, kms.Owner{}); err != nil {
+		t.Fatal(err)
+	}
+	tags, err := p.allTags(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remove, _ := changes(tags, ownerTags(b))
+	if err := p.retag(ctx, id, remove, nil); err != nil { // b's claim, dying after its first call
+		t.Fatal(err)
+	}
+	other := kms.Owner{Namespace: "ns-x", Name: "x", UID: "00000000-0000-4000-8000-0000000000ff"}
+	_, err = p.Create(ctx, kms.CreateRequest{Alias: "shared/payments", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT",
+		Origin: kms.OriginKMS, Token: other.UID, Attempted: attempted, Owner: other})
+	if kms.AsAliasInUse(err) == nil {
+		t.Errorf("another namespace's create of the alias: %v, want AliasInUse", err)
+	}
+	if now, _ := p.Owner(ctx, id); !now.In("ns-y") {
+		t.Errorf("owner %+v, want the key still ns-y's", now)
+	}
+	if err := p.Claim(ctx, id, other, kms.Owner{Namespace: "ns-y", UID: claimInterrupted}); !kms.IsClaimLost(err) {
+		t.Errorf("a claim from another namespace: %v, want it lost", err)
+	}
+}
+
+// TestRetriedTagCreateThatWasCarriedOut has the KMS carry out a tag create and answer 504 (a
+// gateway timeout): the request sent again is refused, the tags being there (KMS.0406), and the
+// claim succeeds rather than failing for good.
+func TestRetriedTagCreateThatWasCarriedOut(t *testing.T) {
+	_, s := newStandIn(t)
+	ctx := context.Background()
+	target, _ := url.Parse(s.URL)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	var once sync.Once
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		first := false
+		if strings.HasSuffix(r.URL.Path, "/tags/action") && bytes.Contains(body, []byte(`"create"`)) {
+			once.Do(func() { first = true })
+		}
+		if !first {
+			rp.ServeHTTP(w, r)
+			return
+		}
+		rp.ServeHTTP(httptest.NewRecorder(), r) // carried out, the answer lost
+		w.WriteHeader(http.StatusGatewayTimeout)
+		_, _ = w.Write([]byte(`{"error_code":"APIGW.0201","error_msg":"timeout"}`))
+	}))
+	defer proxy.Close()
+	dir := credentialsDir(t, map[string]string{"access-key": s.AK, "secret-key": s.SK})
+	p, err := New(Config{ProjectID: s.ProjectID, Endpoint: proxy.URL, CredentialsDir: dir, QPS: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := s.CreateKeyInConsole("k8s/ns/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := kms.Owner{Namespace: "ns", Name: "a", UID: "00000000-0000-4000-8000-00000000000a"}
+	if err := p.Claim(ctx, id, a, kms.Owner{}); err != nil {
+		t.Errorf("a claim whose tag create was carried out before a 504: %v", err)
+	}
+	if now, _ := p.Owner(ctx, id); now != a {
+		t.Errorf("owner %+v, want %+v", now, a)
 	}
 }

@@ -258,11 +258,30 @@ func (p *Provider) retag(ctx context.Context, id string, remove, add []model.Tag
 				Body: &model.BatchCreateKmsTagsRequestBody{Action: batch.action, Tags: batch.tags}})
 			return err
 		})
+		if err != nil && batch.action == "create" && errorCode(err) == "KMS.0406" && p.hasTags(ctx, id, batch.tags) {
+			// The retry sent again a create the KMS had carried out before answering 5xx:
+			// the tags are there.
+			err = nil
+		}
 		if err != nil {
 			return classify(err, "tag", id, "")
 		}
 	}
 	return nil
+}
+
+// hasTags reports whether the key has each of the tags want, with its value.
+func (p *Provider) hasTags(ctx context.Context, id string, want []model.TagItem) bool {
+	have, err := p.allTags(ctx, id)
+	if err != nil {
+		return false
+	}
+	for _, t := range want {
+		if v, ok := have[t.Key]; !ok || v != deref(t.Value) {
+			return false
+		}
+	}
+	return true
 }
 
 // changes lists what turns the tags have into want: the tags to delete (those of want's keys
@@ -329,11 +348,12 @@ func (p *Provider) Claim(ctx context.Context, keyID string, owner, previous kms.
 	if sameOwner(now, owner) {
 		return nil
 	}
-	if !sameOwner(now, previous) {
+	// A key never moves across namespaces (the reconciler's adoption rules, held here too), so
+	// the namespace tag is only ever added: between the two calls below the key is still its
+	// namespace's.
+	if !sameOwner(now, previous) || now.Namespace != "" && !now.In(owner.Namespace) {
 		return &kms.ClaimError{KeyID: keyID}
 	}
-	// Claims stay in a namespace (the reconciler's adoption rules), so the namespace tag is
-	// only ever added: between the two calls the key is still its namespace's.
 	remove, add := changes(tags, ownerTags(owner))
 	if err := p.retag(ctx, keyID, remove, add); err != nil {
 		return err
@@ -387,7 +407,7 @@ func (p *Provider) madeBy(ctx context.Context, id string, req kms.CreateRequest)
 			switch {
 			case t.Key == uidTag && deref(t.Value) == req.Token:
 				return madeTagged
-			case t.Key == uidTag || t.Key == ownerUIDTag:
+			case ownTag(t.Key):
 				return madeElsewhere
 			}
 		}
