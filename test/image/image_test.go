@@ -124,6 +124,33 @@ func files(t *testing.T, archive []byte) map[string]file {
 	}
 }
 
+// TestPauseImage builds make e2e's sandbox image from ./hack/pause, as its own user: the
+// package's name is the entrypoint.
+func TestPauseImage(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "pause.tar")
+	cmd := exec.Command(filepath.Join("..", "..", "hack", "build-image.sh"), out, "cmk-e2e/pause:test", "./hack/pause", "65535:65535")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build-image.sh: %v\n%s", err, b)
+	}
+	archive := files(t, read(t, out))
+	var manifest []struct{ Config string }
+	if err := json.Unmarshal(archive["manifest.json"].data, &manifest); err != nil || len(manifest) != 1 {
+		t.Fatalf("manifest.json: %v", err)
+	}
+	var config struct {
+		Config struct {
+			User       string
+			Entrypoint []string
+		}
+	}
+	if err := json.Unmarshal(archive[manifest[0].Config].data, &config); err != nil {
+		t.Fatal(err)
+	}
+	if config.Config.User != "65535:65535" || !slices.Equal(config.Config.Entrypoint, []string{"/pause"}) {
+		t.Errorf("pause image config %+v, want /pause run by 65535:65535", config.Config)
+	}
+}
+
 func read(t *testing.T, path string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
