@@ -103,6 +103,10 @@ IMAGE_TAR ?= bin/cmk-operator-image.tar
 image: ## Build the manager image without a container engine (bin/cmk-operator-image.tar, tagged IMG) for ctr/docker/podman load or kind load image-archive.
 	GO=$(GO) hack/build-image.sh $(IMAGE_TAR) $(IMG)
 
+.PHONY: e2e
+e2e: envtest-assets node-assets image plugin ## As root: a real single-node cluster, the operator deployed into it as the README says, the e2e suite, then teardown.
+	IMAGE_TAR=$(abspath $(IMAGE_TAR)) hack/e2e/run.sh
+
 .PHONY: docker-build
 docker-build: ## Build the manager image (needs a Docker engine).
 	docker build -t $(IMG) .

@@ -37,7 +37,10 @@ packages() {
   command -v openssl >/dev/null || missing+=(openssl)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
+    # A machine whose package lists are missing or stale needs them fetched first.
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >"$STATE/logs/apt.log" 2>&1 ||
+      { apt-get update >>"$STATE/logs/apt.log" 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >>"$STATE/logs/apt.log" 2>&1; } ||
       die "apt-get install ${missing[*]} failed: $STATE/logs/apt.log"
   fi
 }
