@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -47,7 +48,55 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	os.Exit(m.Run())
+	// A manager that never leads (a Lease it may not take) would fail every test by a timeout:
+	// it is said at once instead, with what the apiserver refused it.
+	if !leading() {
+		fmt.Fprintln(os.Stderr, "e2e: no manager took the leader-election Lease within a minute")
+		explainFailure()
+		os.Exit(1)
+	}
+	code := m.Run()
+	if code != 0 {
+		explainFailure()
+	}
+	os.Exit(code)
+}
+
+// leading waits up to a minute for a manager to hold the leader-election Lease.
+func leading() bool {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		lease := &coordinationv1.Lease{}
+		err := c.Get(context.Background(), client.ObjectKey{Namespace: operatorNamespace, Name: "cmk-operator.kms.cmk.io"}, lease)
+		if err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// explainFailure points at what the manager was refused, when it was: a Deployment whose RBAC
+// lacks a rule fails the tests by keys that never settle, and its logs say which rule.
+func explainFailure() {
+	out, _ := exec.Command(filepath.Join("..", "..", "bin", "k8s", "kubectl"), "logs", "-n", operatorNamespace,
+		"-l", "app.kubernetes.io/name=cmk-operator", "--tail=-1", "--prefix").CombinedOutput()
+	seen := map[string]bool{}
+	for _, line := range strings.Split(string(out), "\n") {
+		i := strings.Index(line, "is forbidden: ")
+		if i < 0 {
+			continue
+		}
+		// The manager logs JSON: the refusal is a string field, its quotes escaped.
+		refusal := strings.ReplaceAll(line[i:], `\"`, `"`)
+		for _, end := range []string{`","`, `"}`} {
+			if j := strings.Index(refusal, end); j > 0 {
+				refusal = refusal[:j]
+			}
+		}
+		if !seen[refusal] {
+			seen[refusal] = true
+			fmt.Fprintf(os.Stderr, "e2e: the manager was refused by the apiserver (check config/rbac): %s\n", refusal)
+		}
+	}
 }
 
 func namespace(t *testing.T, name string) string {
@@ -82,6 +131,10 @@ func waitPhase(t *testing.T, ns, name string, phase v1alpha1.Phase) *v1alpha1.Cu
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+func objectMeta(ns, name string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Namespace: ns, Name: name}
 }
 
 func patchSpec(t *testing.T, ns, name, spec string) {

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	mathrand "math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -158,11 +159,20 @@ type key struct {
 }
 
 // Start serves the stand-in on loopback until Close.
-func Start(now time.Time) *Server {
+func Start(now time.Time) *Server { return StartOn(now, nil) }
+
+// StartOn serves the stand-in on l until Close: an address a pod can reach, for make e2e's
+// cluster; loopback when l is nil.
+func StartOn(now time.Time, l net.Listener) *Server {
 	s := &Server{AK: "STANDINAK0000000000", SK: "standin-secret-key-for-tests", ProjectID: "0123456789abcdef0123456789abcdef",
 		Clock: clocktesting.NewFakeClock(now), keys: map[string]*key{}, deleted: map[string]bool{}, faults: map[string][]*apiError{},
 		rng: mathrand.New(mathrand.NewPCG(1, 2)), calls: map[string]int{}, activation: 1}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	if l != nil {
+		_ = s.srv.Listener.Close()
+		s.srv.Listener = l
+	}
+	s.srv.Start()
 	s.URL = s.srv.URL
 	return s
 }
