@@ -66,9 +66,9 @@ $(ENVTEST_ASSETS)/kube-apiserver: hack/build-envtest-assets.sh hack/k8s-build.sh
 NODE_ASSETS ?= $(LOCALBIN)/node
 
 .PHONY: node-assets
-node-assets: $(NODE_ASSETS)/kubelet ## Build kubelet, kube-proxy, kube-controller-manager and kube-scheduler from the Go module proxy into bin/node.
+node-assets: $(NODE_ASSETS)/kube-proxy ## Build kubelet, kube-proxy, kube-controller-manager and kube-scheduler from the Go module proxy into bin/node.
 
-$(NODE_ASSETS)/kubelet: hack/build-node-assets.sh hack/k8s-build.sh
+$(NODE_ASSETS)/kube-proxy: hack/build-node-assets.sh hack/k8s-build.sh
 	KUBE_VERSION=$(ENVTEST_K8S_VERSION) hack/build-node-assets.sh $(NODE_ASSETS)
 
 ##@ Build and run

@@ -16,6 +16,7 @@ log() { printf 'node-assets: %s\n' "$*" >&2; }
 . "$(dirname "${BASH_SOURCE[0]}")/k8s-build.sh"
 
 mkdir -p "$cache" "$dest"
+# kube-proxy last: its link is what make takes for all four being there.
 for cmd in kube-controller-manager kube-scheduler kubelet kube-proxy; do
   if [ ! -x "$cache/$cmd" ]; then
     log "building $cmd v${KUBE_VERSION} from the Go module proxy"

@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # A real single-node Kubernetes cluster for make e2e: etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, containerd, kubelet and kube-proxy on this machine,
-# running actual pods. Facts it rests on: ../shared/design/REAL-CLUSTER.md.
+# running actual pods, built from the Go module proxy and Debian packages (no Docker engine, no
+# registry, no release downloads). The settings without which nothing starts here are marked
+# where they are made.
 #
 #   hack/e2e/cluster.sh up     start it; the admin kubeconfig is $STATE/kubeconfig
 #   hack/e2e/cluster.sh load   import image tarballs (arguments) into the node's containerd
 #   hack/e2e/cluster.sh down   stop it and remove everything it made
+#   hack/e2e/cluster.sh verify-clean   fail, listing them, if a cluster left anything behind
 #
 # Needs root and the binaries of `make envtest-assets node-assets` (bin/k8s, bin/node); installs
 # the Debian packages it needs (containerd, runc, CNI plugins, iptables) when they are missing.
-# One cluster per machine: ports, the bridge and iptables chains are fixed.
+# One cluster per machine: ports, the bridge and iptables chains are fixed. up refuses a host
+# that has another cluster's traces (ports, KUBE-/CNI- chains, kubepods cgroups), so that down
+# never removes anything that is not its own.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-STATE=${STATE:-/var/lib/cmk-e2e}
+STATE=${CMK_E2E_STATE:-/var/lib/cmk-e2e}
 K8S=${K8S:-$root/bin/k8s}
 NODE=${NODE:-$root/bin/node}
 PAUSE_IMAGE=docker.io/cmk-e2e/pause:1
@@ -104,9 +109,45 @@ wait_for() { # description seconds command...
   die "$what did not come up within ${secs}s; logs in $STATE/logs"
 }
 
+# Host settings the kubelet and kube-proxy change, saved by up and restored by down.
+sysctls=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables
+  kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on_oom kernel.keys.root_maxkeys
+  kernel.keys.root_maxbytes net.ipv4.conf.all.route_localnet
+  net.netfilter.nf_conntrack_tcp_timeout_established net.netfilter.nf_conntrack_tcp_timeout_close_wait)
+# Host directories the runtime and the kubelet write to outside $STATE, removed by down if up
+# found them absent.
+host_dirs=(/run/containerd /var/log/pods /var/log/containers /var/lib/cni /opt/containerd)
+
+# foreign says what on this host would make a cluster here unsafe to start, or to tear down.
+foreign() {
+  local port
+  for port in "$api_port" 2479 2480 10346 10348 10349 10350 10357 10359; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "port $port is in use"; return; fi
+  done
+  if iptables-save 2>/dev/null | grep -qE '^:(KUBE|CNI)-' || ip6tables-save 2>/dev/null | grep -qE '^:(KUBE|CNI)-'; then
+    echo "iptables has KUBE- or CNI- chains (another kube-proxy or CNI runs here)"; return
+  fi
+  if [ -n "$(find /sys/fs/cgroup -name 'kubepods*' -print -quit 2>/dev/null)" ]; then
+    echo "there are kubepods cgroups (this host is already a Kubernetes node)"; return
+  fi
+  if ip link show "$bridge" >/dev/null 2>&1; then echo "the bridge $bridge exists"; fi
+}
+
 up() {
-  [ ! -e "$STATE/pids" ] || die "a cluster is already up in $STATE (hack/e2e/cluster.sh down first)"
-  mkdir -p "$STATE"/{logs,pids,etcd,containerd/root,containerd/state,cni/net.d,kubelet}
+  [ ! -e "$STATE" ] || die "$STATE exists: a cluster is up, or a run was killed (hack/e2e/cluster.sh down first)"
+  local why
+  why=$(foreign)
+  [ -z "$why" ] || die "not starting: $why"
+  mkdir -p "$STATE"/{logs,pids,etcd,containerd/root,containerd/state,cni/net.d,kubelet,pod-logs}
+  # What down may undo: written before anything is changed, so that a failed up is torn down
+  # as far as it went and the host's own state is never taken for the cluster's.
+  echo "made by hack/e2e/cluster.sh" >"$STATE/cluster"
+  local s d
+  for s in "${sysctls[@]}"; do
+    [ -e "/proc/sys/${s//.//}" ] && echo "$s=$(sysctl -n "$s")" >>"$STATE/sysctl.saved"
+  done
+  for d in "${host_dirs[@]}"; do [ -e "$d" ] || echo "$d" >>"$STATE/dirs.ours"; done
+  ip netns list 2>/dev/null | awk '{print $1}' >"$STATE/netns.before"
   packages
   for b in "$K8S/kube-apiserver" "$K8S/etcd" "$NODE/kubelet" "$NODE/kube-proxy" "$NODE/kube-controller-manager" "$NODE/kube-scheduler"; do
     [ -x "$b" ] || die "no $b: make envtest-assets node-assets"
@@ -119,14 +160,11 @@ up() {
   for c in admin controller-manager scheduler kube-proxy kubelet; do kubeconfig "$c" "$ip"; done
   cp "$STATE/admin.kubeconfig" "$STATE/kubeconfig"
 
-  # The host's forwarding and bridge settings, restored by down.
-  for s in net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables; do
-    echo "$s=$(sysctl -n "$s")" >>"$STATE/sysctl.saved"
-    sysctl -qw "$s=1"
-  done
-  iptables -S | grep -qE -- '-N (KUBE|CNI)-' && touch "$STATE/iptables.had-chains" || true
-  [ -z "$(find /sys/fs/cgroup -maxdepth 2 -name 'kubepods*' 2>/dev/null)" ] || touch "$STATE/cgroups.had-kubepods"
-  ip netns list 2>/dev/null | awk '{print $1}' >"$STATE/netns.before"
+  # Pods reach Services through kube-proxy's rules: forwarding on, bridged traffic through
+  # iptables (restored by down).
+  sysctl -qw net.ipv4.ip_forward=1
+  [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || modprobe br_netfilter 2>/dev/null || true
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1 || die "no net.bridge.bridge-nf-call-iptables: the br_netfilter module is needed"
 
   start etcd "$K8S/etcd" --data-dir "$STATE/etcd" --listen-client-urls http://127.0.0.1:2479 \
     --advertise-client-urls http://127.0.0.1:2479 --listen-peer-urls http://127.0.0.1:2480
@@ -149,7 +187,8 @@ up() {
     --bind-address 127.0.0.1 --secure-port 10359
 
   # containerd with its CRI plugin: its own socket and directories, cgroupfs, the local pause
-  # image, and restrict_oom_score_adj (root here cannot lower oom_score_adj: REAL-CLUSTER.md).
+  # image, and restrict_oom_score_adj: root on these machines lacks CAP_SYS_RESOURCE, so runc
+  # cannot lower oom_score_adj, and without it every sandbox fails to start.
   cat >"$STATE/containerd/config.toml" <<TOML
 version = 2
 root = "$STATE/containerd/root"
@@ -168,6 +207,9 @@ state = "$STATE/containerd/state"
     runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
     SystemdCgroup = false
+    Root = "$STATE/containerd/runc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$STATE/containerd/opt"
 TOML
   cat >"$STATE/cni/net.d/10-cmk-e2e.conflist" <<CNI
 {"cniVersion": "0.4.0", "name": "cmk-e2e", "plugins": [
@@ -184,7 +226,7 @@ CNI
   cat >"$STATE/kubelet/config.yaml" <<KUBELET
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-failCgroupV1: false
+failCgroupV1: false # these machines have cgroup v1, which the kubelet refuses by default
 cgroupDriver: cgroupfs
 containerRuntimeEndpoint: unix://$STATE/containerd/containerd.sock
 authentication:
@@ -200,6 +242,7 @@ healthzPort: 10348
 evictionHard: {memory.available: "1%", nodefs.available: "1%", imagefs.available: "1%"}
 imageGCHighThresholdPercent: 100
 serializeImagePulls: false
+podLogsDir: "$STATE/pod-logs"
 KUBELET
   start kubelet "$NODE/kubelet" --config "$STATE/kubelet/config.yaml" --kubeconfig "$STATE/kubelet.kubeconfig" \
     --root-dir "$STATE/kubelet" --hostname-override "$node" --node-ip "$ip"
@@ -223,10 +266,11 @@ images() {
 
 down() {
   [ -d "$STATE" ] || return 0
+  [ -f "$STATE/cluster" ] || die "$STATE was not made by hack/e2e/cluster.sh up: not touching it"
   local kc=$STATE/kubeconfig
   # Pods first, so the kubelet tears down their containers, networking and mounts: their API
   # objects go at once, and the kubelet is given 30 s to stop what ran them.
-  if [ -f "$STATE/pids/kubelet" ] && kill -0 "$(cat "$STATE/pids/kubelet")" 2>/dev/null; then
+  if [ -f "$STATE/pids/kubelet" ] && ours "$(cat "$STATE/pids/kubelet")"; then
     "$K8S/kubectl" --kubeconfig "$kc" delete deployments,daemonsets,statefulsets,jobs -A --all --wait=false >/dev/null 2>&1 || true
     "$K8S/kubectl" --kubeconfig "$kc" delete pods -A --all --force --grace-period=0 --timeout=30s >/dev/null 2>&1 || true
     for _ in $(seq 150); do
@@ -238,40 +282,47 @@ down() {
   for name in kube-proxy kubelet kube-scheduler kube-controller-manager containerd kube-apiserver etcd; do
     [ -f "$STATE/pids/$name" ] || continue
     pid=$(cat "$STATE/pids/$name")
+    ours "$pid" || continue # gone, and the PID perhaps someone else's now
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do ours "$pid" || break; sleep 0.2; done
+    ours "$pid" && kill -KILL "$pid" 2>/dev/null || true
   done
-  # containerd's shims outlive it; they are found by their socket path under $STATE.
-  pkill -KILL -f "containerd-shim.*$STATE" 2>/dev/null || true
+  # containerd's shims outlive it; theirs name $STATE in their command line.
   for pid in $(pgrep -f "containerd-shim" || true); do
-    grep -qs "$STATE" "/proc/$pid/cmdline" && kill -KILL "$pid" 2>/dev/null || true
+    ours "$pid" && kill -KILL "$pid" 2>/dev/null || true
   done
   # Mounts under the state directory, deepest first.
-  awk -v s="$STATE" '$2 ~ "^"s {print $2}' /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  ip link delete "$bridge" 2>/dev/null || true
-  if [ ! -e "$STATE/iptables.had-chains" ]; then
-    # kube-proxy's KUBE- chains and the CNI plugins' CNI- chains, and every rule in or to them,
-    # table by table; the host's own rules are written back as they were.
-    local table
-    for table in filter nat mangle; do
-      iptables-save -t "$table" | grep -vE '^:(KUBE|CNI)-|^-A .*(KUBE|CNI)-' | iptables-restore -T "$table" || true
-    done
-  fi
-  # What the kubelet did not stop: processes left in the pods' cgroups (a sandbox whose shim
-  # was killed), then the cgroups themselves, and the pods' network namespaces.
-  if [ ! -e "$STATE/cgroups.had-kubepods" ]; then
+  awk -v s="$STATE/" 'index($2, s) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  if [ -f "$STATE/netns.before" ]; then
+    # What the kubelet did not stop: processes left in the pods' cgroups (a sandbox whose shim
+    # was killed), then the cgroups; up refused a host that had any. And the pods' network
+    # namespaces: those that were not there before up.
     local procs
     for procs in $(find /sys/fs/cgroup -path '*kubepods*' -name cgroup.procs 2>/dev/null); do
       for pid in $(cat "$procs" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
     done
     sleep 0.5
     find /sys/fs/cgroup -depth -type d -path '*kubepods*' -exec rmdir {} \; 2>/dev/null || true
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+      grep -qx "$ns" "$STATE/netns.before" || ip netns delete "$ns" 2>/dev/null || true
+    done
+    ip link delete "$bridge" 2>/dev/null || true
+    # kube-proxy's KUBE- chains and the CNI plugins' CNI- chains, in both families, with every
+    # rule in or to them; up refused a host that had any.
+    local family table
+    for family in iptables ip6tables; do
+      for table in filter nat mangle raw; do
+        "$family-save" -t "$table" 2>/dev/null | grep -qE '(KUBE|CNI)-' || continue
+        "$family-save" -t "$table" | grep -vE '^:(KUBE|CNI)-|^-A .*(KUBE|CNI)-' | "$family-restore" -T "$table" ||
+          log "could not remove the KUBE-/CNI- rules of $family $table"
+      done
+    done
   fi
-  local ns
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
-    grep -qx "$ns" "$STATE/netns.before" 2>/dev/null || ip netns delete "$ns" 2>/dev/null || true
-  done
+  rm -f /var/lib/cni/results/cmk-e2e-* 2>/dev/null || true
+  if [ -f "$STATE/dirs.ours" ]; then
+    while IFS= read -r d; do rm -rf "$d"; done <"$STATE/dirs.ours"
+  fi
   if [ -f "$STATE/sysctl.saved" ]; then
     while IFS= read -r kv; do sysctl -qw "$kv" || true; done <"$STATE/sysctl.saved"
   fi
@@ -279,6 +330,22 @@ down() {
   log "down: nothing left in $STATE"
 }
 
+# ours reports whether pid is a live process of this cluster: every component names $STATE in
+# its command line, so a PID recorded by a run long gone is never taken for someone else's.
+ours() { [ -n "$1" ] && grep -qsF "$STATE/" "/proc/$1/cmdline"; }
+
+# leftovers lists what a cluster left on the host; nothing when down was complete.
+leftovers() {
+  local pid
+  for pid in $(pgrep -f "$STATE/" || true); do [ "$pid" = $$ ] || echo "process $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"; done
+  [ ! -e "$STATE" ] || echo "$STATE"
+  awk -v s="$STATE/" 'index($2, s) == 1 {print "mount " $2}' /proc/mounts
+  ! ip link show "$bridge" >/dev/null 2>&1 || echo "bridge $bridge"
+  iptables-save 2>/dev/null | grep -E '^:(KUBE|CNI)-' | sed 's/^/iptables chain /'
+  ip6tables-save 2>/dev/null | grep -E '^:(KUBE|CNI)-' | sed 's/^/ip6tables chain /'
+  find /sys/fs/cgroup -name 'kubepods*' 2>/dev/null | sed 's/^/cgroup /'
+  ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print "netns " $1}'
+}
 case ${1:-} in
 up) up ;;
 load)
@@ -286,5 +353,10 @@ load)
   images "$@"
   ;;
 down) down ;;
-*) die "usage: cluster.sh up|load TARBALL...|down" ;;
+verify-clean)
+  left=$(leftovers)
+  [ -z "$left" ] || die "teardown left behind:
+$left"
+  ;;
+*) die "usage: cluster.sh up|load TARBALL...|down|verify-clean" ;;
 esac

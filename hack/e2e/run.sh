@@ -6,14 +6,14 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-export STATE=${STATE:-/var/lib/cmk-e2e}
+export CMK_E2E_STATE=${CMK_E2E_STATE:-/var/lib/cmk-e2e}
+STATE=$CMK_E2E_STATE
 ARTIFACTS=${ARTIFACTS:-$root/bin/e2e-artifacts}
 IMAGE_TAR=${IMAGE_TAR:-$root/bin/cmk-operator-image.tar}
 kubectl=$root/bin/k8s/kubectl
 cluster=$root/hack/e2e/cluster.sh
 
 keep_artifacts() {
-  rm -rf "$ARTIFACTS"
   mkdir -p "$ARTIFACTS"
   cp -r "$STATE/logs" "$ARTIFACTS/components" 2>/dev/null || true
   KUBECONFIG=$STATE/kubeconfig "$kubectl" get all,cmk,events -A -o wide >"$ARTIFACTS/objects.txt" 2>&1 || true
@@ -29,9 +29,15 @@ finish() {
   local rc=$?
   [ "$rc" = 0 ] || keep_artifacts
   "$cluster" down || rc=1
+  "$cluster" verify-clean || rc=1
   exit "$rc"
 }
 
+[ "$(id -u)" = 0 ] || { echo "e2e: run as root: the cluster's kubelet, containerd and kube-proxy need it" >&2; exit 1; }
+# One run at a time: a second would tear down the first one's cluster.
+exec 9>/run/cmk-e2e.lock
+flock -n 9 || { echo "e2e: another make e2e is running on this machine" >&2; exit 1; }
+rm -rf "$ARTIFACTS"
 "$cluster" down # a cluster left by a run that was killed
 trap finish EXIT
 trap 'exit 130' INT TERM # so that an interrupted run tears down too

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -214,13 +215,14 @@ func kubectlCmk(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-// managerProcess finds the manager's process on this machine, the cluster's only node.
-func managerProcess(t *testing.T) string {
+// managerProcess finds the manager's process on this machine, the cluster's only node, whose
+// arguments include arg.
+func managerProcess(t *testing.T, arg string) string {
 	t.Helper()
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		cmd, err := os.ReadFile(p)
-		if err == nil && bytes.HasPrefix(cmd, []byte("/manager\x00")) && bytes.Contains(cmd, []byte("--leader-elect")) {
+		if err == nil && bytes.HasPrefix(cmd, []byte("/manager\x00")) && bytes.Contains(cmd, []byte("\x00"+arg+"\x00")) {
 			return filepath.Dir(p)
 		}
 	}
@@ -238,7 +240,17 @@ func TestManagerPodSecurity(t *testing.T) {
 	if ns.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
 		t.Errorf("namespace %s enforces %q, want restricted", operatorNamespace, ns.Labels["pod-security.kubernetes.io/enforce"])
 	}
-	proc := managerProcess(t)
+	// The group is the Deployment's to set, not the image's: with an image whose /etc/passwd
+	// lacks the user, a runtime gives the process group 0 unless runAsGroup says otherwise.
+	d := &appsv1.Deployment{}
+	if err := c.Get(t.Context(), client.ObjectKey{Namespace: operatorNamespace, Name: "cmk-operator"}, d); err != nil {
+		t.Fatal(err)
+	}
+	if sc := d.Spec.Template.Spec.SecurityContext; sc == nil || sc.RunAsUser == nil || *sc.RunAsUser != 65532 ||
+		sc.RunAsGroup == nil || *sc.RunAsGroup != 65532 {
+		t.Errorf("the deployed pod's securityContext %+v does not set runAsUser and runAsGroup 65532", sc)
+	}
+	proc := managerProcess(t, "--kms-provider=embedded")
 	status, err := os.ReadFile(filepath.Join(proc, "status"))
 	if err != nil {
 		t.Fatal(err)
@@ -273,7 +285,7 @@ func TestServiceAccountRights(t *testing.T) {
 		want string
 	}{
 		{[]string{"patch", "customermasterkeys.kms.cmk.io", "-A"}, "yes"},
-		{[]string{"patch", "customermasterkeys.kms.cmk.io/status", "-A"}, "yes"},
+		{[]string{"patch", "customermasterkeys.kms.cmk.io", "--subresource=status", "-A"}, "yes"},
 		{[]string{"create", "events", "-n", "default"}, "yes"},
 		{[]string{"get", "secrets", "-n", "default"}, "yes"}, // a key's keyMaterial Secret, by name
 		{[]string{"list", "secrets", "-n", "cmk-system"}, "yes"},
@@ -288,7 +300,10 @@ func TestServiceAccountRights(t *testing.T) {
 		{[]string{"delete", "namespaces"}, "no"},
 		{[]string{"update", "clusterroles"}, "no"},
 		{[]string{"impersonate", "users"}, "no"},
-		{[]string{"create", "serviceaccounts/token", "-n", "cmk-system"}, "no"},
+		{[]string{"create", "serviceaccounts", "--subresource=token", "-n", "cmk-system"}, "no"},
+		{[]string{"create", "pods", "--subresource=exec", "-n", "cmk-system"}, "no"},
+		{[]string{"create", "rolebindings.rbac.authorization.k8s.io", "-n", "cmk-system"}, "no"},
+		{[]string{"patch", "deployments.apps", "-n", "cmk-system"}, "no"},
 	} {
 		// The answer is on stdout (can-i exits 1 for "no"); warnings go to stderr.
 		out, _ := exec.Command(filepath.Join("..", "..", "bin", "k8s", "kubectl"),

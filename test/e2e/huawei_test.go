@@ -113,7 +113,7 @@ func TestHuaweiOverlay(t *testing.T) {
 	if n := s.Unsigned(); n != 0 {
 		t.Errorf("%d requests reached the stand-in unsigned or badly signed: the credentials were not read", n)
 	}
-	proc := managerProcess(t)
+	proc := managerProcess(t, "--kms-provider=huaweicloud")
 	status, _ := os.ReadFile(filepath.Join(proc, "status"))
 	if !strings.Contains(string(status), "Gid:\t65532\t65532\t65532\t65532") {
 		t.Errorf("the Huawei manager's groups: %s", status)
