@@ -199,12 +199,15 @@ const (
 	// Keep: the deletion follows the spec's pendingDays (status records it).
 	Keep WindowVerdict = iota
 	// Accept: a key adopted while it was already pending deletion, scheduled outside
-	// Kubernetes; its date stands, and the spec's pendingDays is recorded as its window.
+	// Kubernetes, or one whose date is the spec's window from about now (a schedule whose
+	// status write was lost); its date stands, and the spec's pendingDays is recorded as its
+	// window.
 	Accept
 	// Reschedule: the deletion was scheduled with another window than the spec's, or with one
-	// nobody recorded (a crash right after the call, a deletion scheduled in the console, a
-	// key scheduled before windows were recorded): cancel it and schedule it again, so the key
-	// is never deleted earlier than the spec asks. The new date is only ever later.
+	// nobody recorded and a date earlier than the spec's window from now (a deletion scheduled
+	// in the console, a key scheduled before windows were recorded): cancel it and schedule it
+	// again, so the key is never deleted earlier than the spec asks. The new date is only ever
+	// later.
 	Reschedule
 )
 
@@ -228,9 +231,21 @@ func Window(in Input) WindowVerdict {
 		// key pending with no window may have been written by a reconcile that failed halfway
 		// through rescheduling, and accepting it would keep the early date.
 		return Accept
+	case in.Key != nil && !in.Now.IsZero() &&
+		!in.Key.DeletionDate.Before(in.Now.Add(time.Duration(in.Spec.PendingDays)*24*time.Hour-FreshSchedule)):
+		// No window recorded, but the date is the spec's window from about now: a deletion
+		// scheduled a moment ago whose status write was lost (a crash, a change of leader).
+		// Scheduling it again would move the date by that moment only, for a cancel and a
+		// second schedule; the date stands, recorded with the spec's window.
+		return Accept
 	}
 	return Reschedule
 }
+
+// FreshSchedule is how much earlier than the spec's window from now an unrecorded deletion
+// date may be and still be taken as the operator's own, just made: the time between a
+// schedule call and its lost status write, with room for a change of leader.
+const FreshSchedule = 10 * time.Minute
 
 // describes reports whether the key's description must change to the spec's. An empty one
 // leaves the key's as it is, so adopting a key does not wipe what it says.

@@ -28,6 +28,13 @@ func key(state kms.State) *kms.Key {
 	return k
 }
 
+// pendingUntil is a key pending deletion at date.
+func pendingUntil(date time.Time) *kms.Key {
+	k := key(kms.StatePendingDeletion)
+	k.DeletionDate = date
+	return k
+}
+
 func external(s v1alpha1.CustomerMasterKeySpec, withMaterial bool) v1alpha1.CustomerMasterKeySpec {
 	s.Origin = v1alpha1.OriginExternal
 	if withMaterial {
@@ -168,9 +175,14 @@ func TestNext(t *testing.T) {
 			want: Decision{Action: CancelDeletion},
 		},
 		"PendingDeletionWindowUnrecorded": {
-			reason: "Scheduled from Enabled with no window recorded (a crash after the call): schedule again, only ever later.",
-			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), LastPhase: v1alpha1.PhaseEnabled},
+			reason: "Pending with no window recorded and a date earlier than the spec's window from now: schedule again, only ever later.",
+			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: pendingUntil(now.Add(6 * 24 * time.Hour)), LastPhase: v1alpha1.PhaseEnabled},
 			want:   Decision{Action: CancelDeletion},
+		},
+		"PendingDeletionStatusLost": {
+			reason: "Scheduled a moment ago and its status write lost (a crash, a change of leader): the date is the spec's window, and stands.",
+			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), LastPhase: v1alpha1.PhaseEnabled, Now: now.Add(time.Second)},
+			want:   Decision{Action: None, RecheckAt: now.Add(7 * 24 * time.Hour)},
 		},
 		"PendingDeletionAdoptedKeepsDate": {
 			reason: "A deletion scheduled outside Kubernetes on an adopted key keeps its date.",
@@ -180,7 +192,7 @@ func TestNext(t *testing.T) {
 		"PendingDeletionWithoutWindowRescheduled": {
 			reason: "A key status reported pending with no window (a reconcile failed halfway through rescheduling, " +
 				"or it was scheduled before windows were recorded) is scheduled again: only ever later.",
-			in:   Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), LastPhase: v1alpha1.PhasePendingDeletion},
+			in:   Input{Spec: spec(false, true), KeyID: "k1", Key: pendingUntil(now.Add(6 * 24 * time.Hour)), LastPhase: v1alpha1.PhasePendingDeletion},
 			want: Decision{Action: CancelDeletion},
 		},
 		"PendingDeletionOverdue": {
@@ -439,7 +451,13 @@ func TestWindow(t *testing.T) {
 		"MovedLaterOutside": {Input{Spec: spec(false, true), PendingDays: 7, Key: key(kms.StatePendingDeletion),
 			DeletionDate: now.Add(6 * 24 * time.Hour), LastPhase: v1alpha1.PhasePendingDeletion}, Keep},
 		"CrashAfterSchedule": {Input{Spec: spec(false, true), LastPhase: v1alpha1.PhaseDisabled}, Reschedule},
-		"OwnKeyFirstLook":    {Input{Spec: spec(false, true)}, Reschedule},
+		"StatusLostRightAfterSchedule": {Input{Spec: spec(false, true), Key: key(kms.StatePendingDeletion), Now: now.Add(time.Minute),
+			LastPhase: v1alpha1.PhaseEnabled}, Accept},
+		"UnrecordedAndEarlier": {Input{Spec: spec(false, true), Key: key(kms.StatePendingDeletion), Now: now.Add(time.Hour),
+			LastPhase: v1alpha1.PhaseEnabled}, Reschedule},
+		"UnrecordedShorterWindow": {Input{Spec: withDays(spec(false, true), 30), Key: key(kms.StatePendingDeletion), Now: now,
+			LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
+		"OwnKeyFirstLook": {Input{Spec: spec(false, true)}, Reschedule},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

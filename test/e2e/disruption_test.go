@@ -68,7 +68,7 @@ func scaleManager(t *testing.T, replicas int32) {
 }
 
 // createKeys makes n keys labeled for the test and waits for them to be Enabled.
-func createKeys(t *testing.T, ns string, n int, waitEnabled bool) {
+func createKeys(t *testing.T, ns string, n int) {
 	t.Helper()
 	for i := range n {
 		k := key(ns, fmt.Sprintf("k%03d", i), func(k *v1alpha1.CustomerMasterKey) { k.Labels = map[string]string{"bulk": ns} })
@@ -76,10 +76,8 @@ func createKeys(t *testing.T, ns string, n int, waitEnabled bool) {
 			t.Fatal(err)
 		}
 	}
-	if waitEnabled {
-		for i := range n {
-			waitPhase(t, ns, fmt.Sprintf("k%03d", i), v1alpha1.PhaseEnabled)
-		}
+	for i := range n {
+		waitPhase(t, ns, fmt.Sprintf("k%03d", i), v1alpha1.PhaseEnabled)
 	}
 }
 
@@ -112,18 +110,29 @@ func seriesCount(e corev1.Event) int32 {
 	return e.Series.Count - 1
 }
 
-// TestManagerPodDeletedMidBulk deletes the manager's pod while keys are being created: its
+// TestManagerPodDeletedMidBulk deletes the manager's pod when half of sixty keys have been
+// asked for, so the rest arrive while it is replaced and the first half are being created: the
 // replacement finishes the work, each key is created once and none is lost.
 func TestManagerPodDeletedMidBulk(t *testing.T) {
 	ns := namespace(t, "e2e-restart")
 	const n = 60
-	createKeys(t, ns, n, false)
-	var pods corev1.PodList
-	if err := c.List(t.Context(), &pods, client.InNamespace(operatorNamespace), managerPods); err != nil {
-		t.Fatal(err)
-	}
-	for i := range pods.Items {
-		if err := c.Delete(t.Context(), &pods.Items[i]); err != nil {
+	for i := range n {
+		if i == n/2 {
+			deleteManagerPods(t)
+			var keys v1alpha1.CustomerMasterKeyList
+			if err := c.List(t.Context(), &keys, client.InNamespace(ns)); err != nil {
+				t.Fatal(err)
+			}
+			pending := n - len(keys.Items)
+			for _, k := range keys.Items {
+				if k.Status.Phase != v1alpha1.PhaseEnabled {
+					pending++
+				}
+			}
+			t.Logf("manager pod deleted with %d of %d keys not yet Enabled", pending, n)
+		}
+		k := key(ns, fmt.Sprintf("k%03d", i), func(k *v1alpha1.CustomerMasterKey) { k.Labels = map[string]string{"bulk": ns} })
+		if err := c.Create(t.Context(), k); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -139,6 +148,19 @@ func TestManagerPodDeletedMidBulk(t *testing.T) {
 	eventsAtMostOnce(t, ns, v1alpha1.EventCreated, n)
 }
 
+func deleteManagerPods(t *testing.T) {
+	t.Helper()
+	var pods corev1.PodList
+	if err := c.List(t.Context(), &pods, client.InNamespace(operatorNamespace), managerPods); err != nil {
+		t.Fatal(err)
+	}
+	for i := range pods.Items {
+		if err := c.Delete(t.Context(), &pods.Items[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestLeaderFailover runs two replicas, starts a bulk deletion schedule and deletes the
 // leader's pod: the other replica takes over, every key is scheduled once, and the time the
 // keys went unattended is reported.
@@ -147,7 +169,7 @@ func TestLeaderFailover(t *testing.T) {
 	t.Cleanup(func() { scaleManager(t, 1) })
 	ns := namespace(t, "e2e-failover")
 	const n = 40
-	createKeys(t, ns, n, true)
+	createKeys(t, ns, n)
 	leader := leaseHolder(t)
 	if leader == "" {
 		t.Fatal("no replica holds the lease")
