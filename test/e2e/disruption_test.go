@@ -144,6 +144,15 @@ func TestManagerPodDeletedMidBulk(t *testing.T) {
 			t.Errorf("%s and %s have the same key %s", name, other, k.Status.KeyID)
 		}
 		ids[k.Status.KeyID] = name
+		// The KMS's side: the embedded KMS keeps one Secret per key, labeled with its owner.
+		var secrets corev1.SecretList
+		if err := c.List(t.Context(), &secrets, client.InNamespace(operatorNamespace),
+			client.MatchingLabels{"kms.cmk.io/owner-uid": string(k.UID)}); err != nil {
+			t.Fatal(err)
+		}
+		if len(secrets.Items) != 1 {
+			t.Errorf("%s: the KMS holds %d keys for it, want 1", name, len(secrets.Items))
+		}
 	}
 	eventsAtMostOnce(t, ns, v1alpha1.EventCreated, n)
 }
