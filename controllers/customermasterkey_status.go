@@ -130,6 +130,9 @@ func (r *CustomerMasterKeyReconciler) report(ctx context.Context, before, cmk *v
 		return r.settle(ctx, result, syncErr)
 	}
 	if err := r.writeStatus(ctx, before, cmk); err != nil {
+		if apierrors.IsNotFound(err) && before.Status.KeyID == "" && cmk.Status.KeyID != "" {
+			return r.settle(ctx, ctrl.Result{}, r.vanished(ctx, cmk))
+		}
 		if apierrors.IsConflict(err) || syncErr == nil {
 			return r.settle(ctx, ctrl.Result{}, err)
 		}
@@ -137,6 +140,25 @@ func (r *CustomerMasterKeyReconciler) report(ctx context.Context, before, cmk *v
 	}
 	r.warnOnNewFailure(before, cmk)
 	return r.settle(ctx, result, syncErr)
+}
+
+// vanished applies deletionPolicy to the key a reconcile made for a resource that was gone by
+// the time its status was written. Kubernetes can delete a resource whose finalizer was added
+// while the deletion was under way (the deletion judged the version without it), so the
+// finalizer never runs; without this the key would be left usable, owned by nothing, found by
+// no one.
+func (r *CustomerMasterKeyReconciler) vanished(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
+	id, log := cmk.Status.KeyID, ctrl.LoggerFrom(ctx)
+	if cmk.Spec.DeletionPolicy != v1alpha1.DeletionPolicyDelete {
+		log.Info("The resource was deleted while its key was made; deletionPolicy Retain keeps the key", "keyID", id)
+		return nil
+	}
+	if err := r.KMS.ScheduleDeletion(ctx, id, int(cmk.Spec.PendingDays)); err != nil {
+		return fmt.Errorf("scheduling the deletion of key %s, made for %s/%s which was deleted meanwhile: %w", id, cmk.Namespace, cmk.Name, err)
+	}
+	log.Info("The resource was deleted while its key was made; deletionPolicy Delete schedules its deletion",
+		"keyID", id, "pendingDays", cmk.Spec.PendingDays)
+	return nil
 }
 
 // shutdownWrite bounds the one status write a stopping manager still makes.
@@ -167,8 +189,7 @@ func (r *CustomerMasterKeyReconciler) writeStatus(ctx context.Context, before, a
 }
 
 // writeKeyFacts writes, without the lock, the fields of after's status that record the key in
-// the KMS (its ID, phase, dates, window, import parameters), over before. A resource already
-// gone has nothing to record.
+// the KMS (its ID, phase, dates, window, import parameters), over before.
 func (r *CustomerMasterKeyReconciler) writeKeyFacts(ctx context.Context, before, after *v1alpha1.CustomerMasterKey) error {
 	facts := before.DeepCopy()
 	st, from := &facts.Status, &after.Status
@@ -178,7 +199,7 @@ func (r *CustomerMasterKeyReconciler) writeKeyFacts(ctx context.Context, before,
 		return nil
 	}
 	if err := r.Status().Patch(ctx, facts, client.MergeFrom(before)); err != nil {
-		return client.IgnoreNotFound(err)
+		return err // not found too: the caller judges a key made for a resource that is gone
 	}
 	r.writes.wrote(facts)
 	return nil

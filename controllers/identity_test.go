@@ -11,6 +11,8 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
@@ -263,5 +265,39 @@ func TestKeyIDCannotBeCleared(t *testing.T) {
 	}
 	if got := h.get("kept").Status.KeyID; got != c.Status.KeyID {
 		t.Errorf("keyID %s, was %s", got, c.Status.KeyID)
+	}
+}
+
+// TestResourceGoneWhileKeyIsCreated has the resource disappear, finalizer and all, while its
+// key is being made: Kubernetes deletes a resource whose finalizer was added while its deletion
+// was under way, so the finalizer never runs (seen in TestBulkChangesWhileCreating under load).
+// The reconcile that made the key finds the resource gone when it records the key, and applies
+// deletionPolicy itself: Delete schedules the key's deletion; Retain keeps it.
+func TestResourceGoneWhileKeyIsCreated(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		policy func(*v1alpha1.CustomerMasterKey)
+		want   kms.State
+	}{
+		{"Delete", deletePolicy, kms.StatePendingDeletion},
+		{"Retain", func(*v1alpha1.CustomerMasterKey) {}, kms.StateEnabled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			gate := newGatedCreate(h.kms)
+			h.start(managerOptions{provider: func(*embedded.Provider) kms.Provider { return gate }})
+			h.create(h.cmk("vanishing", tc.policy))
+			<-gate.entered
+			h.delete("vanishing")
+			c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "vanishing"}}
+			if err := env.Client.Patch(context.Background(), c, client.RawPatch(types.MergePatchType,
+				[]byte(`{"metadata":{"finalizers":null}}`))); err != nil {
+				t.Fatal(err)
+			}
+			h.waitGone("vanishing")
+			close(gate.release)
+			NewWithT(t).Eventually(h.keyStates).WithTimeout(timeout).Should(
+				And(HaveLen(1), HaveEach(tc.want)), "the key made for a resource gone meanwhile, deletionPolicy "+tc.name)
+		})
 	}
 }
