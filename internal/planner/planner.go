@@ -231,8 +231,7 @@ func Window(in Input) WindowVerdict {
 		// key pending with no window may have been written by a reconcile that failed halfway
 		// through rescheduling, and accepting it would keep the early date.
 		return Accept
-	case in.Key != nil && !in.Now.IsZero() &&
-		!in.Key.DeletionDate.Before(in.Now.Add(time.Duration(in.Spec.PendingDays)*24*time.Hour-FreshSchedule)):
+	case in.Key != nil && !in.Now.IsZero() && freshSchedule(in.Key.DeletionDate, in.Now, in.Spec.PendingDays):
 		// No window recorded, but the date is the spec's window from about now: a deletion
 		// scheduled a moment ago whose status write was lost (a crash, a change of leader).
 		// Scheduling it again would move the date by that moment only, for a cancel and a
@@ -240,6 +239,15 @@ func Window(in Input) WindowVerdict {
 		return Accept
 	}
 	return Reschedule
+}
+
+// freshSchedule reports whether a deletion date is the window of pendingDays from now, give or
+// take FreshSchedule: earlier by the time since a schedule made a moment ago, or a little later
+// by the clocks of the KMS and the operator; a date further off was scheduled otherwise (a
+// console, another window) or rounded by the KMS, and is scheduled again as before.
+func freshSchedule(date, now time.Time, pendingDays int32) bool {
+	want := now.Add(time.Duration(pendingDays) * 24 * time.Hour)
+	return !date.Before(want.Add(-FreshSchedule)) && !date.After(want.Add(FreshSchedule))
 }
 
 // FreshSchedule is how much earlier than the spec's window from now an unrecorded deletion

@@ -455,6 +455,8 @@ func TestWindow(t *testing.T) {
 			LastPhase: v1alpha1.PhaseEnabled}, Accept},
 		"UnrecordedAndEarlier": {Input{Spec: spec(false, true), Key: key(kms.StatePendingDeletion), Now: now.Add(time.Hour),
 			LastPhase: v1alpha1.PhaseEnabled}, Reschedule},
+		"UnrecordedLaterInConsole": {Input{Spec: spec(false, true), Key: pendingUntil(now.Add(30 * 24 * time.Hour)), Now: now,
+			LastPhase: v1alpha1.PhaseEnabled}, Reschedule},
 		"UnrecordedShorterWindow": {Input{Spec: withDays(spec(false, true), 30), Key: key(kms.StatePendingDeletion), Now: now,
 			LastPhase: v1alpha1.PhasePendingDeletion}, Reschedule},
 		"OwnKeyFirstLook": {Input{Spec: spec(false, true)}, Reschedule},
