@@ -195,22 +195,22 @@ func (p *Provider) SetTags(ctx context.Context, keyID string, tags map[string]st
 	if err != nil {
 		return err
 	}
-	var remove, add []model.TagItem
-	own := 0
-	for name, value := range all {
-		switch want, ok := tags[name]; {
-		case ownTag(name):
-			own++
-		case !ok || want != value:
-			remove = append(remove, model.TagItem{Key: name, Value: ptr(value)})
-		}
-	}
+	want := make([]model.TagItem, 0, len(tags))
 	for name, value := range tags {
 		if ownTag(name) {
 			return &kms.RejectedError{Reason: fmt.Sprintf("tag %q is the operator's own; choose another key", name)}
 		}
-		if have, ok := all[name]; !ok || have != value {
-			add = append(add, model.TagItem{Key: name, Value: ptr(value)})
+		want = append(want, model.TagItem{Key: name, Value: ptr(value)})
+	}
+	// What changes among the spec's tags, as for the owner's (changes), and the user tags the
+	// spec no longer has.
+	remove, add := changes(all, want)
+	own := 0
+	for name, value := range all {
+		if _, kept := tags[name]; ownTag(name) {
+			own++
+		} else if !kept {
+			remove = append(remove, model.TagItem{Key: name, Value: ptr(value)})
 		}
 	}
 	if own+len(tags) > maxTags {
