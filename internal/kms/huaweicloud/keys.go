@@ -18,8 +18,9 @@ var states = map[string]kms.State{
 	"3": kms.StateDisabled,
 	"4": kms.StatePendingDeletion,
 	"5": kms.StatePendingImport,
-	// 7, Frozen (the account in arrears), appears in responses (KMS-FACTS.md); it is not a
-	// phase of the API but a FrozenError: nothing can be done to such a key.
+	// 7, Frozen (the account in arrears), appears in responses (the SDK's KeyStatusInfo model;
+	// docs/huaweicloud.md); it is not a phase of the API but a FrozenError: nothing can be done
+	// to such a key.
 	"7": kms.StateFrozen,
 }
 
@@ -119,7 +120,7 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 		if _, rejected := classified.(*kms.RejectedError); rejected {
 			// An alias conflict: name the key that holds it, for the caller to judge. A key
 			// with the alias and no tag is never taken for this create's own: it may as well be
-			// one made in the console (KMS-FACTS.md, "Never claim a key by alias alone").
+			// one made in the console (docs/huaweicloud.md: never claim a key by alias alone).
 			if id, ferr := p.findByAlias(ctx, req.Alias); ferr == nil && id != "" {
 				switch p.madeBy(ctx, id, req) {
 				case madeTagged:

@@ -16,8 +16,8 @@ import (
 const uidTag = "cmk-operator-uid"
 
 // The owner's tags (kms.Owner). Huawei tag keys hold at most 36 characters and values at most
-// 43 (KMS-FACTS.md; the BatchCreateKmsTags reference, TagItem), so a longer namespace or name is
-// recorded shortened (kms.Shorten).
+// 43 (the SDK's TagItem model, as the BatchCreateKmsTags reference; docs/huaweicloud.md), so a
+// longer namespace or name is recorded shortened (kms.Shorten).
 const (
 	ownerNamespaceTag = "cmk-operator-owner-namespace"
 	ownerNameTag      = "cmk-operator-owner-name"
@@ -154,7 +154,7 @@ const (
 // madeBy tells whether the key holding the request's alias is the request's own: tagged with
 // its creation token, or carrying no operator tag at all and made after its recorded create
 // attempt began. Any other key is never taken: one made earlier, in a console, by Terraform,
-// may share the alias (KMS-FACTS.md: never claim a key by alias alone).
+// may share the alias (docs/huaweicloud.md: never claim a key by alias alone).
 func (p *Provider) madeBy(ctx context.Context, id string, req kms.CreateRequest) madeFor {
 	var resp *model.ShowKmsTagsResponse
 	err := send(ctx, func() (err error) { resp, err = p.kms().ShowKmsTags(&model.ShowKmsTagsRequest{KeyId: id}); return err })

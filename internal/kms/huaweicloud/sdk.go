@@ -1,7 +1,9 @@
 // Package huaweicloud drives Huawei Cloud KMS (DEW) through its official Go SDK. Facts it
-// honours are in KMS-FACTS.md: key_state codes, pending_days as a string, key timestamps in
-// milliseconds, import expiry in seconds, and create with no idempotency token (a tag carrying
-// the resource's UID finds a key made before a crash).
+// honours are in docs/huaweicloud.md, each with its source: key_state codes and pending_days as
+// a string (the SDK's KeyDetails and ScheduleKeyDeletionRequestBody models), key timestamps in
+// milliseconds, import expiry in seconds (CreateParametersForImportResponse), and create with
+// no idempotency token (CreateKeyRequestBody has none: a tag carrying the resource's UID finds
+// a key made before a crash).
 package huaweicloud
 
 import (

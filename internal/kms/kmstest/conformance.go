@@ -1,7 +1,7 @@
-// Package kmstest is the conformance suite every KMS provider passes: the lifecycle of API.md
-// call by Call, cancel outcomes, idempotency, deletion at the date, import and material expiry.
-// A provider's tests call Run with a fixture that builds a fresh provider and can move the KMS's
-// time forward.
+// Package kmstest is the conformance suite every KMS provider passes: the lifecycle of
+// docs/lifecycle.md call by Call, cancel outcomes, idempotency, deletion at the date, import and
+// material expiry. A provider's tests call Run with a fixture that builds a fresh provider and can
+// move the KMS's time forward.
 package kmstest
 
 import (

@@ -10,8 +10,9 @@ import (
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 )
 
-// lifecycle checks every call from every state against API.md: the state after it, or a
-// StateError when the state does not allow it. Asking for the state a key is in succeeds.
+// lifecycle checks every call from every state against the lifecycle table of
+// docs/lifecycle.md: the state after it, or a StateError when the state does not allow it.
+// Asking for the state a key is in succeeds.
 func lifecycle(t *testing.T, f Fixture) {
 	type start struct {
 		origin string

@@ -59,7 +59,7 @@ func (s *Server) count(path string) {
 
 // Throttle answers that fraction of the requests, drawn at random (with a fixed seed), with
 // HTTP 429 APIGW.0308, as the gateway does to an account over its rate limit (about 20
-// requests/s per user, KMS-FACTS.md).
+// requests/s per user, docs/huaweicloud.md).
 func (s *Server) Throttle(fraction float64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -72,10 +72,10 @@ func (s *Server) throttle() bool {
 	return s.throttled > 0 && s.rng.Float64() < s.throttled
 }
 
-// Fail makes the next times requests of operation op (as in the URL: "describe-key",
-// "create-key", "{key_id}/tags/action" is "tags/action") answer with status and error code
-// instead of being served, as the cloud does under load or in an outage: KMS.0105 "system
-// exception" is an HTTP 400 the caller should retry (KMS-FACTS.md), 429 is throttling, and
+// Fail makes the next times requests of operation op (as in the URL: "describe-key", "create-key",
+// "{key_id}/tags/action" is "tags/action") answer with status and error code instead of being
+// served, as the cloud does under load or in an outage: KMS.0105 "system exception" is an HTTP 400
+// the caller should retry (Huawei's error-code table; docs/huaweicloud.md), 429 is throttling, and
 // 401 APIGW.0301 is the gateway refusing the credentials.
 func (s *Server) Fail(op string, times, status int, code string) {
 	s.mu.Lock()

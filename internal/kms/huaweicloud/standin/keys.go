@@ -20,7 +20,8 @@ type key struct {
 	// tagged is when the key's tags last changed.
 	tagged time.Time
 	// activating counts the describes still to answer key_state 1, "pending activation": a new
-	// key reports it for a while before 2 or 5 (KMS-FACTS.md; Terraform waits for 2 or 5).
+	// key reports it for a while before 2 or 5 (the SDK's KeyDetails model names 1; Huawei's
+	// Terraform provider waits for 2 or 5; docs/huaweicloud.md).
 	activating            int
 	created, deletionDate time.Time
 	material              []byte
@@ -100,8 +101,9 @@ func (s *Server) schedule(k *key, pendingDays string) (any, *apiError) {
 }
 
 // MaterialRemovalDelay is how late the stand-in removes expired imported material. Huawei's
-// KMS deletes it "within 24 h" of expiration_time (KMS-FACTS.md), so a key stays Enabled past
-// its expiry for a while; the stand-in takes six hours.
+// KMS deletes it "within 24 h" of expiration_time (the SDK's ImportKeyMaterialRequestBody;
+// docs/huaweicloud.md), so a key stays Enabled past its expiry for a while; the stand-in
+// takes six hours.
 const MaterialRemovalDelay = 6 * time.Hour
 
 // applyTime deletes keys past their deletion date and expires imported material, as the cloud
@@ -137,7 +139,8 @@ func (s *Server) CreateKeyInConsole(alias string) (string, error) {
 }
 
 // Freeze freezes a key as Huawei does when the account is in arrears: it reports key_state 7
-// and refuses every change (KMS-FACTS.md). Thaw gives it back its state.
+// and refuses every change (the SDK's KeyStatusInfo model names 7; docs/huaweicloud.md). Thaw
+// gives it back its state.
 func (s *Server) Freeze(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

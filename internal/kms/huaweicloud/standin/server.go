@@ -1,9 +1,9 @@
 // Package standin is a stand-in for Huawei Cloud KMS, built from its published API reference and
-// the facts in KMS-FACTS.md, for tests: it serves the REST operations the provider uses over
-// loopback, keeps keys in memory with the documented key_state codes, error codes and units,
-// applies deletion dates and material expiry on its own clock, and refuses any request not
-// signed with its AK/SK (SDK-HMAC-SHA256). It is not the cloud: error codes the facts do not
-// name are answered by HTTP status alone.
+// the facts in docs/huaweicloud.md (with their sources), for tests: it serves the REST operations
+// the provider uses over loopback, keeps keys in memory with the documented key_state codes, error
+// codes and units, applies deletion dates and material expiry on its own clock, and refuses any
+// request not signed with its AK/SK (SDK-HMAC-SHA256). It is not the cloud: error codes the facts
+// do not name are answered by HTTP status alone.
 package standin
 
 import (
@@ -191,8 +191,8 @@ func (s *Server) dispatch(op string, req map[string]any) (any, *apiError) {
 
 // missing answers a request for a key the KMS does not have as Huawei does: HTTP 400, KMS.0207
 // for a key it deleted, KMS.0205 (invalid key ID) for one it never had; never 404, which only
-// the API gateway gives, for a path it does not know (KMS-FACTS.md, "Verified against the SDK":
-// Huawei's error-code table and the Huawei/OTC Terraform providers).
+// the API gateway gives, for a path it does not know (Huawei's error-code table and the
+// Huawei/OTC Terraform providers; docs/huaweicloud.md).
 func (s *Server) missing(id string) *apiError {
 	if s.deleted[id] {
 		return fail(http.StatusBadRequest, "KMS.0207", "the key does not exist")
