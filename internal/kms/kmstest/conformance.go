@@ -1,12 +1,14 @@
 // Package kmstest is the conformance suite every KMS provider passes: the lifecycle of
 // docs/lifecycle.md call by Call, cancel outcomes, idempotency, deletion at the date, import and
-// material expiry. A provider's tests call Run with a fixture that builds a fresh provider and can
-// move the KMS's time forward.
+// material expiry, rotation. A provider's tests call Run with a fixture that builds a
+// fresh provider and can move the KMS's time forward.
 package kmstest
 
 import (
 	"context"
 	"fmt"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,11 +20,12 @@ type Fixture struct {
 	Provider kms.Provider
 	// Now is the KMS's current time.
 	Now func() time.Time
-	// Late is how long after its time the KMS may act on something that came due: zero for
-	// one that acts at once; Huawei removes expired material "within 24 h".
+	// Late is how long after its time the KMS may act on something that came due (expired
+	// material, a rotation): zero for one that acts at once; Huawei removes expired material
+	// "within 24 h".
 	Late time.Duration
 	// Advance moves the KMS's time forward by d and lets it act on whatever came due
-	// (deletion dates, material expiry) before it returns.
+	// (deletion dates, material expiry, rotations) before it returns.
 	Advance func(t *testing.T, d time.Duration)
 }
 
@@ -38,16 +41,30 @@ func Run(t *testing.T, newFixture func(t *testing.T) Fixture) {
 	t.Run("Import", func(t *testing.T) { importFlow(t, newFixture(t)) })
 	t.Run("ImportRefusals", func(t *testing.T) { importRefusals(t, newFixture(t)) })
 	t.Run("MaterialExpiry", func(t *testing.T) { materialExpiry(t, newFixture(t)) })
+	t.Run("Rotation", func(t *testing.T) { rotationSettings(t, newFixture(t)) })
+	t.Run("RotationAtInterval", func(t *testing.T) { rotationAtInterval(t, newFixture(t)) })
+	t.Run("RotationRefusals", func(t *testing.T) { rotationRefusals(t, newFixture(t)) })
+	t.Run("RotationThroughDeletion", func(t *testing.T) { rotationThroughDeletion(t, newFixture(t)) })
+	t.Run("RotationOfUnknownKey", func(t *testing.T) { rotationOfUnknownKey(t, newFixture(t)) })
 }
+
+// unknownKeyID has the form of a key ID, and no KMS under test has made it.
+const unknownKeyID = "00000000-0000-0000-0000-000000000000"
 
 var keys int
 
+// create makes a key of this spec and origin: for encryption, or for signing when it is a key
+// pair (RSA_*, EC_*).
 func create(t *testing.T, f Fixture, spec, origin string) kms.Key {
 	t.Helper()
 	keys++
+	usage := "ENCRYPT_DECRYPT"
+	if strings.HasPrefix(spec, "RSA_") || strings.HasPrefix(spec, "EC_") {
+		usage = "SIGN_VERIFY"
+	}
 	k, err := f.Provider.Create(context.Background(), kms.CreateRequest{
 		Alias: fmt.Sprintf("conformance/%s/%d-%d", t.Name(), time.Now().UnixNano(), keys), KeySpec: spec,
-		KeyUsage: "ENCRYPT_DECRYPT", Origin: origin, Token: fmt.Sprintf("token-%d-%d", time.Now().UnixNano(), keys),
+		KeyUsage: usage, Origin: origin, Token: fmt.Sprintf("token-%d-%d", time.Now().UnixNano(), keys),
 	})
 	if err != nil {
 		t.Fatalf("Create(%s, %s): %v", spec, origin, err)
@@ -95,6 +112,17 @@ func Do(p kms.Provider, id string, c Call) error {
 }
 
 func do(f Fixture, id string, c Call) error { return Do(f.Provider, id, c) }
+
+// optional returns the provider as the optional interface T (kms.Importer, kms.Rotator,
+// kms.Tagger), looked for as the reconciler does (kms.As), failing the test when it is not one.
+func optional[T any](t *testing.T, f Fixture) T {
+	t.Helper()
+	v, ok := kms.As[T](f.Provider)
+	if !ok {
+		t.Fatalf("the provider does not implement %s", reflect.TypeFor[T]())
+	}
+	return v
+}
 
 // doAll makes lifecycle calls in order, failing the test on the first error.
 func doAll(t *testing.T, f Fixture, id string, calls ...Call) {

@@ -30,15 +30,6 @@ func Wrap(t testing.TB, p kms.ImportParameters, material []byte) []byte {
 	return w
 }
 
-func importer(t *testing.T, f Fixture) kms.Importer {
-	t.Helper()
-	imp, ok := kms.As[kms.Importer](f.Provider)
-	if !ok {
-		t.Fatal("the provider does not implement kms.Importer")
-	}
-	return imp
-}
-
 // params issues import parameters for a key, failing the test when the provider refuses.
 func params(t *testing.T, imp kms.Importer, id string) kms.ImportParameters {
 	t.Helper()
@@ -56,7 +47,7 @@ func random(n int) []byte {
 }
 
 func importFlow(t *testing.T, f Fixture) {
-	imp := importer(t, f)
+	imp := optional[kms.Importer](t, f)
 	ctx := context.Background()
 	k := create(t, f, "AES_256", kms.OriginExternal)
 	p := params(t, imp, k.ID)
@@ -81,7 +72,7 @@ func importFlow(t *testing.T, f Fixture) {
 }
 
 func importRefusals(t *testing.T, f Fixture) {
-	imp := importer(t, f)
+	imp := optional[kms.Importer](t, f)
 	ctx := context.Background()
 	k := create(t, f, "AES_256", kms.OriginExternal)
 	p := params(t, imp, k.ID)
@@ -104,7 +95,7 @@ func importRefusals(t *testing.T, f Fixture) {
 }
 
 func materialExpiry(t *testing.T, f Fixture) {
-	imp := importer(t, f)
+	imp := optional[kms.Importer](t, f)
 	ctx := context.Background()
 	k := create(t, f, "AES_256", kms.OriginExternal)
 	material := random(32)

@@ -93,7 +93,7 @@ func createIdempotent(t *testing.T, f Fixture) {
 }
 
 func observeUnknown(t *testing.T, f Fixture) {
-	if _, err := f.Provider.Observe(context.Background(), "00000000-0000-0000-0000-000000000000"); !kms.IsNotFound(err) {
+	if _, err := f.Provider.Observe(context.Background(), unknownKeyID); !kms.IsNotFound(err) {
 		t.Errorf("Observe(unknown): %v, want NotFoundError", err)
 	}
 }
