@@ -1,6 +1,6 @@
 // Package kmstest is the conformance suite every KMS provider passes: the lifecycle of
 // docs/lifecycle.md call by Call, cancel outcomes, idempotency, deletion at the date, import and
-// material expiry, rotation. A provider's tests call Run with a fixture that builds a
+// material expiry, rotation and tags. A provider's tests call Run with a fixture that builds a
 // fresh provider and can move the KMS's time forward.
 package kmstest
 
@@ -46,6 +46,10 @@ func Run(t *testing.T, newFixture func(t *testing.T) Fixture) {
 	t.Run("RotationRefusals", func(t *testing.T) { rotationRefusals(t, newFixture(t)) })
 	t.Run("RotationThroughDeletion", func(t *testing.T) { rotationThroughDeletion(t, newFixture(t)) })
 	t.Run("RotationOfUnknownKey", func(t *testing.T) { rotationOfUnknownKey(t, newFixture(t)) })
+	t.Run("Tags", func(t *testing.T) { userTags(t, newFixture(t)) })
+	t.Run("TagsAndClaims", func(t *testing.T) { tagsAndClaims(t, newFixture(t)) })
+	t.Run("TagsInOtherStates", func(t *testing.T) { tagsInOtherStates(t, newFixture(t)) })
+	t.Run("TagsOfUnknownKey", func(t *testing.T) { tagsOfUnknownKey(t, newFixture(t)) })
 }
 
 // unknownKeyID has the form of a key ID, and no KMS under test has made it.
