@@ -104,7 +104,7 @@ image: ## Build the manager image without a container engine (bin/cmk-operator-i
 	GO=$(GO) hack/build-image.sh $(IMAGE_TAR) $(IMG)
 
 .PHONY: e2e
-e2e: envtest-assets node-assets image plugin ## As root: a real single-node cluster, the operator deployed into it as the README says, the e2e suite, then teardown.
+e2e: envtest-assets node-assets image plugin ## As root: a real single-node cluster, the operator deployed into it as docs/operations.md says, the e2e suite, then teardown.
 	IMAGE_TAR=$(abspath $(IMAGE_TAR)) hack/e2e/run.sh
 
 .PHONY: docker-build
@@ -117,13 +117,13 @@ deploy: manifests ## Deploy the operator to the cluster in KUBECONFIG.
 
 # undeploy removes the operator and nothing it manages: the namespace holds the embedded KMS's
 # keys and its root key, and deleting the CRD would delete every CustomerMasterKey. Removing
-# those is a separate, deliberate step (README, "Removing the operator").
+# those is a separate, deliberate step (docs/operations.md, "Removing the operator").
 .PHONY: undeploy
 undeploy: ## Remove the operator (Deployment, RBAC); keep the CRD, the keys and the KMS namespace.
 	kubectl delete -k config/manager --ignore-not-found
 	kubectl delete -k config/rbac --ignore-not-found
 	@echo "Removed the operator. Kept: the CustomerMasterKey CRD and resources, and namespace cmk-system with the"
-	@echo "embedded KMS's keys and root key. Removing those destroys the keys: see README, \"Removing the operator\"."
+	@echo "embedded KMS's keys and root key. Removing those destroys the keys: see docs/operations.md, \"Removing the operator\"."
 
 .PHONY: verify-generated
 verify-generated: manifests generate ## Fail when generated files differ from what is committed.

@@ -24,10 +24,10 @@ import (
 // as each returns, one of as many workers as the operator has makes, for that key, the writes
 // no operator can avoid: one write of the key's Secret and one status write, as the embedded
 // KMS and the reconciler must (a create also makes the Secret and adds a finalizer); and, with
-// events, the one event this project's operator records for each change (STYLE.md: events for
-// what happened), sent one at a time from one queue as client-go's event broadcaster does. It
-// reads nothing, and needs no watch to learn of the user's write. Its time is what the
-// apiserver, on this machine, allows at best.
+// events, the one event this project's operator records for each change (docs/api.md, "Events"),
+// sent one at a time from one queue as client-go's event broadcaster does. It reads nothing, and
+// needs no watch to learn of the user's write. Its time is what the apiserver, on this machine,
+// allows at best.
 type floor struct {
 	// user makes the user's writes, c the floor's own.
 	user      client.WithWatch
