@@ -171,27 +171,6 @@ func (f *floor) react(ctx context.Context, s step, cmk *v1alpha1.CustomerMasterK
 	return cmk, secret, nil
 }
 
-// clean takes the floor's resources and Secrets away before the operator starts, so it never
-// sees them.
-func (f *floor) clean(ctx context.Context) error {
-	names := make([]string, 0, len(f.cmks))
-	for name := range f.cmks {
-		names = append(names, name)
-	}
-	err := parallel(ctx, f.writers, len(names), func(i int) error {
-		cmk := f.cmks[names[i]]
-		if err := f.c.Patch(ctx, cmk, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`))); err != nil {
-			return err
-		}
-		return client.IgnoreNotFound(f.c.Delete(ctx, cmk))
-	})
-	if err != nil {
-		return err
-	}
-	f.cmks, f.secrets = map[string]*v1alpha1.CustomerMasterKey{}, map[string]*corev1.Secret{}
-	return f.c.DeleteAllOf(ctx, &corev1.Secret{}, client.InNamespace(f.kmsNS))
-}
-
 const floorFinalizer = "bench.cmk.io/floor"
 
 // event is the event the operator records for a key's change, shaped as client-go's event
