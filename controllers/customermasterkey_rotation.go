@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"time"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
@@ -123,28 +120,5 @@ func (r *CustomerMasterKeyReconciler) reportExtrasDrift(cmk *v1alpha1.CustomerMa
 	if was := cmk.Status.Tags; key.Tags != nil && !maps.Equal(was, key.Tags) && planner.Retags(cmk.Spec, key) {
 		r.event(cmk, "Warning", v1alpha1.EventDriftDetected, "Observe",
 			"Tags of key %s were changed outside Kubernetes; putting back those of spec.tags", key.ID)
-	}
-}
-
-// recordExtras records the key's rotation and tags, when they were read.
-func recordExtras(st *v1alpha1.CustomerMasterKeyStatus, spec v1alpha1.CustomerMasterKeySpec, key *kms.Key) {
-	if key == nil {
-		return
-	}
-	if rot := key.Rotation; rot != nil {
-		st.Rotation = &v1alpha1.RotationStatus{Enabled: rot.Enabled, IntervalDays: int32(rot.IntervalDays), Rotations: int32(rot.Rotations)}
-		if !rot.LastRotation.IsZero() {
-			// Whole seconds, as status keeps them: a finer time would differ from it on every read.
-			st.Rotation.LastRotationTime = &metav1.Time{Time: rot.LastRotation.Truncate(time.Second)}
-		}
-		if spec.Rotation == nil && !rot.Enabled {
-			st.Rotation = nil // nothing asks about it any more
-		}
-	}
-	if key.Tags != nil {
-		st.Tags = maps.Clone(key.Tags)
-		if len(st.Tags) == 0 {
-			st.Tags = nil
-		}
 	}
 }

@@ -128,8 +128,8 @@ func TestFailedRescheduleKeepsTrying(t *testing.T) {
 	_ = reconcileErr(r, h, "early")
 	reconcileAll(t, r, h, "early")
 	k, _ := h.kms.Observe(context.Background(), id)
-	if min := h.clock.Now().Add(30 * day); k.DeletionDate.Before(min.Add(-time.Minute)) {
-		t.Errorf("key deleted at %v, %v earlier than spec.pendingDays 30 allows", k.DeletionDate, min.Sub(k.DeletionDate))
+	if earliest := h.clock.Now().Add(30 * day); k.DeletionDate.Before(earliest.Add(-time.Minute)) {
+		t.Errorf("key deleted at %v, %v earlier than spec.pendingDays 30 allows", k.DeletionDate, earliest.Sub(k.DeletionDate))
 	}
 }
 
@@ -238,14 +238,14 @@ func TestScheduleRaceRecordsNoWindow(t *testing.T) {
 	cr := &consoleRace{Provider: h.kms}
 	r.KMS = cr
 	h.create(h.cmk("race"))
-	c := reconcileAll(t, r, h, "race")
+	reconcileAll(t, r, h, "race")
 	cr.armed.Store(true)
 	h.patch("race", map[string]any{"enabled": false, "deletionScheduled": true, "pendingDays": 30})
-	c = reconcileAll(t, r, h, "race")
+	c := reconcileAll(t, r, h, "race")
 	k, _ := h.kms.Observe(context.Background(), c.Status.KeyID)
-	if min := h.clock.Now().Add(30 * day); k.DeletionDate.Before(min.Add(-time.Minute)) {
+	if earliest := h.clock.Now().Add(30 * day); k.DeletionDate.Before(earliest.Add(-time.Minute)) {
 		t.Errorf("status.pendingDays %d, but the key is deleted on %v, %v before spec.pendingDays 30 allows",
-			c.Status.PendingDays, k.DeletionDate, min.Sub(k.DeletionDate))
+			c.Status.PendingDays, k.DeletionDate, earliest.Sub(k.DeletionDate))
 	}
 }
 

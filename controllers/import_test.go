@@ -218,7 +218,7 @@ func TestImportFailures(t *testing.T) {
 		says   string
 	}{
 		"SecretMissing": {reason: v1alpha1.ReasonSecretNotFound, says: "was not found, or does not hold non-empty keys encryptedKeyMaterial (the wrapped material) and importToken",
-			setup: func(t *testing.T, name string, _ *v1alpha1.CustomerMasterKey) map[string]any {
+			setup: func(_ *testing.T, name string, _ *v1alpha1.CustomerMasterKey) map[string]any {
 				return keyMaterial(name + "-nothing")
 			}},
 		"WrongKeyNames": {reason: v1alpha1.ReasonSecretNotFound, says: "was not found, or does not hold non-empty keys encryptedKeyMaterial (the wrapped material) and importToken",

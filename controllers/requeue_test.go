@@ -68,8 +68,8 @@ func TestOverdueExpiryIsNotPolled(t *testing.T) {
 	for _, late := range []time.Duration{0, 10 * time.Minute} {
 		h.clock.Step(late)
 		res := reconcileOnce(t, r, h, "late")
-		if min := max(planner.OverdueRecheck, late); res.RequeueAfter < min {
-			t.Errorf("%v after the expiry: requeue after %v, want at least %v", late, res.RequeueAfter, min)
+		if least := max(planner.OverdueRecheck, late); res.RequeueAfter < least {
+			t.Errorf("%v after the expiry: requeue after %v, want at least %v", late, res.RequeueAfter, least)
 		}
 	}
 }

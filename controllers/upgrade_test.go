@@ -68,13 +68,13 @@ func TestReclaimSurvivesLostStatusWrite(t *testing.T) {
 
 	armed.Store(true)
 	h.create(h.cmk("orders"))
-	c := h.eventually("orders", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+	h.eventually("orders", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
 		g.Expect(armed.Load()).To(BeFalse(), "the status write never failed")
 		g.Expect(c.Status.ObservedGeneration).To(Equal(c.Generation))
 		g.Expect(cond(c, v1alpha1.ConditionReady).Reason).NotTo(BeEmpty())
 	})
 	time.Sleep(2 * time.Second)
-	c = h.get("orders")
+	c := h.get("orders")
 	if c.Status.KeyID != x {
 		t.Errorf("re-created orders after one lost status write: keyID %q (want %s), Ready %s: %s",
 			c.Status.KeyID, x, cond(c, v1alpha1.ConditionReady).Reason, cond(c, v1alpha1.ConditionReady).Message)

@@ -347,7 +347,3 @@ type CustomerMasterKeyList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []CustomerMasterKey `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&CustomerMasterKey{}, &CustomerMasterKeyList{})
-}

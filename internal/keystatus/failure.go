@@ -31,9 +31,9 @@ const (
 	Transient Kind = iota
 	// Blocking failures wait for a person: reported, looked at again later, never hot-looped.
 	Blocking
-	// Conflict: another writer won a race; the next attempt starts from what it wrote.
+	// Conflict means another writer won a race; the next attempt starts from what it wrote.
 	Conflict
-	// Unavailable: the KMS refuses the operator as a whole; every key waits for it.
+	// Unavailable means the KMS refuses the operator as a whole; every key waits for it.
 	Unavailable
 )
 

@@ -279,7 +279,8 @@ func TestSettledMeansNothingToDo(t *testing.T) {
 					in.LastPhase = v1alpha1.Phase(k.State)
 				}
 				v, d := Readiness(in), planner.Next(in)
-				if settled := v.Class == Settled; settled != (d.Action == planner.None) && !(v.Class == Stalled && d.Action == planner.None) {
+				idle := d.Action == planner.None
+				if (v.Class == Settled) != idle && (v.Class != Stalled || !idle) {
 					t.Errorf("spec %+v, key %+v: verdict %s (class %d) but the planner's next action is %s", s, k, v.Reason, v.Class, d.Action)
 				}
 			}

@@ -14,12 +14,12 @@ import (
 type Class int
 
 const (
-	// Settled: the KMS is as the spec asks (Ready=True), whether or not the key can be used:
-	// a key asked disabled or scheduled for deletion is settled when it is so.
+	// Settled means the KMS is as the spec asks (Ready=True), whether or not the key can be
+	// used: a key asked disabled or scheduled for deletion is settled when it is so.
 	Settled Class = iota
-	// Moving: the operator is taking the key toward the spec (Reconciling=True).
+	// Moving means the operator is taking the key toward the spec (Reconciling=True).
 	Moving
-	// Stalled: the spec cannot be reached until a person changes something (Stalled=True).
+	// Stalled means the spec cannot be reached until a person changes something (Stalled=True).
 	Stalled
 )
 

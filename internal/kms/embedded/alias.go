@@ -19,11 +19,12 @@ import (
 // reservation, a Secret named after the alias that only one create can make (the apiserver
 // refuses a second Create of one name) or take over (an update carrying the resourceVersion
 // read). The reservation names the key that holds the alias.
+const aliasSecretType corev1.SecretType = "kms.cmk.io/embedded-alias"
+
 const (
-	aliasSecretType corev1.SecretType = "kms.cmk.io/embedded-alias"
-	aliasPrefix                       = "cmk-alias-"
-	aliasField                        = "alias.json"
-	labelAlias                        = "kms.cmk.io/embedded-alias"
+	aliasPrefix = "cmk-alias-"
+	aliasField  = "alias.json"
+	labelAlias  = "kms.cmk.io/embedded-alias"
 )
 
 // createDeadline bounds one Create, so a create that reserved an alias either writes its key

@@ -111,7 +111,7 @@ func TestImportRefusals(t *testing.T) {
 				return p.ImportToken, kmstest.Wrap(t, p, random(t, 32)), time.Time{}
 			}},
 		"TokenOfAnotherKey": {spec: "AES_256", origin: kms.OriginExternal, code: kms.ImportTokenInvalid,
-			prepare: func(t *testing.T, id string) (string, []byte, time.Time) {
+			prepare: func(t *testing.T, _ string) (string, []byte, time.Time) {
 				other := f.create(t, "AES_256", kms.OriginExternal)
 				p := f.params(t, other.ID)
 				return p.ImportToken, kmstest.Wrap(t, p, random(t, 32)), time.Time{}

@@ -17,17 +17,18 @@ import (
 // Each key lives in one Secret in the KMS namespace: its record in plain JSON (no secrets in
 // it), and its material sealed under the root key. Labels let the reaper list only the keys
 // pending deletion, and Create find a key by alias, without reading every Secret.
+const secretType corev1.SecretType = "kms.cmk.io/embedded-key"
+
 const (
-	secretType       corev1.SecretType = "kms.cmk.io/embedded-key"
-	secretPrefix                       = "cmk-"
-	recordField                        = "key.json"
-	materialField                      = "material"
-	wrappingKeyField                   = "wrapping-key"
-	labelManagedBy                     = "app.kubernetes.io/managed-by"
-	managedByValue                     = "cmk-operator-embedded-kms"
-	labelKey                           = "kms.cmk.io/embedded-key"
-	labelState                         = "kms.cmk.io/state"
-	labelAliasHash                     = "kms.cmk.io/alias-hash"
+	secretPrefix     = "cmk-"
+	recordField      = "key.json"
+	materialField    = "material"
+	wrappingKeyField = "wrapping-key"
+	labelManagedBy   = "app.kubernetes.io/managed-by"
+	managedByValue   = "cmk-operator-embedded-kms"
+	labelKey         = "kms.cmk.io/embedded-key"
+	labelState       = "kms.cmk.io/state"
+	labelAliasHash   = "kms.cmk.io/alias-hash"
 	// labelOwnerUID lets Lookup find a key claimed for a resource by the resource's UID.
 	labelOwnerUID = "kms.cmk.io/owner-uid"
 	// labelRootKeyCheck names the root key a key's material is sealed under (see sealer.check),
