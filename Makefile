@@ -2,15 +2,18 @@
 
 # Versions of the tools the Makefile builds into bin/.
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
+GOLANGCI_LINT_VERSION ?= v2.15.0
 ENVTEST_K8S_VERSION ?= 1.37.2
 ENVTEST_ETCD_VERSION ?= 3.6.16
 
 IMG ?= cmk-operator:dev
 LOCALBIN ?= $(shell pwd)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 ENVTEST_ASSETS ?= $(LOCALBIN)/k8s
 
 GO ?= go
+GOFMT ?= $(shell $(GO) env GOROOT)/bin/gofmt
 SHELL := /usr/bin/env bash -o pipefail
 .SHELLFLAGS := -ec
 
@@ -37,12 +40,24 @@ generate: controller-gen ## Generate the DeepCopy methods.
 fmt: ## Run go fmt.
 	$(GO) fmt ./...
 
+# The repository's Go files, committed or new, less those git ignores and those deleted.
+GO_FILES_CMD = git ls-files --cached --others --exclude-standard -- '*.go' | while read -r f; do [ ! -f "$$f" ] || echo "$$f"; done
+
+.PHONY: fmt-check
+fmt-check: ## Fail, listing them, when gofmt would change Go files (cheap: make test runs it).
+	@unformatted=$$($(GO_FILES_CMD) | xargs -r $(GOFMT) -l); \
+	if [ -n "$$unformatted" ]; then \
+		echo "gofmt would change these files: run 'gofmt -w' on them (or 'make lint-fix') and commit."; \
+		echo "$$unformatted" | sed 's/^/  /'; \
+		exit 1; \
+	fi
+
 .PHONY: vet
 vet: ## Run go vet.
 	$(GO) vet ./...
 
 .PHONY: test
-test: manifests generate vet envtest-assets ## Run every test against a real kube-apiserver and etcd.
+test: fmt-check manifests generate vet envtest-assets ## Run every test against a real kube-apiserver and etcd.
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./... -count=1 -timeout 20m
 	cd test/prometheus && $(GO) vet ./... && $(GO) test ./... -count=1
 	cd test/gitops && $(GO) vet ./... && KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./... -count=1 -timeout 10m
@@ -105,7 +120,7 @@ image: ## Build the manager image without a container engine (bin/cmk-operator-i
 	GO=$(GO) hack/build-image.sh $(IMAGE_TAR) $(IMG)
 
 .PHONY: e2e
-e2e: envtest-assets node-assets image plugin ## As root: a real single-node cluster, the operator deployed into it as the README says, the e2e suite, then teardown.
+e2e: envtest-assets node-assets image plugin ## As root: a real single-node cluster, the operator deployed into it as docs/operations.md says, the e2e suite, then teardown.
 	IMAGE_TAR=$(abspath $(IMAGE_TAR)) hack/e2e/run.sh
 
 .PHONY: docker-build
@@ -118,13 +133,54 @@ deploy: manifests ## Deploy the operator to the cluster in KUBECONFIG.
 
 # undeploy removes the operator and nothing it manages: the namespace holds the embedded KMS's
 # keys and its root key, and deleting the CRD would delete every CustomerMasterKey. Removing
-# those is a separate, deliberate step (README, "Removing the operator").
+# those is a separate, deliberate step (docs/operations.md, "Removing the operator").
 .PHONY: undeploy
 undeploy: ## Remove the operator (Deployment, RBAC); keep the CRD, the keys and the KMS namespace.
 	kubectl delete -k config/manager --ignore-not-found
 	kubectl delete -k config/rbac --ignore-not-found
 	@echo "Removed the operator. Kept: the CustomerMasterKey CRD and resources, and namespace cmk-system with the"
-	@echo "embedded KMS's keys and root key. Removing those destroys the keys: see README, \"Removing the operator\"."
+	@echo "embedded KMS's keys and root key. Removing those destroys the keys: see docs/operations.md, \"Removing the operator\"."
+
+##@ Checks
+
+# Go modules of their own under test/ (their own go.mod), linted one by one besides the root's.
+TEST_MODULES = $(shell find test -name go.mod -not -path '*/testdata/*' -exec dirname {} \; | sort)
+
+.PHONY: lint
+lint: golangci-lint ## Run golangci-lint (.golangci.yml) over the root module and every module under test/.
+	@failed=; \
+	for dir in . $(TEST_MODULES); do \
+		echo "golangci-lint run in $$dir"; \
+		(cd $$dir && $(GOLANGCI_LINT) run --config $(CURDIR)/.golangci.yml ./...) || failed="$$failed $$dir"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "golangci-lint found problems (above) in:$$failed"; exit 1; fi
+
+.PHONY: lint-fix
+lint-fix: golangci-lint ## Run golangci-lint with --fix: formats (gofmt, goimports) and applies the fixes it can.
+	@failed=; \
+	for dir in . $(TEST_MODULES); do \
+		echo "golangci-lint run --fix in $$dir"; \
+		(cd $$dir && $(GOLANGCI_LINT) run --config $(CURDIR)/.golangci.yml --fix ./...) || failed="$$failed $$dir"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "golangci-lint left problems (above) it cannot fix in:$$failed"; exit 1; fi
+
+.PHONY: verify-fmt
+verify-fmt: golangci-lint ## Fail, listing them, when gofmt or goimports (.golangci.yml's formatters) would change Go files.
+	@diff=$$($(GO_FILES_CMD) | xargs -r $(GOLANGCI_LINT) fmt --config $(CURDIR)/.golangci.yml --diff) || { \
+		echo "$$diff"; \
+		echo "Formatting (gofmt, goimports) would change these files: run 'make lint-fix' and commit."; \
+		echo "$$diff" | sed -n 's/^diff .* //p' | sed 's/^/  /'; \
+		exit 1; \
+	}
+
+.PHONY: verify
+verify: ## Fail when generated files are stale, Go files are not formatted, or golangci-lint finds a problem.
+	@failed=; \
+	$(MAKE) --no-print-directory verify-generated || failed="$$failed generated-files(verify-generated)"; \
+	$(MAKE) --no-print-directory verify-fmt || failed="$$failed formatting(verify-fmt)"; \
+	$(MAKE) --no-print-directory lint || failed="$$failed lint"; \
+	if [ -n "$$failed" ]; then echo "make verify failed:$$failed"; exit 1; fi; \
+	echo "make verify: generated files, formatting and lint are clean."
 
 .PHONY: verify-generated
 verify-generated: manifests generate ## Fail when generated files differ from what is committed.
@@ -140,3 +196,11 @@ $(CONTROLLER_GEN):
 	GOBIN=$(LOCALBIN) $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(LOCALBIN)/controller-gen $(CONTROLLER_GEN)
 	ln -sf $(notdir $(CONTROLLER_GEN)) $(LOCALBIN)/controller-gen
+
+.PHONY: golangci-lint
+golangci-lint: $(GOLANGCI_LINT) ## Install golangci-lint into bin/.
+$(GOLANGCI_LINT):
+	mkdir -p $(LOCALBIN)
+	GOBIN=$(LOCALBIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv $(LOCALBIN)/golangci-lint $(GOLANGCI_LINT)
+	ln -sf $(notdir $(GOLANGCI_LINT)) $(LOCALBIN)/golangci-lint

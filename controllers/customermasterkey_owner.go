@@ -9,6 +9,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/keystatus"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 )
 
@@ -25,12 +26,6 @@ const AllowAdoptionLabel = "kms.cmk.io/allow-key-adoption"
 // The operator reads Namespaces one at a time, for AllowAdoptionLabel, and watches none.
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 
-// refusal is something only a person can fix about which key a resource may have: reported
-// in both conditions, looked at again on the slow resync, and nothing done to any key.
-type refusal struct{ reason, message string }
-
-func (e *refusal) Error() string { return e.message }
-
 func ownerOf(cmk *v1alpha1.CustomerMasterKey) kms.Owner {
 	return kms.Owner{Namespace: cmk.Namespace, Name: cmk.Name, UID: string(cmk.UID)}
 }
@@ -46,7 +41,7 @@ func (r *CustomerMasterKeyReconciler) adoptKey(ctx context.Context, cmk *v1alpha
 		return nil, err
 	}
 	if key == nil || key.State == kms.StateDeleted {
-		return nil, &refusal{reason: v1alpha1.ReasonKeyNotFound, message: fmt.Sprintf(
+		return nil, &keystatus.Blocked{Reason: v1alpha1.ReasonKeyNotFound, Message: fmt.Sprintf(
 			"The KMS has no key %s to adopt, or it is deleted: check spec.keyID, which can still change until a key is adopted", id)}
 	}
 	own, err := r.KMS.Owner(ctx, id)
@@ -59,10 +54,10 @@ func (r *CustomerMasterKeyReconciler) adoptKey(ctx context.Context, cmk *v1alpha
 			return nil, err
 		}
 		if no != nil {
-			return nil, &refusal{reason: v1alpha1.ReasonAdoptionRefused, message: no.why + ": " + no.adopting}
+			return nil, &keystatus.Blocked{Reason: v1alpha1.ReasonAdoptionRefused, Message: no.why + ": " + no.adopting}
 		}
 		if msg := mismatch(cmk, key); msg != "" {
-			return nil, &refusal{reason: v1alpha1.ReasonSpecMismatch, message: msg + "; nothing is adopted until they match (spec.keyID can still change)"}
+			return nil, &keystatus.Blocked{Reason: v1alpha1.ReasonSpecMismatch, Message: msg + "; nothing is adopted until they match (spec.keyID can still change)"}
 		}
 		if err := r.KMS.Claim(ctx, id, ownerOf(cmk), own); err != nil {
 			return nil, err
@@ -158,7 +153,7 @@ func (r *CustomerMasterKeyReconciler) verifyOwner(ctx context.Context, cmk *v1al
 				return err
 			}
 			if no != nil {
-				return &refusal{reason: v1alpha1.ReasonKeyOwnedElsewhere, message: no.why + ". This resource does nothing to it: " +
+				return &keystatus.Blocked{Reason: v1alpha1.ReasonKeyOwnedElsewhere, Message: no.why + ". This resource does nothing to it: " +
 					"delete this resource (its deletionPolicy is not applied to a key it does not own)"}
 			}
 		}
@@ -203,14 +198,14 @@ func (r *CustomerMasterKeyReconciler) reclaim(ctx context.Context, cmk *v1alpha1
 	if o.Is(cmk.Namespace, cmk.Name) && live == "" && held.State == kms.StatePendingDeletion {
 		// Deleted on purpose (deletionPolicy Delete, or scheduled before): creating the resource
 		// again does not revive it unasked.
-		return nil, &refusal{reason: v1alpha1.ReasonAliasInUse, message: fmt.Sprintf(
+		return nil, &keystatus.Blocked{Reason: v1alpha1.ReasonAliasInUse, Message: fmt.Sprintf(
 			"Alias %q is held by key %s, which the deleted CustomerMasterKey of this name left scheduled for deletion on %s: "+
 				"to take it back and cancel its deletion, set spec.keyID: %s; else delete this resource and create it again with another "+
 				"spec.alias, or after that date", inUse.Alias, held.ID, held.DeletionDate.UTC().Format(time.RFC3339), held.ID)}
 	}
 	if o.Is(cmk.Namespace, cmk.Name) && live == "" {
 		if msg := mismatch(cmk, held); msg != "" {
-			return nil, &refusal{reason: v1alpha1.ReasonAliasInUse, message: fmt.Sprintf(
+			return nil, &keystatus.Blocked{Reason: v1alpha1.ReasonAliasInUse, Message: fmt.Sprintf(
 				"Alias %q is held by key %s, which a deleted CustomerMasterKey of this name retained, but it cannot be taken back: %s. "+
 					"Create this resource again with a matching spec, or with another spec.alias", inUse.Alias, held.ID, msg)}
 		}
@@ -223,7 +218,7 @@ func (r *CustomerMasterKeyReconciler) reclaim(ctx context.Context, cmk *v1alpha1
 			"Took back key %s (%s), which the CustomerMasterKey of this namespace and name deleted before retained", held.ID, held.State)
 		return held, nil
 	}
-	return nil, &refusal{reason: v1alpha1.ReasonAliasInUse, message: r.aliasTaken(ctx, cmk, inUse.Alias, held.ID, o, live)}
+	return nil, &keystatus.Blocked{Reason: v1alpha1.ReasonAliasInUse, Message: r.aliasTaken(ctx, cmk, inUse.Alias, held.ID, o, live)}
 }
 
 // aliasTaken says what a namespace can do about an alias another key holds. The key's ID is

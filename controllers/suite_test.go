@@ -11,6 +11,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/client-go/rest"
@@ -263,7 +264,7 @@ func inPhase(phase v1alpha1.Phase) func(g Gomega, c *v1alpha1.CustomerMasterKey)
 
 // cond returns a condition by type, or a zero one.
 func cond(c *v1alpha1.CustomerMasterKey, typ string) metav1.Condition {
-	if found := condition(c, typ); found != nil {
+	if found := meta.FindStatusCondition(c.Status.Conditions, typ); found != nil {
 		return *found
 	}
 	return metav1.Condition{}

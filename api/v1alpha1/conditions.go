@@ -1,14 +1,24 @@
 package v1alpha1
 
-// Condition types. A CustomerMasterKey carries exactly these two.
+// Condition types, in the kstatus conventions that GitOps engines and kubectl wait read
+// (docs/gitops.md). internal/keystatus decides them all.
 const (
-	// ConditionReady is True when the key is usable and matches the spec.
+	// ConditionReady is True when the key in the KMS is as the spec asks: enabled when asked
+	// enabled, disabled when asked disabled, pending deletion when asked scheduled, pending
+	// import while the spec gives no material. Whether the key can be used is status.phase.
 	ConditionReady = "Ready"
+	// ConditionReconciling is True while the operator moves the key toward the spec; absent
+	// otherwise.
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled is True, with the reason, when the spec cannot be reached until a
+	// person changes something; absent otherwise.
+	ConditionStalled = "Stalled"
 	// ConditionSynced is True when the last reconcile reached the KMS without error.
 	ConditionSynced = "Synced"
 )
 
-// Reasons of the Ready condition.
+// Reasons of the Ready condition, and of Reconciling or Stalled when the key is not as the spec
+// asks.
 const (
 	// ReasonAvailable: the key is enabled, as the spec asks (Ready=True).
 	ReasonAvailable = "Available"
@@ -16,15 +26,17 @@ const (
 	ReasonCreating = "Creating"
 	// ReasonProgressing: the key is moving toward the spec; another reconcile follows at once.
 	ReasonProgressing = "Progressing"
-	// ReasonKeyDisabled: the key is disabled, as the spec asks.
+	// ReasonKeyDisabled: the key is disabled, as the spec asks (Ready=True).
 	ReasonKeyDisabled = "KeyDisabled"
-	// ReasonPendingDeletion: the key is scheduled for deletion, as the spec asks.
+	// ReasonPendingDeletion: the key is scheduled for deletion, as the spec asks (Ready=True).
 	ReasonPendingDeletion = "PendingDeletion"
-	// ReasonPendingImport: the key has no material yet and cannot be enabled until material is imported.
+	// ReasonPendingImport: the key has no material and the spec gives none (Ready=True): it
+	// cannot be enabled until material is imported.
 	ReasonPendingImport = "PendingImport"
-	// ReasonKeyDeleted: the KMS deleted the key; it is never recreated.
+	// ReasonKeyDeleted: the KMS deleted the key; it is never recreated. Ready=True when the
+	// spec asked for the deletion, else Stalled.
 	ReasonKeyDeleted = "KeyDeleted"
-	// ReasonNotCreated: no key is created while the spec asks for its deletion.
+	// ReasonNotCreated: no key is created while the spec asks for its deletion (Ready=True).
 	ReasonNotCreated = "NotCreated"
 	// ReasonKeyNotFound: spec.keyID names a key the KMS does not have.
 	ReasonKeyNotFound = "KeyNotFound"

@@ -282,11 +282,15 @@ type CustomerMasterKeyStatus struct {
 	// +optional
 	Tags map[string]string `json:"tags,omitempty"`
 
-	// ObservedGeneration is the spec generation this status describes.
+	// ObservedGeneration is the spec generation this status describes; -1 until the operator
+	// first writes status, so that a health check polling before then does not take the
+	// resource as current.
+	// +kubebuilder:default=-1
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// Conditions are Ready (the key is usable and matches the spec) and Synced (the last
+	// Conditions are Ready (the key in the KMS is as the spec asks), Reconciling (the operator
+	// is moving it there), Stalled (only a person can unblock it) and Synced (the last
 	// reconcile reached the KMS without error).
 	// +optional
 	// +listType=map
@@ -328,6 +332,10 @@ type CustomerMasterKey struct {
 	// Spec is the key asked for; `spec: {}` asks for an enabled AES_256 key with every default.
 	// +required
 	Spec CustomerMasterKeySpec `json:"spec"`
+	// Status is the key's real state, as the KMS reports it. It defaults to
+	// observedGeneration -1, as Flux's own kinds do: a status not yet written reads as not
+	// current.
+	// +kubebuilder:default={"observedGeneration":-1}
 	// +optional
 	Status CustomerMasterKeyStatus `json:"status,omitempty"`
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make e2e: a real single-node cluster (hack/e2e/cluster.sh), the manager image loaded into it,
-# the operator deployed exactly as the README tells users (kubectl apply -k config/default), and
+# the operator deployed exactly as docs/operations.md tells users (kubectl apply -k config/default), and
 # the e2e suite (test/e2e, Go tests against the cluster's kubeconfig). The cluster is torn down
 # whatever happens; on failure the component and pod logs are kept in $ARTIFACTS first.
 set -euo pipefail

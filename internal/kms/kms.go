@@ -17,7 +17,7 @@ import (
 // the CustomerMasterKey API.
 type State string
 
-// Key states. Which calls each state allows is the lifecycle table in API.md.
+// Key states. Which calls each state allows is the lifecycle table in docs/lifecycle.md.
 const (
 	// StateCreating is transient, right after create, before the KMS has made the key usable.
 	StateCreating        State = "Creating"
@@ -89,7 +89,7 @@ func (o Owner) Is(namespace, name string) bool {
 }
 
 // maxShortened is the longest value Shorten is asked for by a provider: Huawei tag values
-// hold at most 43 characters (KMS-FACTS.md, "Verified against the SDK").
+// hold at most 43 characters (the SDK's TagItem model; docs/huaweicloud.md).
 const maxShortened = 43
 
 // Shorten fits s into n characters: s itself when it fits, else a prefix and a digest of

@@ -16,8 +16,9 @@ type Rotation struct {
 	Rotations int
 }
 
-// Rotation limits, as Huawei's KMS has them (KMS-FACTS.md: 30 to 365 days, default 365) and
-// the CRD checks them.
+// Rotation limits, as Huawei's KMS has them (30 to 365 days: the SDK's
+// UpdateKeyRotationIntervalRequestBody model; default 365: the EnableKeyRotation reference;
+// docs/huaweicloud.md) and the CRD checks them.
 const (
 	MinRotationDays     = 30
 	MaxRotationDays     = 365

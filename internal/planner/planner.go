@@ -129,7 +129,7 @@ func Next(in Input) Decision {
 		return Decision{Action: Disable}
 	case k.State == kms.StateDisabled && in.Spec.Enabled:
 		return Decision{Action: Enable}
-	case describes(in.Spec, k):
+	case Describes(in.Spec, k):
 		return Decision{Action: SetDescription}
 	case k.State == kms.StatePendingImport && !in.ImportParametersExpireAt.IsZero():
 		// Waiting for the user to bring material; the parameters are replaced before they expire.
@@ -156,11 +156,11 @@ func WantRotation(spec v1alpha1.CustomerMasterKeySpec) (enabled bool, intervalDa
 // rotation on or off ("Enabling Key Rotation", prerequisites), and its API reference names no
 // answer for other states. A key whose rotation was not read (k.Rotation nil) is left alone.
 func Rotates(spec v1alpha1.CustomerMasterKeySpec, k *kms.Key) bool {
-	return k.State == kms.StateEnabled && rotationDiffers(spec, k.Rotation)
+	return k.State == kms.StateEnabled && RotationDiffers(spec, k.Rotation)
 }
 
-// rotationDiffers reports whether a rotation that was read differs from the spec's.
-func rotationDiffers(spec v1alpha1.CustomerMasterKeySpec, rot *kms.Rotation) bool {
+// RotationDiffers reports whether a rotation that was read differs from the spec's.
+func RotationDiffers(spec v1alpha1.CustomerMasterKeySpec, rot *kms.Rotation) bool {
 	if rot == nil {
 		return false
 	}
@@ -212,7 +212,7 @@ const (
 )
 
 // Window judges the date of a key pending deletion while the spec asks for the deletion:
-// whether the date follows the spec's pendingDays. API.md, "Deletion dates".
+// whether the date follows the spec's pendingDays (docs/lifecycle.md, "Deletion dates").
 func Window(in Input) WindowVerdict {
 	switch {
 	case in.PendingDays != 0 && in.Key != nil && in.Key.DeletionDate.Before(in.DeletionDate):
@@ -255,9 +255,9 @@ func freshSchedule(date, now time.Time, pendingDays int32) bool {
 // schedule call and its lost status write, with room for a change of leader.
 const FreshSchedule = 10 * time.Minute
 
-// describes reports whether the key's description must change to the spec's. An empty one
+// Describes reports whether the key's description must change to the spec's. An empty one
 // leaves the key's as it is, so adopting a key does not wipe what it says.
-func describes(spec v1alpha1.CustomerMasterKeySpec, k *kms.Key) bool {
+func Describes(spec v1alpha1.CustomerMasterKeySpec, k *kms.Key) bool {
 	return spec.Description != "" && k.Description != spec.Description
 }
 
@@ -351,73 +351,6 @@ func recheck(t, now time.Time) time.Time {
 		return t
 	}
 	return now.Add(max(OverdueRecheck, now.Sub(t)))
-}
-
-// Readiness is the Ready condition for a key in a given state under a given spec.
-type Readiness struct {
-	Ready   bool
-	Reason  string
-	Message string
-}
-
-// Ready says whether the key is usable and matches the spec and, when not, what it waits for
-// in words a person can act on.
-func Ready(in Input) Readiness {
-	spec, keyID, key, pendingDays := in.Spec, in.KeyID, in.Key, in.PendingDays
-	if key == nil {
-		if keyID == "" && spec.DeletionScheduled {
-			return Readiness{Reason: v1alpha1.ReasonNotCreated,
-				Message: "No key is created while spec.deletionScheduled is true; set it to false to create the key"}
-		}
-		if keyID == "" {
-			return Readiness{Reason: v1alpha1.ReasonCreating, Message: "The key is being created"}
-		}
-		return Readiness{Reason: v1alpha1.ReasonKeyDeleted, Message: fmt.Sprintf(
-			"The KMS has no key %s any more; it is never recreated. Delete this resource, or create a new one for a new key", keyID)}
-	}
-	switch key.State {
-	case kms.StateDeleted:
-		return Readiness{Reason: v1alpha1.ReasonKeyDeleted, Message: fmt.Sprintf(
-			"Key %s was deleted by the KMS at its deletion date; it is never recreated. Delete this resource, or create a new one for a new key", key.ID)}
-	case kms.StateCreating:
-		return Readiness{Reason: v1alpha1.ReasonCreating, Message: "The KMS is still creating the key"}
-	case kms.StatePendingDeletion:
-		if !spec.DeletionScheduled {
-			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Canceling the scheduled deletion"}
-		}
-		if pendingDays != 0 && pendingDays != spec.PendingDays {
-			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: fmt.Sprintf(
-				"Scheduling the deletion again with spec.pendingDays %d (it was scheduled with %d)", spec.PendingDays, pendingDays)}
-		}
-		return Readiness{Reason: v1alpha1.ReasonPendingDeletion,
-			Message: "The key is scheduled for deletion; set spec.deletionScheduled to false before the deletion date to cancel it"}
-	case kms.StatePendingImport:
-		if spec.DeletionScheduled {
-			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Scheduling the key's deletion"}
-		}
-		if spec.KeyMaterial != nil {
-			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: fmt.Sprintf(
-				"Importing key material from Secret %s", spec.KeyMaterial.SecretRef.Name)}
-		}
-		return Readiness{Reason: v1alpha1.ReasonPendingImport, Message: "The key has no key material: wrap it with " +
-			"status.importParameters.publicKey (RSAES_OAEP_SHA_256), store it with status.importParameters.importToken " +
-			"in a Secret, and set spec.keyMaterial.secretRef to that Secret"}
-	case kms.StateDisabled:
-		if spec.Enabled || spec.DeletionScheduled || Retags(spec, key) {
-			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Moving the key to the state the spec asks for"}
-		}
-		msg := "The key is disabled as spec.enabled asks; set spec.enabled to true to use it"
-		if rotationDiffers(spec, key.Rotation) {
-			msg += "; spec.rotation takes effect once the key is enabled"
-		}
-		return Readiness{Reason: v1alpha1.ReasonKeyDisabled, Message: msg}
-	case kms.StateEnabled:
-		if !spec.Enabled || spec.DeletionScheduled || describes(spec, key) || Rotates(spec, key) || Retags(spec, key) {
-			return Readiness{Reason: v1alpha1.ReasonProgressing, Message: "Moving the key to the state the spec asks for"}
-		}
-		return Readiness{Ready: true, Reason: v1alpha1.ReasonAvailable, Message: "The key is enabled and matches the spec"}
-	}
-	return Readiness{Reason: v1alpha1.ReasonProgressing, Message: fmt.Sprintf("The KMS reports state %q", key.State)}
 }
 
 // Drift reports whether the key left the state the status last recorded without the spec

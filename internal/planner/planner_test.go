@@ -170,7 +170,7 @@ func TestNext(t *testing.T) {
 		},
 		"PendingDeletionWindowChanged": {
 			reason: "pendingDays changed while the deletion was canceled and scheduled again, seen as one edit: " +
-				"cancel, to schedule again with the new window (API.md, Deletion dates).",
+				"cancel, to schedule again with the new window (docs/lifecycle.md, Deletion dates).",
 			in:   Input{Spec: withDays(spec(false, true), 30), KeyID: "k1", Key: key(kms.StatePendingDeletion), PendingDays: 7, LastPhase: v1alpha1.PhasePendingDeletion},
 			want: Decision{Action: CancelDeletion},
 		},
@@ -322,7 +322,7 @@ func TestNext(t *testing.T) {
 	}
 }
 
-// allowed is the lifecycle table of API.md: the calls each state permits.
+// allowed is the lifecycle table of docs/lifecycle.md: the calls each state permits.
 var allowed = map[kms.State][]Action{
 	kms.StateEnabled:         {Disable, ScheduleDeletion, SetDescription},
 	kms.StateDisabled:        {Enable, ScheduleDeletion, SetDescription},
@@ -405,33 +405,7 @@ func settle(t *testing.T, in Input) int {
 	return 0
 }
 
-func TestReady(t *testing.T) {
-	cases := map[string]struct {
-		in    Input
-		ready bool
-		want  string
-	}{
-		"Enabled":                {Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateEnabled)}, true, v1alpha1.ReasonAvailable},
-		"DisabledAsAsked":        {Input{Spec: spec(false, false), KeyID: "k1", Key: key(kms.StateDisabled)}, false, v1alpha1.ReasonKeyDisabled},
-		"DisabledWantEnabled":    {Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateDisabled)}, false, v1alpha1.ReasonProgressing},
-		"PendingDeletion":        {Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StatePendingDeletion), PendingDays: 7}, false, v1alpha1.ReasonPendingDeletion},
-		"Rescheduling":           {Input{Spec: withDays(spec(false, true), 30), KeyID: "k1", Key: key(kms.StatePendingDeletion), PendingDays: 7}, false, v1alpha1.ReasonProgressing},
-		"PendingImport":          {Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StatePendingImport)}, false, v1alpha1.ReasonPendingImport},
-		"Deleted":                {Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateDeleted)}, false, v1alpha1.ReasonKeyDeleted},
-		"Gone":                   {Input{Spec: spec(true, false), KeyID: "k1"}, false, v1alpha1.ReasonKeyDeleted},
-		"NotCreatedWhileDeleted": {Input{Spec: spec(false, true)}, false, v1alpha1.ReasonNotCreated},
-	}
-	for name, tc := range cases {
-		t.Run(name, func(t *testing.T) {
-			got := Ready(tc.in)
-			if got.Ready != tc.ready || got.Reason != tc.want || got.Message == "" {
-				t.Errorf("Ready(...) = %+v, want ready=%v reason %s with a message", got, tc.ready, tc.want)
-			}
-		})
-	}
-}
-
-// TestWindow is the deletion-date rule of API.md: a key pending deletion keeps its date only
+// TestWindow is the deletion-date rule of docs/lifecycle.md: a key pending deletion keeps its date only
 // when the date follows the spec's pendingDays, or was set outside Kubernetes on a key the
 // operator adopted (or knew pending before windows were recorded).
 func TestWindow(t *testing.T) {
@@ -540,11 +514,6 @@ func TestRotationAndTags(t *testing.T) {
 			in := Input{Spec: tc.spec, KeyID: "k1", Key: tc.key, LastPhase: v1alpha1.Phase(tc.key.State), Now: now, PendingDays: 7}
 			if got := Next(in).Action; got != tc.want {
 				t.Errorf("Next = %s, want %s", got, tc.want)
-			}
-			if tc.want == SetRotation || tc.want == SetTags {
-				if r := Ready(in); r.Ready {
-					t.Errorf("Ready while %s is due", tc.want)
-				}
 			}
 		})
 	}

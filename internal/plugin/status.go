@@ -71,7 +71,9 @@ func (o *options) status(ctx context.Context, names []string) error {
 	return nil
 }
 
-// waitingFor says in a few words what a key needs before it is Ready, from its conditions.
+// waitingFor says in a few words what a key needs before it is as its spec asks, from its
+// conditions; and, for a key waiting for material, what it needs before it can be used, which
+// Ready does not say (the spec gives no material, so the key is as it asks).
 func waitingFor(c *v1alpha1.CustomerMasterKey) string {
 	if c.Status.ObservedGeneration < c.Generation {
 		return "the operator to act on the latest change"
@@ -84,7 +86,7 @@ func waitingFor(c *v1alpha1.CustomerMasterKey) string {
 	switch {
 	case ready == nil:
 		return "the operator to see it"
-	case ready.Status == metav1.ConditionTrue:
+	case ready.Status == metav1.ConditionTrue && c.Status.Phase != v1alpha1.PhasePendingImport:
 		return "-"
 	}
 	return ready.Reason + ": " + ready.Message

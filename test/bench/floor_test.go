@@ -24,10 +24,10 @@ import (
 // as each returns, one of as many workers as the operator has makes, for that key, the writes
 // no operator can avoid: one write of the key's Secret and one status write, as the embedded
 // KMS and the reconciler must (a create also makes the Secret and adds a finalizer); and, with
-// events, the one event this project's operator records for each change (STYLE.md: events for
-// what happened), sent one at a time from one queue as client-go's event broadcaster does. It
-// reads nothing, and needs no watch to learn of the user's write. Its time is what the
-// apiserver, on this machine, allows at best.
+// events, the one event this project's operator records for each change (docs/api.md, "Events"),
+// sent one at a time from one queue as client-go's event broadcaster does. It reads nothing, and
+// needs no watch to learn of the user's write. Its time is what the apiserver, on this machine,
+// allows at best.
 type floor struct {
 	// user makes the user's writes, c the floor's own.
 	user      client.WithWatch
@@ -169,27 +169,6 @@ func (f *floor) react(ctx context.Context, s step, cmk *v1alpha1.CustomerMasterK
 		return nil, nil, err
 	}
 	return cmk, secret, nil
-}
-
-// clean takes the floor's resources and Secrets away before the operator starts, so it never
-// sees them.
-func (f *floor) clean(ctx context.Context) error {
-	names := make([]string, 0, len(f.cmks))
-	for name := range f.cmks {
-		names = append(names, name)
-	}
-	err := parallel(ctx, f.writers, len(names), func(i int) error {
-		cmk := f.cmks[names[i]]
-		if err := f.c.Patch(ctx, cmk, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`))); err != nil {
-			return err
-		}
-		return client.IgnoreNotFound(f.c.Delete(ctx, cmk))
-	})
-	if err != nil {
-		return err
-	}
-	f.cmks, f.secrets = map[string]*v1alpha1.CustomerMasterKey{}, map[string]*corev1.Secret{}
-	return f.c.DeleteAllOf(ctx, &corev1.Secret{}, client.InNamespace(f.kmsNS))
 }
 
 const floorFinalizer = "bench.cmk.io/floor"

@@ -84,7 +84,7 @@ func freeAddress(b testing.TB) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().String()
 }
 
@@ -104,13 +104,16 @@ func download(url, file string) error {
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	out, err := os.Create(file)
 	if err != nil {
 		return err
 	}
-	defer out.Close()
 	_, err = io.Copy(out, resp.Body)
+	// A profile is complete once the file is closed: its error counts like the copy's.
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
 	return err
 }
 
@@ -121,10 +124,10 @@ func (m *manager) stop(b testing.TB) {
 	}
 	_ = m.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-m.exited:
+	case <-m.exited: //nolint:errcheck // Its exit status after SIGTERM is not what is checked: that it stops is.
 	case <-time.After(30 * time.Second):
 		_ = m.cmd.Process.Kill()
-		<-m.exited
+		<-m.exited //nolint:errcheck // Killed: its exit status says so and nothing more.
 		b.Errorf("the manager did not stop within 30s of SIGTERM")
 	}
 }
@@ -174,7 +177,7 @@ func (m *manager) scrape() (metrics, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		return nil, fmt.Errorf("metrics: %s", resp.Status)

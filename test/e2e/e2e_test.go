@@ -350,7 +350,7 @@ func TestMetricsThroughTheService(t *testing.T) {
 			continue
 		}
 		body, _ = io.ReadAll(resp.Body)
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		if resp.StatusCode == http.StatusOK && bytes.Contains(body, []byte(want)) && bytes.Contains(body, []byte("cmk_key_metrics_up 1")) {
 			return
 		}

@@ -18,7 +18,7 @@ import (
 	"github.com/cmk-operator/cmk-operator/internal/kms/huaweicloud/standin"
 )
 
-// TestHuaweiOverlay deploys config/huaweicloud as its README section tells users (the
+// TestHuaweiOverlay deploys config/huaweicloud as docs/huaweicloud.md tells users (the
 // credentials Secret made, the project set in the overlay, here also the endpoint: the Huawei
 // stand-in, served on this node's address), replacing the embedded KMS's operator, and runs the
 // seed's flow against it: the credentials are read from the mounted Secret by a pod running as
@@ -85,7 +85,7 @@ func TestHuaweiOverlay(t *testing.T) {
 	edited := strings.Replace(string(raw), "REPLACE_WITH_PROJECT_ID", s.ProjectID, 1)
 	edited = strings.Replace(edited, "  - --huaweicloud-credentials-dir=", "  - --huaweicloud-endpoint="+s.URL+"\n  - --huaweicloud-credentials-dir=", 1)
 	if edited == string(raw) || !strings.Contains(edited, s.URL) {
-		t.Fatal("config/huaweicloud/manager_huaweicloud.yaml no longer has the lines the README tells users to edit")
+		t.Fatal("config/huaweicloud/manager_huaweicloud.yaml no longer has the lines docs/huaweicloud.md tells users to edit")
 	}
 	if err := os.WriteFile(manifest, []byte(edited), 0o600); err != nil {
 		t.Fatal(err)

@@ -18,7 +18,7 @@ import (
 )
 
 // TestPrometheusRules parses the PrometheusRule's groups: every expression must parse, every
-// annotation template must be valid, and the alerts the README lists must be there.
+// annotation template must be valid, and the alerts docs/operations.md lists must be there.
 func TestPrometheusRules(t *testing.T) {
 	raw, err := os.ReadFile(filepath.Join("..", "..", "config", "prometheus", "rules.yaml"))
 	if err != nil {

@@ -46,6 +46,11 @@ type view struct {
 	// writing counts this process's writes of a Secret under way: a version the watch brings
 	// meanwhile may be one of them, whose answer is not in yet.
 	writing map[string]int
+	// delivered is the newest resourceVersion the watch has handed to the view's handlers.
+	// The informer's store has every version up to it, since it is written before handlers
+	// are told; the reflector's own last version is ahead of the store for a moment, and a
+	// Secret not yet in the store would pass for one deleted.
+	delivered uint64
 }
 
 // Indexes of the view: a key Secret is found by the hash of its alias, by the UID of its owner,
@@ -178,6 +183,7 @@ func (v *view) caughtUp(obj any, change bool) {
 		return
 	}
 	v.mu.Lock()
+	v.deliver(s)
 	mine, known := v.own[s.Name]
 	if known && !newer(mine, s) {
 		delete(v.own, s.Name)
@@ -203,10 +209,18 @@ func (v *view) gone(obj any) {
 		return
 	}
 	v.mu.Lock()
+	v.deliver(s)
 	delete(v.own, s.Name)
 	v.mu.Unlock()
 	if v.changed != nil {
 		v.changed(s.Name)
+	}
+}
+
+// deliver records that the watch handed the view version s. v.mu is held.
+func (v *view) deliver(s *corev1.Secret) {
+	if rv, err := strconv.ParseUint(s.ResourceVersion, 10, 64); err == nil && rv > v.delivered {
+		v.delivered = rv
 	}
 }
 
@@ -226,17 +240,18 @@ func (v *view) write(name string) (done func()) {
 }
 
 // saw lays over the view a version of a Secret this process got from the apiserver: the answer
-// to its write, or a live read.
+// to its write, or a live read. It is kept until the watch hands that version (or a later one)
+// to the view, even when the informer's store has it already: the store is written before the
+// handlers are told, and a version the handlers meet that is not kept would pass for someone
+// else's change.
 func (v *view) saw(s *corev1.Secret) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if mine, ok := v.own[s.Name]; ok && newer(mine, s) {
 		return
 	}
-	if cached, ok := v.cached(s.Name); ok && !newer(s, cached) {
-		return
-	}
-	if v.passed(s) {
+	if v.handedOver(s) {
+		// In the store, or a Secret deleted since (see passed).
 		return
 	}
 	s = s.DeepCopy()
@@ -342,15 +357,24 @@ func (v *view) dueBy(now time.Time) ([]*corev1.Secret, time.Time, error) {
 // passed reports whether the watch has gone past version s of a Secret it does not hold: the
 // Secret was deleted (or lost its label) after that version, whatever order this process
 // learned of the two in. Such a version is no longer laid over the view; a read of the Secret
-// then asks the apiserver. The watch may have gone past a version it has not handed to the
-// view yet, for a moment: that, too, only costs a read.
+// then asks the apiserver. v.mu is held.
 func (v *view) passed(s *corev1.Secret) bool {
 	if _, ok := v.cached(s.Name); ok {
 		return false
 	}
-	synced, errS := strconv.ParseUint(v.informer.LastSyncResourceVersion(), 10, 64)
-	version, errV := strconv.ParseUint(s.ResourceVersion, 10, 64)
-	return errS == nil && errV == nil && version <= synced
+	return v.handedOver(s)
+}
+
+// handedOver reports whether the watch has handed version s of a Secret, or a later version of
+// any, to the view's handlers. That is judged by what the handlers were told, not by what the
+// reflector has received: a Secret this process just created may be received and not yet
+// stored, and taken for deleted, its creation would later come back from the watch as someone
+// else's change (a false notification that TestDeletionAtDate once read as the reaper's).
+// Handlers are told in the watch's order, so every version up to delivered is in the store,
+// unless deleted since. v.mu is held.
+func (v *view) handedOver(s *corev1.Secret) bool {
+	version, err := strconv.ParseUint(s.ResourceVersion, 10, 64)
+	return err == nil && version <= v.delivered
 }
 
 func (v *view) cached(name string) (*corev1.Secret, bool) {

@@ -27,7 +27,8 @@ const (
 // itself (a KMS code: an IAM policy denying one action, say) is about that call and goes to its
 // caller. The gateway's refusal is about the account, not a key: retried
 // per key, thousands of keys would keep failing, and Huawei locks an access key for 5 minutes
-// after 5 authentication failures in a row (KMS-FACTS.md), so a fixed key would stay locked.
+// after 5 authentication failures in a row (the API Gateway FAQ on IAM authentication errors;
+// docs/huaweicloud.md), so a fixed key would stay locked.
 // Until the credentials are known to work (at start, and after a refusal once the backoff has
 // passed), one call at a time goes through as a probe while the others wait for its answer;
 // while refused, calls fail at once without being sent, and the backoff doubles at each

@@ -54,8 +54,8 @@ type Config struct {
 }
 
 // RequestTimeout bounds one KMS request. The SDK's own default is 120 s, long enough for one
-// stuck call to hold a reconcile worker for two minutes; KMS-FACTS.md gives 5-8 s for the
-// gateway's 502/504.
+// stuck call to hold a reconcile worker for two minutes; docs/huaweicloud.md gives 5-8 s for
+// the gateway's 502/504.
 const RequestTimeout = 8 * time.Second
 
 var flags Config

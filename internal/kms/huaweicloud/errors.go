@@ -11,10 +11,11 @@ import (
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 )
 
-// KMS error codes the provider tells apart (KMS-FACTS.md). Everything else is classified by
-// HTTP status: 429 and 5xx transient, other 4xx terminal. A missing key is only ever told by
-// its KMS codes: Huawei answers it with HTTP 400, and a 404 comes from the API gateway
-// (APIGW.0101: a wrong endpoint or project), which says nothing about any key.
+// KMS error codes the provider tells apart (Huawei's error-code table; docs/huaweicloud.md).
+// Everything else is classified by HTTP status: 429 and 5xx transient, other 4xx terminal. A
+// missing key is only ever told by its KMS codes: Huawei answers it with HTTP 400, and a 404
+// comes from the API gateway (APIGW.0101: a wrong endpoint or project), which says nothing
+// about any key.
 const (
 	codeInvalidKeyID      = "KMS.0205" // no key with this ID (never was)
 	codeKeyNotFound       = "KMS.0207" // the key does not exist (deleted)

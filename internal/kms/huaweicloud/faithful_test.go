@@ -46,7 +46,8 @@ func hwCMK(ns, name string, mutate ...func(*v1alpha1.CustomerMasterKey)) *v1alph
 }
 
 // The tests here hold the provider to Huawei Cloud KMS as it answers (the stand-in follows
-// KMS-FACTS.md, "Verified against the SDK"), one numbered item of issue 10 each.
+// docs/huaweicloud.md: the SDK's models, Huawei's error-code table, the Terraform providers),
+// one numbered item of issue 10 each.
 
 // 1. A key the KMS deleted answers HTTP 400 KMS.0207: the resource reaches Deleted, and
 // deleting it lets it go.

@@ -12,10 +12,10 @@ import (
 
 // retrying sends a request again when the KMS answers that it could not take it now: 429
 // (throttled: about 20 requests/s per user) and 500/502/504, three to five times with backoff
-// (KMS-FACTS.md). A create-key is sent again only after a 429, which says it was not taken: after
-// a 5xx the key may exist, and a second send would make a second one; that is left to the
+// (docs/huaweicloud.md). A create-key is sent again only after a 429, which says it was not taken:
+// after a 5xx the key may exist, and a second send would make a second one; that is left to the
 // caller, who finds the first by its tag. Each attempt has a timeout of its own (5-8 s for a
-// 502/504, KMS-FACTS.md), so a slow failure still leaves time for the next attempt.
+// 502/504, docs/huaweicloud.md), so a slow failure still leaves time for the next attempt.
 type retrying struct {
 	next       http.RoundTripper
 	attempts   int
