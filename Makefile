@@ -60,6 +60,7 @@ vet: ## Run go vet.
 test: fmt-check manifests generate vet envtest-assets ## Run every test against a real kube-apiserver and etcd.
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./... -count=1 -timeout 20m
 	cd test/prometheus && $(GO) vet ./... && $(GO) test ./... -count=1
+	cd test/gitops && $(GO) vet ./... && KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./... -count=1 -timeout 10m
 
 # Sizes of `make bench`: keys changed at once, rounds of each step, keys before the restart.
 BENCH_KEYS ?= 1000

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/go-logr/logr"
@@ -21,6 +22,8 @@ import (
 
 	"github.com/cmk-operator/cmk-operator/internal/scheme"
 )
+
+const operatorModule = "github.com/cmk-operator/cmk-operator"
 
 // Scheme knows the built-in types and the CustomerMasterKey API.
 var Scheme = scheme.Scheme
@@ -112,19 +115,31 @@ func (e *Env) KubeConfig(path string) error {
 	return os.WriteFile(path, raw, 0o600)
 }
 
+// moduleRoot is the directory of the operator's go.mod above the working directory, passing
+// the go.mod of a test module nested in it (test/gitops, say).
 func moduleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
 	}
 	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+		if raw, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && modulePath(raw) == operatorModule {
 			return dir, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("go.mod not found above the working directory")
+			return "", errors.New("the go.mod of " + operatorModule + " is not found above the working directory")
 		}
 		dir = parent
 	}
+}
+
+// modulePath is the path the module line of a go.mod names.
+func modulePath(gomod []byte) string {
+	for line := range strings.Lines(string(gomod)) {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "module" {
+			return strings.Trim(f[1], `"`)
+		}
+	}
+	return ""
 }
