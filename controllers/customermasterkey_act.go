@@ -50,6 +50,27 @@ func (r *CustomerMasterKeyReconciler) drive(ctx context.Context, cmk *v1alpha1.C
 	return outcome{key: key, decision: decision}, readErr
 }
 
+// input is the planner's view of the resource and its key as last read.
+func (r *CustomerMasterKeyReconciler) input(cmk *v1alpha1.CustomerMasterKey, key *kms.Key) planner.Input {
+	in := planner.Input{
+		Spec:        cmk.Spec,
+		KeyID:       cmk.Status.KeyID,
+		Key:         key,
+		Deleting:    !cmk.DeletionTimestamp.IsZero(),
+		PendingDays: cmk.Status.PendingDays,
+		LastPhase:   cmk.Status.Phase,
+		Adopted:     cmk.Spec.KeyID != "",
+		Now:         r.Clock.Now(),
+	}
+	if p := cmk.Status.ImportParameters; p != nil {
+		in.ImportParametersExpireAt = p.ExpiresAt.Time
+	}
+	if d := cmk.Status.DeletionDate; d != nil {
+		in.DeletionDate = d.Time
+	}
+	return in
+}
+
 // act makes the KMS call the planner chose, reports it as an event, and reads the key back:
 // the outcome of a call (cancel gives Disabled or PendingImport) is never assumed.
 func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, key *kms.Key, action planner.Action) (*kms.Key, error) {

@@ -127,23 +127,3 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 	}
 	return o
 }
-
-func (r *CustomerMasterKeyReconciler) input(cmk *v1alpha1.CustomerMasterKey, key *kms.Key) planner.Input {
-	in := planner.Input{
-		Spec:        cmk.Spec,
-		KeyID:       cmk.Status.KeyID,
-		Key:         key,
-		Deleting:    !cmk.DeletionTimestamp.IsZero(),
-		PendingDays: cmk.Status.PendingDays,
-		LastPhase:   cmk.Status.Phase,
-		Adopted:     cmk.Spec.KeyID != "",
-		Now:         r.Clock.Now(),
-	}
-	if p := cmk.Status.ImportParameters; p != nil {
-		in.ImportParametersExpireAt = p.ExpiresAt.Time
-	}
-	if d := cmk.Status.DeletionDate; d != nil {
-		in.DeletionDate = d.Time
-	}
-	return in
-}
