@@ -13,7 +13,7 @@ import (
 // that namespace.
 const aliasPrefix = "k8s/"
 
-// maxAlias is the longest alias the KMS takes (^[a-zA-Z0-9:/_-]{1,255}$, KMS-FACTS.md).
+// maxAlias is the longest alias the KMS takes (^[a-zA-Z0-9:/_-]{1,255}$, the CreateKey reference: docs/huaweicloud.md).
 const maxAlias = 255
 
 // Alias is the key's alias: spec.alias, or one derived from the resource's namespace and name.

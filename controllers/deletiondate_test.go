@@ -16,7 +16,7 @@ const day = 24 * time.Hour
 // TestNewWindowWhileStopped cancels a deletion and schedules it again with another
 // pendingDays while the operator is down, so it sees both edits as one: the deletion is
 // canceled and scheduled again with the new window, longer or shorter, never kept at the old
-// date (API.md, "Deletion dates").
+// date (docs/lifecycle.md, "Deletion dates").
 func TestNewWindowWhileStopped(t *testing.T) {
 	h := newHarness(t)
 	h.start(managerOptions{})

@@ -33,7 +33,7 @@ import (
 //     before the moment the spec asked for the deletion with its current pendingDays, plus
 //     those days (a console change included: the operator must notice an earlier date). A
 //     cancel and a schedule again with the same pendingDays may reach the operator as one
-//     edit, and then keep the date, as API.md says: they do not start a new count;
+//     edit, and then keep the date, as docs/lifecycle.md says: they do not start a new count;
 //   - no resource gets a second key: the KMS holds at most one key for it, and status.keyID
 //     never changes once written;
 //   - no resource loses its key: whenever the KMS holds a key made for the resource, status
@@ -174,7 +174,7 @@ func (tr *trial) editKind(n int) {
 	if s.DeletionScheduled && (tr.askedAt.IsZero() || s.PendingDays != tr.askedDays) {
 		// Asked with a new window: a new count. Asked again with the window of the last
 		// ask, as a cancel and a schedule the operator may see as one edit, the date stands
-		// (API.md, "Deletion dates").
+		// (docs/lifecycle.md, "Deletion dates").
 		tr.askedAt, tr.askedDays = tr.h.clock.Now(), s.PendingDays
 	}
 	tr.h.patch(trialName, patch)

@@ -112,7 +112,7 @@ func New(ctx context.Context, env kms.Env, opts Options) (*Provider, error) {
 	if err := p.verifyRootKey(ctx); err != nil {
 		return nil, err
 	}
-	// The check value lets a person match a root key backup to the keys (README).
+	// The check value lets a person match a root key backup to the keys (docs/embedded.md, "Check values").
 	p.log.Info("Embedded KMS root key loaded", "rootKeyCheck", s.check())
 	return p, nil
 }

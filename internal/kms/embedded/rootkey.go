@@ -81,7 +81,7 @@ func refuseIfKeysExist(ctx context.Context, c client.Client, namespace string) e
 	return fmt.Errorf("the root key Secret %[1]s/%[2]s is missing, but the embedded KMS holds keys sealed under the root key "+
 		"with check value %[3]s (key Secret %[4]s and maybe more): restore it from your backup "+
 		"(kubectl -n %[1]s create secret generic %[2]s --from-file=root-key=<backup file>), or start with "+
-		"--embedded-root-key-file; a new root key would leave every key unusable, so none is made (README: \"Back up the root key\")",
+		"--embedded-root-key-file; a new root key would leave every key unusable, so none is made (docs/embedded.md: \"Back up the root key\")",
 		namespace, RootKeySecret, checkOf(&list.Items[0]), list.Items[0].Name)
 }
 
@@ -111,7 +111,7 @@ func (p *Provider) verifyRootKey(ctx context.Context) error {
 func (p *Provider) verifySealedUnder(ctx context.Context, s *corev1.Secret) error {
 	wrong := fmt.Errorf("the root key given (check value %s) is not the one key Secret %s/%s is sealed under (check value %s): "+
 		"restore the original root key from your backup into Secret %s/%s, or pass it with --embedded-root-key-file; "+
-		"nothing is started with a root key that cannot open the keys (README: \"Back up the root key\")",
+		"nothing is started with a root key that cannot open the keys (docs/embedded.md: \"Back up the root key\")",
 		p.sealer.check(), s.Namespace, s.Name, checkOf(s), p.namespace, RootKeySecret)
 	if _, recorded := s.Labels[labelRootKeyCheck]; recorded {
 		return wrong

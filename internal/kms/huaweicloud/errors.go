@@ -67,7 +67,7 @@ func classify(err error, call, keyID string, state kms.State) error {
 		// key: the breaker has opened, and every call waits (see breaker).
 		return &kms.UnavailableError{RetryAfter: DefaultAuthBackoff, Reason: refusal(se.StatusCode)}
 	case se.StatusCode == http.StatusForbidden:
-		return &kms.RejectedError{Reason: fmt.Sprintf("%s: the operator's IAM user may not do this; grant it the KMS actions the README lists", msg)}
+		return &kms.RejectedError{Reason: fmt.Sprintf("%s: the operator's IAM user may not do this; grant it the KMS actions docs/huaweicloud.md lists", msg)}
 	case se.StatusCode == http.StatusTooManyRequests || se.StatusCode >= 500:
 		return errors.New(msg) // transient: retried with backoff
 	case se.StatusCode >= 400:
