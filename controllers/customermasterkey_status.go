@@ -37,14 +37,18 @@ func (r *CustomerMasterKeyReconciler) report(ctx context.Context, before, cmk *v
 		if apierrors.IsNotFound(err) && before.Status.KeyID == "" && cmk.Status.KeyID != "" {
 			return r.settle(ctx, ctrl.Result{}, r.vanished(ctx, cmk))
 		}
-		if apierrors.IsConflict(err) || syncErr == nil {
+		if apierrors.IsConflict(err) {
+			// The key's facts were written all the same (see writeStatus): what they say
+			// happened to the key is told now, since the next status read already says it.
+			r.emit(cmk, news, func(e keystatus.Event) bool { return e.Reason == v1alpha1.EventDeleted })
+			return r.settle(ctx, ctrl.Result{}, err)
+		}
+		if syncErr == nil {
 			return r.settle(ctx, ctrl.Result{}, err)
 		}
 		return r.settle(ctx, ctrl.Result{}, fmt.Errorf("%w; and %w", syncErr, err))
 	}
-	for _, e := range news {
-		r.event(cmk, e.Type, e.Reason, e.Action, "%s", e.Message)
-	}
+	r.emit(cmk, news, func(keystatus.Event) bool { return true })
 	return r.settle(ctx, result, syncErr)
 }
 

@@ -1,7 +1,8 @@
 -- Argo CD health check for kms.cmk.io/CustomerMasterKey. Argo CD runs it with only the base,
 -- table and package libraries (and a safe os): no string library, so no string methods here.
---   Healthy     Ready is True and status.observedGeneration is metadata.generation: the KMS
---               is as the spec asks (enabled, disabled, deletion scheduled, waiting for material).
+--   Healthy     Ready is True, Reconciling is not, and status.observedGeneration is
+--               metadata.generation: the KMS is as the spec asks (enabled, disabled, deletion
+--               scheduled, waiting for material).
 --   Degraded    Stalled is True for this generation: only a person can unblock the key; the
 --               message is the Stalled reason and message.
 --   Progressing anything else: the operator has not yet seen this generation, or is moving
@@ -41,15 +42,18 @@ if current and stalled ~= nil and stalled.status == "True" then
   return hs
 end
 
+-- While the operator is still moving the key (a call that failed and is retried, say), Ready
+-- may say what was last known: kstatus reads that as in progress too.
+local reconciling = condition(status.conditions, "Reconciling")
+local moving = reconciling ~= nil and reconciling.status == "True"
 local ready = condition(status.conditions, "Ready")
-if current and ready ~= nil and ready.status == "True" then
+if current and not moving and ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = describe(ready)
   return hs
 end
 
-local reconciling = condition(status.conditions, "Reconciling")
-if reconciling ~= nil and reconciling.status == "True" then
+if moving then
   hs.message = describe(reconciling)
 elseif not current then
   hs.message = "Waiting for the operator to observe generation " .. tostring(obj.metadata.generation)

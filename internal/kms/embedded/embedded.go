@@ -405,6 +405,7 @@ func (p *Provider) getLive(ctx context.Context, keyID string) (*corev1.Secret, *
 	s := &corev1.Secret{}
 	if err := p.client.Get(ctx, client.ObjectKey{Namespace: p.namespace, Name: secretName(keyID)}, s); err != nil {
 		if apierrors.IsNotFound(err) {
+			p.view.forget(secretName(keyID))
 			return nil, nil, &kms.NotFoundError{KeyID: keyID}
 		}
 		return nil, nil, fmt.Errorf("reading key %s: %w", keyID, err)

@@ -250,8 +250,10 @@ func (v *view) saw(s *corev1.Secret) {
 	if mine, ok := v.own[s.Name]; ok && newer(mine, s) {
 		return
 	}
-	if v.handedOver(s) {
-		// In the store, or a Secret deleted since (see passed).
+	if cached, ok := v.cached(s.Name); v.handedOver(s) && (!ok || !newer(s, cached)) {
+		// Handed over and in the store (or a later version is), or handed over and deleted
+		// since. A store older than s while the handlers were told of later versions is a
+		// relist, which tells of Secrets in name order: s is still to come, and is kept.
 		return
 	}
 	s = s.DeepCopy()
@@ -263,9 +265,12 @@ func (v *view) saw(s *corev1.Secret) {
 func (v *view) get(name string) (*corev1.Secret, bool) {
 	v.mu.Lock()
 	mine, mineOK := v.own[name]
-	if mineOK && v.passed(mine) {
+	switch {
+	case mineOK && v.passed(mine):
 		delete(v.own, name)
 		mineOK = false
+	case mineOK && v.unsure(mine):
+		mineOK = false // asked of the apiserver; kept, so that its delivery is no news
 	}
 	v.mu.Unlock()
 	cached, cachedOK := v.cached(name)
@@ -299,6 +304,10 @@ func (v *view) byIndex(index, value string) ([]*corev1.Secret, error) {
 			delete(found, name)
 			continue
 		}
+		if v.unsure(mine) {
+			delete(found, name)
+			continue
+		}
 		// The cache's version of the Secret is older than this process's write: the write
 		// decides whether it matches.
 		delete(found, name)
@@ -322,8 +331,8 @@ func (v *view) dueBy(now time.Time) ([]*corev1.Secret, time.Time, error) {
 	times := v.informer.GetIndexer().ListIndexFuncValues(byDue)
 	v.mu.Lock()
 	for _, mine := range v.own {
-		if v.passed(mine) {
-			continue // dropped by byIndex
+		if v.passed(mine) || v.unsure(mine) {
+			continue // dropped, or waited for, as byIndex does
 		}
 		values, _ := indexers[byDue](mine)
 		times = append(times, values...)
@@ -363,6 +372,28 @@ func (v *view) passed(s *corev1.Secret) bool {
 		return false
 	}
 	return v.handedOver(s)
+}
+
+// unsure reports whether the reflector has received versions past s while the store holds no
+// version of the Secret and the handlers were told of none past s: either s is still on its
+// way to the store (a moment), or the Secret was deleted while the watch was down and a relist
+// left it out (no handler is told of a Secret the store never held). The view then does not
+// answer with s; a read asks the apiserver, and one that finds nothing drops s (forget). v.mu
+// is held.
+func (v *view) unsure(s *corev1.Secret) bool {
+	if _, ok := v.cached(s.Name); ok {
+		return false
+	}
+	synced, errS := strconv.ParseUint(v.informer.LastSyncResourceVersion(), 10, 64)
+	version, errV := strconv.ParseUint(s.ResourceVersion, 10, 64)
+	return errS == nil && errV == nil && version <= synced
+}
+
+// forget drops this process's write of a Secret the apiserver no longer has.
+func (v *view) forget(name string) {
+	v.mu.Lock()
+	delete(v.own, name)
+	v.mu.Unlock()
 }
 
 // handedOver reports whether the watch has handed version s of a Secret, or a later version of
