@@ -47,7 +47,26 @@ func (r *CustomerMasterKeyReconciler) drive(ctx context.Context, cmk *v1alpha1.C
 		keystatus.Record(&cmk.Status, r.input(cmk, key))
 		decision = planner.Next(r.input(cmk, key))
 	}
+	if decision.Hold != "" {
+		return failed(key, "", r.held(cmk, key, decision.Hold)), readErr
+	}
 	return outcome{key: key, decision: decision}, readErr
+}
+
+// held says why a guard rail keeps the planner from the call the spec asks for.
+func (r *CustomerMasterKeyReconciler) held(cmk *v1alpha1.CustomerMasterKey, key *kms.Key, reason string) *keystatus.Blocked {
+	id := cmk.Status.KeyID
+	if key != nil {
+		id = key.ID
+	}
+	msg := fmt.Sprintf("spec.deletionScheduled asks for the deletion of key %s, and spec.deletionProtection is true: "+
+		"nothing is scheduled; clear the protection first", id)
+	if !cmk.DeletionTimestamp.IsZero() {
+		msg = fmt.Sprintf("deletionPolicy Delete asks for the deletion of key %s, and spec.deletionProtection is true: nothing is "+
+			"scheduled, and the resource stays until the protection is cleared (kubectl patch cmk %s -n %s --type merge -p "+
+			"'{\"spec\":{\"deletionProtection\":false}}'); to keep the key instead, set deletionPolicy: Retain", id, cmk.Name, cmk.Namespace)
+	}
+	return &keystatus.Blocked{Reason: reason, Message: msg, Hold: true}
 }
 
 // input is the planner's view of the resource and its key as last read.

@@ -60,6 +60,19 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 	if r.writes.behind(cmk) {
 		return requeueRateLimited(), nil
 	}
+	if !cmk.DeletionTimestamp.IsZero() && controllerutil.ContainsFinalizer(cmk, Finalizer) {
+		// An uninstall deletes every resource with the CRD: that is never a mass deletion of
+		// keys, whatever deletionPolicy says, and a pause does not hold it up.
+		switch gone, err := r.crdTerminating(ctx); {
+		case err != nil:
+			return r.settle(ctx, ctrl.Result{}, err)
+		case gone:
+			return r.settle(ctx, ctrl.Result{}, r.uninstall(ctx, cmk))
+		}
+	}
+	if cmk.Annotations[v1alpha1.PausedAnnotation] == "true" {
+		return r.report(ctx, cmk.DeepCopy(), cmk, outcome{paused: true})
+	}
 	if !cmk.DeletionTimestamp.IsZero() {
 		if !controllerutil.ContainsFinalizer(cmk, Finalizer) {
 			return ctrl.Result{}, nil
@@ -69,12 +82,13 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		if !release {
 			return r.report(ctx, before, cmk, o)
 		}
-		err := r.release(ctx, cmk)
-		if err == nil {
-			r.writes.forget(cmk.UID)
-			r.owned.Delete(cmk.UID)
+		if err := r.release(ctx, cmk); err != nil {
+			// What the deletion did to the key (a window just scheduled) is still recorded.
+			return r.report(ctx, before, cmk, failed(o.key, "Removing the finalizer of", err))
 		}
-		return r.settle(ctx, ctrl.Result{}, err)
+		r.writes.forget(cmk.UID)
+		r.owned.Delete(cmk.UID)
+		return r.settle(ctx, ctrl.Result{}, nil)
 	}
 	if err := r.ensureMetadata(ctx, cmk); err != nil {
 		// Not found: deleted before it ever had the finalizer, so before any key was made.
@@ -95,6 +109,8 @@ type outcome struct {
 	decision planner.Decision
 	// cut: the reconcile made maxActions calls and has more to make.
 	cut bool
+	// paused: the resource carries v1alpha1.PausedAnnotation; nothing was read or done.
+	paused bool
 }
 
 // failed is the outcome of an error met while doing something to the key as last read.
@@ -104,6 +120,9 @@ func failed(key *kms.Key, doing string, err error) outcome {
 
 // sync finds the key and takes the planner's actions until the key is as the spec asks.
 func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) outcome {
+	if cmk.Spec.ManagementPolicy == v1alpha1.ManagementPolicyObserve {
+		return r.observeOnly(ctx, cmk)
+	}
 	key, err := r.findKey(ctx, cmk)
 	if err != nil {
 		return failed(nil, "Observing", err)

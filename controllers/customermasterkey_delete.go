@@ -6,8 +6,11 @@ import (
 	"fmt"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/keystatus"
@@ -21,6 +24,13 @@ import (
 // resource deleted while its key was being created does not leave the key behind unnoticed;
 // and the last spec's word on the deletion (a cancel, a new window) is carried out first.
 func (r *CustomerMasterKeyReconciler) finalize(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (o outcome, release bool) {
+	if cmk.Spec.ManagementPolicy == v1alpha1.ManagementPolicyObserve {
+		if id := cmk.Status.KeyID; id != "" {
+			r.event(cmk, "Normal", v1alpha1.EventRetained, "RetainKey",
+				"Left key %s as it is: managementPolicy Observe never changes it, whatever deletionPolicy says", id)
+		}
+		return outcome{}, true
+	}
 	key, err := r.ownKey(ctx, cmk)
 	if err != nil {
 		return failed(nil, "Observing", err), false
@@ -56,5 +66,41 @@ func (r *CustomerMasterKeyReconciler) release(ctx context.Context, cmk *v1alpha1
 	if err := r.Patch(ctx, cmk, patch); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("removing finalizer: %w", err)
 	}
+	return nil
+}
+
+// CRDName is the name of the CustomerMasterKey CRD, which the operator reads (and only that
+// one) to tell an uninstall from the deletion of one resource.
+const CRDName = "customermasterkeys.kms.cmk.io"
+
+// +kubebuilder:rbac:groups=apiextensions.k8s.io,resources=customresourcedefinitions,resourceNames=customermasterkeys.kms.cmk.io,verbs=get
+
+// crdTerminating reports whether the CustomerMasterKey CRD is being deleted (or is gone): then
+// the apiserver is deleting every resource of the kind, an uninstall rather than a decision
+// about one key. It is read afresh for every resource being deleted: a CRD deleted and created
+// again must not be taken for the one before. A read that fails holds the deletion up (it is
+// retried) rather than risk applying deletionPolicy to every key.
+func (r *CustomerMasterKeyReconciler) crdTerminating(ctx context.Context) (bool, error) {
+	crd := &metav1.PartialObjectMetadata{}
+	crd.SetGroupVersionKind(schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"})
+	if err := r.apiReader().Get(ctx, client.ObjectKey{Name: CRDName}, crd); err != nil {
+		if apierrors.IsNotFound(err) {
+			return true, nil
+		}
+		return false, fmt.Errorf("reading CRD %s, to tell an uninstall from a deletion: %w", CRDName, err)
+	}
+	return !crd.DeletionTimestamp.IsZero(), nil
+}
+
+// uninstall lets a resource go without any KMS call while its CRD is being deleted: the key
+// stays as it is, Enabled or not, whatever deletionPolicy says, and the log says so for each.
+func (r *CustomerMasterKeyReconciler) uninstall(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
+	if err := r.release(ctx, cmk); err != nil {
+		return err
+	}
+	r.writes.forget(cmk.UID)
+	r.owned.Delete(cmk.UID)
+	log.FromContext(ctx).Info("The CustomerMasterKey CRD is being deleted: the key is kept as it is, whatever deletionPolicy says",
+		"keyID", cmk.Status.KeyID, "phase", cmk.Status.Phase, "deletionPolicy", cmk.Spec.DeletionPolicy)
 	return nil
 }

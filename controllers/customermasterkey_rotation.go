@@ -20,8 +20,15 @@ func (r *CustomerMasterKeyReconciler) withExtras(ctx context.Context, cmk *v1alp
 		return key, nil
 	}
 	out := *key
+	// An observed key reports both whatever the spec says (status follows the KMS), and is
+	// what it is: its own spec and origin say whether it can rotate.
+	observing := cmk.Spec.ManagementPolicy == v1alpha1.ManagementPolicyObserve
+	keySpec, origin := string(cmk.Spec.KeySpec), string(cmk.Spec.Origin)
+	if observing {
+		keySpec, origin = key.KeySpec, key.Origin
+	}
 	rotator, ok := kms.As[kms.Rotator](r.KMS)
-	if ok && (cmk.Spec.Rotation != nil || cmk.Status.Rotation != nil) && kms.CanRotate(string(cmk.Spec.KeySpec), string(cmk.Spec.Origin)) {
+	if ok && (cmk.Spec.Rotation != nil || cmk.Status.Rotation != nil || observing) && kms.CanRotate(keySpec, origin) {
 		rotation, err := rotator.Rotation(ctx, key.ID)
 		if err != nil {
 			return key, fmt.Errorf("reading the rotation of key %s: %w", key.ID, err)
@@ -29,7 +36,7 @@ func (r *CustomerMasterKeyReconciler) withExtras(ctx context.Context, cmk *v1alp
 		out.Rotation = &rotation
 	}
 	tagger, ok := kms.As[kms.Tagger](r.KMS)
-	if ok && (len(cmk.Spec.Tags) > 0 || len(cmk.Status.Tags) > 0) {
+	if ok && (len(cmk.Spec.Tags) > 0 || len(cmk.Status.Tags) > 0 || observing) {
 		tags, err := tagger.Tags(ctx, key.ID)
 		if err != nil {
 			out.Rotation = nil // the state's calls go on; rotation waits with the tags

@@ -20,7 +20,7 @@ func (r *CustomerMasterKeyReconciler) report(ctx context.Context, before, cmk *v
 	var news []keystatus.Event
 	cmk.Status, news = keystatus.Compute(keystatus.Input{
 		Planner: r.input(cmk, o.key), Name: cmk.Name, Namespace: cmk.Namespace, Generation: cmk.Generation,
-		Before: before.Status, Status: cmk.Status, Failure: o.failure, Cut: o.cut,
+		Before: before.Status, Status: cmk.Status, Failure: o.failure, Cut: o.cut, Paused: o.paused,
 	})
 	result, syncErr := r.next(cmk, o)
 	if ctx.Err() != nil {

@@ -63,6 +63,13 @@ const (
 	// ReasonSpecMismatch: the adopted key's keySpec, keyUsage or origin differ from the spec;
 	// nothing is done to it until they match.
 	ReasonSpecMismatch = "SpecMismatch"
+	// ReasonDeletionProtected: the spec, or deletionPolicy Delete on a resource being
+	// deleted, asks for the key's deletion while spec.deletionProtection is true; nothing is
+	// scheduled, and a resource being deleted waits, until the protection is cleared.
+	ReasonDeletionProtected = "DeletionProtected"
+	// ReasonObserved: managementPolicy Observe: status follows the key in the KMS, and the
+	// operator changes nothing (Ready=True).
+	ReasonObserved = "Observed"
 )
 
 // Reasons of both conditions when key material cannot be imported. Each message says what to
@@ -98,7 +105,15 @@ const (
 	// ReasonRejected: the KMS refused the request for good (for example an alias already in use);
 	// nothing is retried until the spec changes.
 	ReasonRejected = "Rejected"
+	// ReasonReconcilePaused: the resource carries kms.cmk.io/paused: "true"; the operator makes
+	// no KMS call and changes nothing for it until the annotation is removed.
+	ReasonReconcilePaused = "ReconcilePaused"
 )
+
+// PausedAnnotation set to "true" on a CustomerMasterKey stops the operator from touching it:
+// no KMS call and no change, its deletion included, until the annotation is removed (or the
+// CustomerMasterKey CRD itself is deleted: an uninstall never waits on a paused key).
+const PausedAnnotation = "kms.cmk.io/paused"
 
 // Event reasons, one per kind of change the operator makes or sees.
 const (

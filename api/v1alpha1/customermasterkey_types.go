@@ -57,6 +57,20 @@ const (
 	DeletionPolicyDelete DeletionPolicy = "Delete"
 )
 
+// ManagementPolicy says whether the operator manages the key or only observes it.
+// +kubebuilder:validation:Enum=Manage;Observe
+type ManagementPolicy string
+
+// Management policies.
+const (
+	// ManagementPolicyManage applies the spec to the key: the operator creates, adopts and
+	// changes it.
+	ManagementPolicyManage ManagementPolicy = "Manage"
+	// ManagementPolicyObserve only reads the key spec.keyID names and reports it in status: no
+	// call that changes anything in the KMS, and deleting the resource never touches the key.
+	ManagementPolicyObserve ManagementPolicy = "Observe"
+)
+
 // CustomerMasterKeySpec is the key a user asks for.
 //
 // The rules below run in the apiserver, so bad input is refused by kubectl apply itself.
@@ -68,6 +82,8 @@ const (
 // +kubebuilder:validation:XValidation:rule="self.origin != 'External' || self.keySpec in ['AES_256', 'SM4']",message="origin: External (bring your own key) takes symmetric material only (AES_256, SM4): importing RSA, EC or SM2 key pairs is not supported; use origin: KMS for a key pair"
 // +kubebuilder:validation:XValidation:rule="!has(self.keyMaterial) || self.origin == 'External'",message="keyMaterial is only for keys with origin: External; a KMS key has material the KMS made"
 // +kubebuilder:validation:XValidation:rule="!has(self.rotation) || !self.rotation.enabled || (self.origin == 'KMS' && self.keySpec in ['AES_256', 'SM4'])",message="rotation.enabled is only for symmetric keys (AES_256, SM4) with origin: KMS: the KMS cannot rotate imported material or key pairs; set rotation.enabled: false or remove spec.rotation"
+// +kubebuilder:validation:XValidation:rule="!(has(self.deletionProtection) && self.deletionProtection && self.deletionScheduled)",message="deletionScheduled: true is refused while deletionProtection is true: clear the protection first ({\"spec\":{\"deletionProtection\":false}}), then schedule the deletion"
+// +kubebuilder:validation:XValidation:rule="!has(self.managementPolicy) || self.managementPolicy != 'Observe' || has(self.keyID)",message="managementPolicy: Observe needs spec.keyID, the existing key to observe: set keyID, or use managementPolicy: Manage to have a key made"
 type CustomerMasterKeySpec struct {
 	// Alias is the key's unique name in the KMS region. Defaults to one derived from the
 	// resource's namespace and name. It cannot change after creation.
@@ -81,7 +97,8 @@ type CustomerMasterKeySpec struct {
 	// Description is a free-form note kept with the key in the KMS. Empty leaves the key's
 	// description as it is (an adopted key keeps the one it has).
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="size(self) <= 255",message="description must be at most 255 characters"
+	// +kubebuilder:validation:MaxLength=255
+	// +kubebuilder:validation:XValidation:rule="!self.matches(r'[\\x00-\\x1f\\x7f\\x{202a}-\\x{202e}\\x{2066}-\\x{2069}]')",message="description cannot hold control characters (newlines, tabs, escapes) or bidirectional overrides, which would show it as something it is not"
 	Description string `json:"description,omitempty"`
 
 	// KeySpec is the algorithm and size of the key. It cannot change after creation.
@@ -124,6 +141,21 @@ type CustomerMasterKeySpec struct {
 	// +kubebuilder:default=Retain
 	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
 
+	// DeletionProtection guards the key against deletion: while true, deletionScheduled: true
+	// is refused, deleting the resource with deletionPolicy Delete is refused at admission
+	// (config/admission), and the operator never schedules the key's deletion. Clear it first
+	// to delete the key.
+	// +optional
+	// +kubebuilder:default=false
+	DeletionProtection bool `json:"deletionProtection"`
+
+	// ManagementPolicy is Manage (the default: the spec is applied to the key) or Observe: the
+	// operator only reads the key spec.keyID names and reports it in status, never changes
+	// anything in the KMS, and leaves the key alone when the resource is deleted, whatever
+	// deletionPolicy says. Switching to Manage adopts the key under the ownership rules.
+	// +kubebuilder:default=Manage
+	ManagementPolicy ManagementPolicy `json:"managementPolicy,omitempty"`
+
 	// KeyMaterial is the user's own key material for an External key, wrapped with the public
 	// key in status.importParameters. Only with origin: External.
 	// +optional
@@ -137,7 +169,7 @@ type CustomerMasterKeySpec struct {
 	// the key is adopted (status.keyID), it can be corrected or removed; then it cannot change.
 	// +optional
 	// +kubebuilder:validation:MaxLength=36
-	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9a-z]{8}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{12}$')",message="keyID must be a KMS key ID: a UUID in lower case, such as 0d0466b0-e727-4d9c-b35d-f84bb474a37f (kubectl get cmk shows the IDs of your keys)"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$')",message="keyID must be a KMS key ID: a UUID in lower case, such as 0d0466b0-e727-4d9c-b35d-f84bb474a37f (kubectl get cmk shows the IDs of your keys)"
 	KeyID string `json:"keyID,omitempty"`
 
 	// Rotation turns on automatic rotation of the key material: every IntervalDays the KMS
@@ -154,14 +186,14 @@ type CustomerMasterKeySpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxProperties=10
 	// +kubebuilder:validation:XValidation:rule="self.all(k, size(k) >= 1 && size(k) <= 36)",message="tag keys must be 1 to 36 characters (the KMS's limit)"
-	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.matches(r'[*<>=\\\\\\x00-\\x1f]'))",message="tag keys cannot hold control characters or any of * < > = \\ (the KMS refuses them)"
-	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.startsWith('kms.cmk.io/') && !k.startsWith('cmk-operator-'))",message="tag keys starting with kms.cmk.io/ or cmk-operator- are reserved for the operator's own tags, which record the key's owner; choose another key"
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.matches(r'[*<>=\\\\\\x00-\\x1f\\x7f\\x{202a}-\\x{202e}\\x{2066}-\\x{2069}]'))",message="tag keys cannot hold control characters or any of * < > = \\ (the KMS refuses them), nor bidirectional overrides"
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.lowerAscii().startsWith('kms.cmk.io/') && !k.lowerAscii().startsWith('cmk-operator-'))",message="tag keys starting with kms.cmk.io/ or cmk-operator- are reserved for the operator's own tags (in upper or lower case), which record the key's owner; choose another key"
 	Tags map[string]TagValue `json:"tags,omitempty"`
 }
 
 // TagValue is the value of a tag: at most 43 characters, and none the KMS refuses.
 // +kubebuilder:validation:MaxLength=43
-// +kubebuilder:validation:XValidation:rule="!self.matches(r'[*<>=\\\\\\x00-\\x1f]')",message="tag values cannot hold control characters or any of * < > = \\ (the KMS refuses them)"
+// +kubebuilder:validation:XValidation:rule="!self.matches(r'[*<>=\\\\\\x00-\\x1f\\x7f\\x{202a}-\\x{202e}\\x{2066}-\\x{2069}]')",message="tag values cannot hold control characters or any of * < > = \\ (the KMS refuses them), nor bidirectional overrides"
 type TagValue string
 
 // Rotation is automatic rotation of a key's material.
@@ -248,6 +280,7 @@ type CustomerMasterKeyStatus struct {
 
 	// KeyID is the KMS's ID of the key. It is written as soon as the key exists and never changes.
 	// +optional
+	// +kubebuilder:validation:MaxLength=36
 	KeyID string `json:"keyID,omitempty"`
 
 	// DeletionDate is when the KMS will delete the key; set only while the key is PendingDeletion.

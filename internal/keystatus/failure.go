@@ -19,6 +19,9 @@ type Blocked struct {
 	// Import marks a refused import: the Secret it reads is not watched, so it is tried
 	// again at the import retry rather than the slow resync.
 	Import bool
+	// Hold marks a guard rail the operator keeps on purpose (deletion protection), not a
+	// call that failed.
+	Hold bool
 }
 
 func (b *Blocked) Error() string { return b.Message }
@@ -44,6 +47,8 @@ type Failure struct {
 	Message string
 	// Import: a refused import (see Blocked.Import).
 	Import bool
+	// Hold: a guard rail kept on purpose (see Blocked.Hold).
+	Hold bool
 	// RetryAfter is when an unavailable KMS may take calls again.
 	RetryAfter time.Duration
 	// Doing is what was being done, in the words of a retried failure's message.
@@ -58,7 +63,7 @@ func Classify(err error, doing string) *Failure {
 	var blocked *Blocked
 	switch {
 	case errors.As(err, &blocked):
-		return &Failure{Kind: Blocking, Reason: blocked.Reason, Message: blocked.Message, Import: blocked.Import, Err: err}
+		return &Failure{Kind: Blocking, Reason: blocked.Reason, Message: blocked.Message, Import: blocked.Import, Hold: blocked.Hold, Err: err}
 	case kms.IsTerminal(err), kms.IsUnreadable(err), kms.IsFrozen(err):
 		return &Failure{Kind: Blocking, Reason: terminalReason(err), Message: err.Error(), Err: err}
 	case apierrors.IsConflict(err):

@@ -31,6 +31,8 @@ type Input struct {
 	Failure *Failure
 	// Cut: the reconcile made as many calls as it may and still has some to make.
 	Cut bool
+	// Paused: the resource carries v1alpha1.PausedAnnotation; nothing was done or read.
+	Paused bool
 }
 
 // Event is something to report on the resource.
@@ -42,6 +44,14 @@ type Event struct {
 func Compute(in Input) (v1alpha1.CustomerMasterKeyStatus, []Event) {
 	st := *in.Status.DeepCopy()
 	f, deleting := in.Failure, in.Planner.Deleting
+	if in.Paused {
+		// Nothing was read: status keeps what it knew, and says why nothing moves.
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.ConditionSynced, Status: metav1.ConditionFalse,
+			Reason: v1alpha1.ReasonReconcilePaused, ObservedGeneration: in.Generation, LastTransitionTime: metav1.NewTime(in.Planner.Now),
+			Message: "The operator makes no KMS call and changes nothing for this resource while it carries " +
+				v1alpha1.PausedAnnotation + ": \"true\"; remove the annotation to apply the spec"})
+		return st, events(in.Before, st)
+	}
 	if f == nil || in.Planner.Key != nil {
 		// A failed read says nothing about the key: status keeps what it knew.
 		Record(&st, in.Planner)
@@ -57,10 +67,23 @@ func Compute(in Input) (v1alpha1.CustomerMasterKeyStatus, []Event) {
 			meta.RemoveStatusCondition(&st.Conditions, typ)
 		}
 	}
+	// unsettled is for a reconcile that stopped short: Ready keeps what was last known, but
+	// never says True of a key the KMS, as just read, shows other than the spec asks (a key
+	// disabled outside whose Enable keeps failing).
+	unsettled := func() {
+		if in.Planner.Key == nil {
+			return
+		}
+		p := in.Planner
+		p.KeyID, p.PendingDays = st.KeyID, st.PendingDays
+		if v := Readiness(p); v.Class != Settled {
+			set(v1alpha1.ConditionReady, metav1.ConditionFalse, v.Reason, v.Message)
+		}
+	}
 	switch {
 	case f != nil && f.Kind == Blocking:
 		msg := f.Message
-		if deleting {
+		if deleting && !f.Hold {
 			msg = fmt.Sprintf("Applying deletionPolicy failed: %s. Fix that, or let the resource go without applying deletionPolicy "+
 				"to its key: kubectl patch cmk %s -n %s --type merge -p '{\"metadata\":{\"finalizers\":null}}'", f.Message, in.Name, in.Namespace)
 		}
@@ -78,10 +101,16 @@ func Compute(in Input) (v1alpha1.CustomerMasterKeyStatus, []Event) {
 		set(v1alpha1.ConditionSynced, metav1.ConditionFalse, f.Reason, msg)
 		show(v1alpha1.ConditionReconciling, true, f.Reason, msg)
 		show(v1alpha1.ConditionStalled, false, "", "")
-	case f != nil, deleting:
-		// A lost race, or a deletion under way: the facts alone.
+		unsettled()
+	case deleting:
+		// A deletion under way: the facts alone.
+	case f != nil:
+		// A lost race: the next attempt follows at once, from what the other writer left.
+		unsettled()
 	case in.Cut:
 		show(v1alpha1.ConditionReconciling, true, movingToSpec.Reason, movingToSpec.Message)
+		show(v1alpha1.ConditionStalled, false, "", "")
+		unsettled()
 	default:
 		p := in.Planner
 		p.KeyID, p.PendingDays = st.KeyID, st.PendingDays
@@ -108,7 +137,11 @@ func events(before, after v1alpha1.CustomerMasterKeyStatus) []Event {
 	if now := meta.FindStatusCondition(after.Conditions, v1alpha1.ConditionSynced); now != nil && now.Status != metav1.ConditionTrue {
 		was := meta.FindStatusCondition(before.Conditions, v1alpha1.ConditionSynced)
 		if was == nil || was.Status != now.Status || was.Reason != now.Reason || was.Message != now.Message {
-			out = append(out, Event{Type: "Warning", Reason: WarningReason(now.Reason), Action: "Reconcile", Message: now.Message})
+			typ := "Warning"
+			if now.Reason == v1alpha1.ReasonReconcilePaused {
+				typ = "Normal" // asked for, not a failure
+			}
+			out = append(out, Event{Type: typ, Reason: WarningReason(now.Reason), Action: "Reconcile", Message: now.Message})
 		}
 	}
 	if last := before.Phase; last != "" && last != v1alpha1.PhaseDeleted && after.Phase == v1alpha1.PhaseDeleted {

@@ -74,6 +74,7 @@ func TestCompute(t *testing.T) {
 		deleting bool
 		failure  *Failure
 		cut      bool
+		paused   bool
 		before   v1alpha1.Phase
 		want     want
 	}{
@@ -87,15 +88,17 @@ func TestCompute(t *testing.T) {
 			want: want{ready: "True/KeyDeleted", synced: "True/ReconcileSuccess", observed: true, events: []string{"Deleted"}}},
 
 		// Reconciling=True: on the way to the spec.
-		"Creating":          {spec: spec(true, false), want: want{ready: "False/Creating", reconciling: "True/Creating", synced: "True/ReconcileSuccess", observed: true}},
-		"CreatingInTheKMS":  {spec: spec(true, false), keyID: "k1", key: key(kms.StateCreating), want: want{ready: "False/Creating", reconciling: "True/Creating", synced: "True/ReconcileSuccess", observed: true}},
-		"Progressing":       {spec: spec(true, false), keyID: "k1", key: key(kms.StateDisabled), want: want{ready: "False/Progressing", reconciling: "True/Progressing", synced: "True/ReconcileSuccess", observed: true}},
-		"Canceling":         {spec: spec(false, false), keyID: "k1", key: key(kms.StatePendingDeletion), want: want{ready: "False/Progressing", reconciling: "True/Progressing", synced: "True/ReconcileSuccess", observed: true}},
-		"Importing":         {spec: external(spec(true, false), "material"), keyID: "k1", key: key(kms.StatePendingImport), want: want{ready: "False/Progressing", reconciling: "True/Progressing", synced: "True/ReconcileSuccess", observed: true}},
-		"CutShort":          {spec: spec(true, false), keyID: "k1", key: key(kms.StateDisabled), cut: true, want: want{reconciling: "True/Progressing"}},
-		"ReconcileError":    {spec: spec(true, false), keyID: "k1", key: key(kms.StateDisabled), failure: transient, want: want{reconciling: "True/ReconcileError", synced: "False/ReconcileError", events: []string{"Failed"}}},
-		"KMSUnavailable":    {spec: spec(true, false), keyID: "k1", failure: unavailable, want: want{reconciling: "True/KMSUnavailable", synced: "False/KMSUnavailable", events: []string{"KMSUnavailable"}}},
-		"ConflictFactsOnly": {spec: spec(true, false), keyID: "k1", key: key(kms.StateEnabled), failure: conflict, want: want{}},
+		"Creating":              {spec: spec(true, false), want: want{ready: "False/Creating", reconciling: "True/Creating", synced: "True/ReconcileSuccess", observed: true}},
+		"CreatingInTheKMS":      {spec: spec(true, false), keyID: "k1", key: key(kms.StateCreating), want: want{ready: "False/Creating", reconciling: "True/Creating", synced: "True/ReconcileSuccess", observed: true}},
+		"Progressing":           {spec: spec(true, false), keyID: "k1", key: key(kms.StateDisabled), want: want{ready: "False/Progressing", reconciling: "True/Progressing", synced: "True/ReconcileSuccess", observed: true}},
+		"Canceling":             {spec: spec(false, false), keyID: "k1", key: key(kms.StatePendingDeletion), want: want{ready: "False/Progressing", reconciling: "True/Progressing", synced: "True/ReconcileSuccess", observed: true}},
+		"Importing":             {spec: external(spec(true, false), "material"), keyID: "k1", key: key(kms.StatePendingImport), want: want{ready: "False/Progressing", reconciling: "True/Progressing", synced: "True/ReconcileSuccess", observed: true}},
+		"CutShort":              {spec: spec(true, false), keyID: "k1", key: key(kms.StateDisabled), cut: true, want: want{ready: "False/Progressing", reconciling: "True/Progressing"}},
+		"ReconcileError":        {spec: spec(true, false), keyID: "k1", key: key(kms.StateDisabled), failure: transient, want: want{ready: "False/Progressing", reconciling: "True/ReconcileError", synced: "False/ReconcileError", events: []string{"Failed"}}},
+		"ReconcileErrorSettled": {spec: spec(true, false), keyID: "k1", key: key(kms.StateEnabled), failure: transient, want: want{reconciling: "True/ReconcileError", synced: "False/ReconcileError", events: []string{"Failed"}}},
+		"ConflictUnsettled":     {spec: spec(true, false), keyID: "k1", key: key(kms.StateDisabled), failure: conflict, want: want{ready: "False/Progressing"}},
+		"KMSUnavailable":        {spec: spec(true, false), keyID: "k1", failure: unavailable, want: want{reconciling: "True/KMSUnavailable", synced: "False/KMSUnavailable", events: []string{"KMSUnavailable"}}},
+		"ConflictFactsOnly":     {spec: spec(true, false), keyID: "k1", key: key(kms.StateEnabled), failure: conflict, want: want{}},
 
 		// Stalled=True: only a person can unblock it.
 		"KeyDeletedUnasked": {spec: spec(true, false), keyID: "k1", before: v1alpha1.PhaseEnabled,
@@ -116,6 +119,15 @@ func TestCompute(t *testing.T) {
 		"MaterialMismatch":   {spec: external(spec(true, false), "m"), keyID: "k1", key: key(kms.StatePendingImport), failure: imported(v1alpha1.ReasonMaterialMismatch), want: importStalled(v1alpha1.ReasonMaterialMismatch)},
 		"ExpiryPassed":       {spec: external(spec(true, false), "m"), keyID: "k1", key: key(kms.StatePendingImport), failure: imported(v1alpha1.ReasonExpiryPassed), want: importStalled(v1alpha1.ReasonExpiryPassed)},
 
+		// Guard rails.
+		"Observed": {spec: observing(spec(true, false)), keyID: "k1", key: key(kms.StateDisabled), want: want{ready: "True/Observed", synced: "True/ReconcileSuccess", observed: true}},
+		"ObservedPending": {spec: observing(spec(true, false)), keyID: "k1", key: key(kms.StatePendingDeletion),
+			want: want{ready: "True/Observed", synced: "True/ReconcileSuccess", observed: true}},
+		"ReconcilePaused": {spec: spec(true, false), keyID: "k1", key: key(kms.StateDisabled), paused: true, want: want{synced: "False/ReconcilePaused", events: []string{"ReconcilePaused"}}},
+		"DeletionProtected": {spec: spec(true, false), keyID: "k1", key: key(kms.StateEnabled), deleting: true,
+			failure: Classify(&Blocked{Reason: v1alpha1.ReasonDeletionProtected, Message: "clear the protection", Hold: true}, ""),
+			want:    stalledBy(v1alpha1.ReasonDeletionProtected)},
+
 		// Deleting: the facts, and failures as in a reconcile.
 		"DeletingFactsOnly": {spec: spec(true, false), keyID: "k1", key: key(kms.StateEnabled), deleting: true, want: want{}},
 		"DeletingRejected": {spec: spec(true, false), keyID: "k1", key: key(kms.StateEnabled), deleting: true,
@@ -129,7 +141,7 @@ func TestCompute(t *testing.T) {
 			in := Input{
 				Planner: planner.Input{Spec: tc.spec, KeyID: tc.keyID, Key: tc.key, Deleting: tc.deleting, PendingDays: tc.pending,
 					LastPhase: tc.before, Now: now},
-				Name: "db", Namespace: "payments", Generation: 2, Before: before, Status: before, Failure: tc.failure, Cut: tc.cut,
+				Name: "db", Namespace: "payments", Generation: 2, Before: before, Status: before, Failure: tc.failure, Cut: tc.cut, Paused: tc.paused,
 			}
 			st, events := Compute(in)
 			got := want{
@@ -149,9 +161,13 @@ func TestCompute(t *testing.T) {
 				}
 			}
 			if tc.deleting && tc.failure != nil && tc.failure.Kind == Blocking {
-				if msg := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionStalled).Message; !strings.Contains(msg, "kubectl patch cmk db -n payments") {
-					t.Errorf("a blocked deletion says how to let the resource go; got %q", msg)
+				msg := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionStalled).Message
+				if says := strings.Contains(msg, "kubectl patch cmk db -n payments"); says == tc.failure.Hold {
+					t.Errorf("a blocked deletion says how to let the resource go, a guard rail only what it holds; got %q", msg)
 				}
+			}
+			if tc.paused && st.Phase != tc.before {
+				t.Errorf("a paused resource's phase moved from %q to %q", tc.before, st.Phase)
 			}
 		})
 	}
@@ -171,6 +187,11 @@ func TestCompute(t *testing.T) {
 			t.Errorf("reason %s is declared in api/v1alpha1/conditions.go but no case of TestCompute produces it", reason)
 		}
 	}
+}
+
+func observing(s v1alpha1.CustomerMasterKeySpec) v1alpha1.CustomerMasterKeySpec {
+	s.ManagementPolicy, s.KeyID = v1alpha1.ManagementPolicyObserve, "k1"
+	return s
 }
 
 func stalledBy(reason string) want {

@@ -41,6 +41,10 @@ var movingToSpec = moving(v1alpha1.ReasonProgressing, "Moving the key to the sta
 // It reads the key as the reconcile last saw it and the window status records.
 func Readiness(in planner.Input) Verdict {
 	spec, keyID, key, pendingDays := in.Spec, in.KeyID, in.Key, in.PendingDays
+	if spec.ManagementPolicy == v1alpha1.ManagementPolicyObserve {
+		return settled(v1alpha1.ReasonObserved, "Status follows the key in the KMS, and the operator changes nothing "+
+			"(managementPolicy: Observe); set managementPolicy: Manage to have the spec applied")
+	}
 	if key == nil {
 		switch {
 		case keyID == "" && spec.DeletionScheduled:

@@ -127,7 +127,8 @@ type CreateRequest struct {
 // keyIDPattern is the form of every provider's key IDs, a UUID in lower case: Huawei's API
 // reference gives key_id as "^[0-9a-z]{8}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{12}$"
 // (Adding or Deleting CMK Tags in Batches, path parameters), and the embedded KMS derives its
-// IDs in that form. The CRD holds spec.keyID to the same pattern.
+// IDs in that form. The CRD holds spec.keyID, which a user types, to the UUID's own form (hex
+// digits), as docs/api.md says; what a KMS returns is taken in the reference's wider form.
 var keyIDPattern = regexp.MustCompile(`^[0-9a-z]{8}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{12}$`)
 
 // ValidKeyID reports whether id has the form of a key ID. Providers answer NotFound for

@@ -82,10 +82,16 @@ type Decision struct {
 	// RecheckAt is when the key should be looked at again because the KMS changes it by then
 	// (a deletion date, a key being created); zero means the slow resync is enough.
 	RecheckAt time.Time
+	// Hold is the reason of a guard rail that keeps the planner from the call the spec asks for
+	// (v1alpha1.ReasonDeletionProtected); empty when none does. The key waits for a person.
+	Hold string
 }
 
 // Next returns the one next action for a key.
 func Next(in Input) Decision {
+	if in.Spec.ManagementPolicy == v1alpha1.ManagementPolicyObserve {
+		return nextObserving(in)
+	}
 	if in.Deleting {
 		return nextOnDelete(in)
 	}
@@ -112,6 +118,11 @@ func Next(in Input) Decision {
 	}
 	// Enabled, Disabled or PendingImport.
 	if in.Spec.DeletionScheduled {
+		if in.Spec.DeletionProtection {
+			// The apiserver refuses this spec; one stored before the rule was (an upgrade)
+			// is held here all the same.
+			return Decision{Action: None, Hold: v1alpha1.ReasonDeletionProtected}
+		}
 		return Decision{Action: ScheduleDeletion}
 	}
 	if k.State == kms.StatePendingImport && in.Spec.Origin == v1alpha1.OriginExternal {
@@ -308,10 +319,17 @@ func nextOnDelete(in Input) Decision {
 	if in.Key == nil {
 		return Decision{Action: Release}
 	}
-	switch in.Key.State {
-	case kms.StateDeleted:
+	switch {
+	case in.Key.State == kms.StateDeleted:
 		return Decision{Action: Release}
-	case kms.StatePendingDeletion:
+	case in.Key.State == kms.StateCreating:
+		return Decision{Action: None, RecheckAt: in.Now.Add(CreatingRecheck)}
+	case in.Spec.DeletionProtection && wantsDeletion(in.Spec):
+		// deletionPolicy Delete asks for the key's deletion, and the protection forbids it:
+		// the resource waits, Terminating, until the protection is cleared.
+		return Decision{Action: None, Hold: v1alpha1.ReasonDeletionProtected}
+	}
+	if in.Key.State == kms.StatePendingDeletion {
 		if !pendingAsAsked(in, wantsDeletion(in.Spec)) {
 			// A cancel not acted on yet, or another window: carried out before the resource
 			// goes, so deleting it never deletes the key earlier than the spec asked.
@@ -319,13 +337,26 @@ func nextOnDelete(in Input) Decision {
 		}
 		// Going as asked: the resource does not wait out the deletion window.
 		return Decision{Action: Release}
-	case kms.StateCreating:
-		return Decision{Action: None, RecheckAt: in.Now.Add(CreatingRecheck)}
 	}
 	if wantsDeletion(in.Spec) {
 		return Decision{Action: ScheduleDeletion}
 	}
 	return Decision{Action: Release}
+}
+
+// nextObserving is the planner of managementPolicy Observe: never a call that changes the key,
+// and a resource being deleted goes at once, leaving the key as it is. The key is looked at
+// again when the KMS changes it by itself.
+func nextObserving(in Input) Decision {
+	switch {
+	case in.Deleting:
+		return Decision{Action: Release}
+	case in.Key == nil:
+		return Decision{Action: None}
+	case in.Key.State == kms.StatePendingDeletion:
+		return Decision{Action: None, RecheckAt: recheck(in.Key.DeletionDate, in.Now)}
+	}
+	return Decision{Action: None, RecheckAt: recheck(in.Key.MaterialExpiresAt, in.Now)}
 }
 
 // pendingAsAsked says whether a key pending deletion may stay so: the deletion is asked for,

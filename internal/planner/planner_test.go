@@ -20,6 +20,16 @@ func spec(enabled, scheduled bool) v1alpha1.CustomerMasterKeySpec {
 	}
 }
 
+func protected(s v1alpha1.CustomerMasterKeySpec) v1alpha1.CustomerMasterKeySpec {
+	s.DeletionProtection = true
+	return s
+}
+
+func observed(s v1alpha1.CustomerMasterKeySpec) v1alpha1.CustomerMasterKeySpec {
+	s.ManagementPolicy, s.KeyID = v1alpha1.ManagementPolicyObserve, "k1"
+	return s
+}
+
 func key(state kms.State) *kms.Key {
 	k := &kms.Key{ID: "k1", State: state, HasMaterial: true}
 	if state == kms.StatePendingDeletion {
@@ -112,6 +122,46 @@ func TestNext(t *testing.T) {
 			reason: "A resource with no key ID gets a key.",
 			in:     Input{Spec: spec(true, false)},
 			want:   Decision{Action: Create},
+		},
+		"ProtectedNotScheduled": {
+			reason: "A spec that asks for the deletion of a protected key (stored before the CRD refused it) is held, not carried out.",
+			in:     Input{Spec: protected(spec(false, true)), KeyID: "k1", Key: key(kms.StateDisabled)},
+			want:   Decision{Action: None, Hold: v1alpha1.ReasonDeletionProtected},
+		},
+		"ProtectedStillEnabledAndDisabled": {
+			reason: "Protection guards the deletion only: the key is disabled as asked.",
+			in:     Input{Spec: protected(spec(false, false)), KeyID: "k1", Key: key(kms.StateEnabled)},
+			want:   Decision{Action: Disable},
+		},
+		"ProtectedDeleteOnDelete": {
+			reason: "deletionPolicy Delete on a protected resource being deleted: the resource waits, nothing is scheduled.",
+			in:     Input{Spec: withPolicy(protected(spec(true, false)), v1alpha1.DeletionPolicyDelete), KeyID: "k1", Key: key(kms.StateEnabled), Deleting: true},
+			want:   Decision{Action: None, Hold: v1alpha1.ReasonDeletionProtected},
+		},
+		"ProtectedPendingOnDelete": {
+			reason: "A protected key pending deletion (scheduled outside) with deletionPolicy Delete: held too, the resource waits.",
+			in:     Input{Spec: withPolicy(protected(spec(true, false)), v1alpha1.DeletionPolicyDelete), KeyID: "k1", Key: key(kms.StatePendingDeletion), Deleting: true},
+			want:   Decision{Action: None, Hold: v1alpha1.ReasonDeletionProtected},
+		},
+		"ProtectedRetainOnDelete": {
+			reason: "deletionPolicy Retain asks for no deletion: a protected resource goes as any other.",
+			in:     Input{Spec: protected(spec(true, false)), KeyID: "k1", Key: key(kms.StateEnabled), Deleting: true},
+			want:   Decision{Action: Release},
+		},
+		"ObserveNeverActs": {
+			reason: "managementPolicy Observe makes no call, whatever the spec and the key say.",
+			in:     Input{Spec: observed(spec(false, true)), KeyID: "k1", Key: key(kms.StateEnabled)},
+			want:   Decision{Action: None},
+		},
+		"ObservePendingRechecked": {
+			reason: "An observed key pending deletion is looked at again at its date.",
+			in:     Input{Spec: observed(spec(true, false)), KeyID: "k1", Key: key(kms.StatePendingDeletion)},
+			want:   Decision{Action: None, RecheckAt: now.Add(7 * 24 * time.Hour)},
+		},
+		"ObserveDeleteLeavesKey": {
+			reason: "Deleting an observed resource never touches the key, whatever deletionPolicy says.",
+			in:     Input{Spec: withPolicy(observed(spec(true, false)), v1alpha1.DeletionPolicyDelete), KeyID: "k1", Key: key(kms.StateEnabled), Deleting: true},
+			want:   Decision{Action: Release},
 		},
 		"NewKeyScheduledForDeletion": {
 			reason: "A key is never created only to be deleted.",

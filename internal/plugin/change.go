@@ -165,8 +165,12 @@ func (o *options) apply(ctx context.Context, v verb, f *verbFlags, r *result) {
 // is returned.
 func (o *options) patch(ctx context.Context, v verb, f *verbFlags, r *result, c *v1alpha1.CustomerMasterKey) error {
 	r.from = c.Status.Phase
-	if c.Status.Phase == v1alpha1.PhaseDeleted {
+	switch {
+	case c.Status.Phase == v1alpha1.PhaseDeleted:
 		r.outcome, r.note = skipped, "deleted: the key is gone for good"
+		return nil
+	case c.Spec.ManagementPolicy == v1alpha1.ManagementPolicyObserve && v.name != "import-material":
+		r.outcome, r.note = skipped, "managementPolicy Observe: the operator changes nothing; set managementPolicy: Manage first"
 		return nil
 	}
 	st := v.plan(c, f)

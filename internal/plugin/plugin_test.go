@@ -323,3 +323,37 @@ func TestReimportAfterExpiry(t *testing.T) {
 		t.Errorf("expiry kept after a re-import without --expires-at: spec %v, status %v", c.Spec.KeyMaterial.ExpiresAt, c.Status.MaterialExpiresAt)
 	}
 }
+
+// TestGuardRailsInTables: the tables show each key's policy; an observed key is skipped by
+// every change, and a protected key by schedule-deletion, each saying why.
+func TestGuardRailsInTables(t *testing.T) {
+	ns := namespace(t)
+	create(t, newKey(ns, "base", map[string]string{"rails": "yes"}, func(c *v1alpha1.CustomerMasterKey) { c.Spec.DeletionProtection = true }))
+	settled(t, ns)
+	base := &v1alpha1.CustomerMasterKey{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "base"}, base); err != nil {
+		t.Fatal(err)
+	}
+	create(t, newKey(ns, "watched", map[string]string{"rails": "yes"}, func(c *v1alpha1.CustomerMasterKey) {
+		c.Spec.ManagementPolicy, c.Spec.KeyID = v1alpha1.ManagementPolicyObserve, base.Status.KeyID
+	}))
+	settled(t, ns)
+
+	out, err := kubectlCmk(t, "-n", ns, "schedule-deletion", "-l", "rails=yes")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{
+		ns + "/base     SKIPPED (Enabled): deletionProtection: clear spec.deletionProtection first",
+		ns + "/watched  SKIPPED (Enabled): managementPolicy Observe: the operator changes nothing",
+		"2 skipped",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("schedule-deletion table lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = kubectlCmk(t, "-n", ns, "status", "-l", "rails=yes")
+	if err != nil || !strings.Contains(out, "POLICY") || !strings.Contains(out, "Manage,protected") || !strings.Contains(out, "Observe") {
+		t.Errorf("status: %v\n%s", err, out)
+	}
+}

@@ -58,17 +58,32 @@ func (o *options) status(ctx context.Context, names []string) error {
 		return nil
 	}
 	w := tabwriter.NewWriter(o.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NAMESPACE\tNAME\tPHASE\tDELETION-DATE\tDELETES-IN\tROTATION\tWAITING-FOR")
+	fmt.Fprintln(w, "NAMESPACE\tNAME\tPHASE\tPOLICY\tDELETION-DATE\tDELETES-IN\tROTATION\tWAITING-FOR")
 	now := time.Now()
 	for _, c := range keys {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Namespace, c.Name, orDash(string(c.Status.Phase)), date(c.Status.DeletionDate),
-			timeLeft(c.Status.DeletionDate, now), rotation(c.Status.Rotation), waitingFor(&c))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Namespace, c.Name, orDash(string(c.Status.Phase)), policy(&c),
+			date(c.Status.DeletionDate), timeLeft(c.Status.DeletionDate, now), rotation(c.Status.Rotation), waitingFor(&c))
 	}
 	_ = w.Flush()
 	if missing > 0 {
 		return fmt.Errorf("%d of %d keys not found", missing, len(names))
 	}
 	return nil
+}
+
+// policy is how the operator treats the key: its managementPolicy, and the guard rails on it.
+func policy(c *v1alpha1.CustomerMasterKey) string {
+	p := string(c.Spec.ManagementPolicy)
+	if p == "" {
+		p = string(v1alpha1.ManagementPolicyManage)
+	}
+	if c.Spec.DeletionProtection {
+		p += ",protected"
+	}
+	if c.Annotations[v1alpha1.PausedAnnotation] == "true" {
+		p += ",paused"
+	}
+	return p
 }
 
 // waitingFor says in a few words what a key needs before it is as its spec asks, from its

@@ -54,6 +54,8 @@ var verbs = []verb{
 			switch {
 			case c.Spec.DeletionScheduled:
 				return step{skip: "already scheduled for deletion"}
+			case c.Spec.DeletionProtection:
+				return step{skip: "deletionProtection: clear spec.deletionProtection first"}
 			}
 			// One patch, as the CRD requires: a key pending deletion is never enabled.
 			p := map[string]any{"enabled": false, "deletionScheduled": true}
