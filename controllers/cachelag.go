@@ -1,11 +1,15 @@
 package controllers
 
 import (
+	"encoding/json"
+	"hash/fnv"
 	"strconv"
 	"sync"
 
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 )
 
 // ownWrites remembers, per resource, the resourceVersion of the operator's own last write, so a
@@ -13,7 +17,33 @@ import (
 // fire before the cache has the status just written) waits for the cache rather than act on a
 // status it already changed: issue import parameters twice (voiding the first), reschedule a
 // deletion whose window it recorded, or report its own change as drift.
-type ownWrites struct{ versions sync.Map } // types.UID → uint64
+type ownWrites struct {
+	versions sync.Map // types.UID → uint64
+	// statuses holds, by UID, a digest of the status the operator last set out to write, so
+	// that a status written by anyone else (a person with rights on the status subresource)
+	// is told apart, and put right at once rather than at the next resync. It is recorded
+	// before the write, so the watch can never bring the write first.
+	statuses sync.Map // types.UID → uint64
+}
+
+// writingStatus records the status about to be written for o.
+func (w *ownWrites) writingStatus(o *v1alpha1.CustomerMasterKey) {
+	w.statuses.Store(o.UID, statusDigest(&o.Status))
+}
+
+// editedElsewhere reports whether o's status is not one the operator wrote last.
+func (w *ownWrites) editedElsewhere(o *v1alpha1.CustomerMasterKey) bool {
+	d, ok := w.statuses.Load(o.UID)
+	return !ok || d.(uint64) != statusDigest(&o.Status)
+}
+
+// statusDigest is a digest of a status, for editedElsewhere; not for security.
+func statusDigest(st *v1alpha1.CustomerMasterKeyStatus) uint64 {
+	raw, _ := json.Marshal(st)
+	h := fnv.New64a()
+	_, _ = h.Write(raw)
+	return h.Sum64()
+}
 
 // wrote records the resourceVersion the apiserver gave the object on the operator's write.
 func (w *ownWrites) wrote(o client.Object) {
@@ -39,4 +69,7 @@ func (w *ownWrites) behind(o client.Object) bool {
 }
 
 // forget drops what is remembered of a resource that is gone.
-func (w *ownWrites) forget(uid types.UID) { w.versions.Delete(uid) }
+func (w *ownWrites) forget(uid types.UID) {
+	w.versions.Delete(uid)
+	w.statuses.Delete(uid)
+}

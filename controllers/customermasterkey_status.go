@@ -84,6 +84,7 @@ func (r *CustomerMasterKeyReconciler) writeStatus(ctx context.Context, before, a
 	if equality.Semantic.DeepEqual(before.Status, after.Status) {
 		return nil
 	}
+	r.writes.writingStatus(after)
 	err := r.Status().Patch(ctx, after, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
 	if err == nil {
 		r.writes.wrote(after)
@@ -108,6 +109,7 @@ func (r *CustomerMasterKeyReconciler) writeKeyFacts(ctx context.Context, before,
 	if equality.Semantic.DeepEqual(before.Status, facts.Status) {
 		return nil
 	}
+	r.writes.writingStatus(facts)
 	if err := r.Status().Patch(ctx, facts, client.MergeFrom(before)); err != nil {
 		return err // not found too: the caller judges a key made for a resource that is gone
 	}

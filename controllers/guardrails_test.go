@@ -323,3 +323,26 @@ func TestPause(t *testing.T) {
 		t.Errorf("unpaused, the deleted resource's key is %s, want PendingDeletion (deletionPolicy Delete)", st)
 	}
 }
+
+// TestEditedStatusIsPutRight: someone with rights on the status subresource writes a status
+// the KMS contradicts (Enabled on a key waiting for material, its import parameters gone); the
+// operator puts it right at once, not at the next resync.
+func TestEditedStatusIsPutRight(t *testing.T) {
+	h := newHarness(t)
+	h.start(managerOptions{syncPeriod: time.Hour})
+	h.create(h.cmk("byok", external))
+	c := h.waitImportParameters("byok", "")
+	id := c.Status.KeyID
+	time.Sleep(time.Second) // settled: nothing left to requeue soon
+	if err := env.Client.Status().Patch(context.Background(), c, rawMerge(t, map[string]any{
+		"status": map[string]any{"phase": "Enabled", "importParameters": nil}})); err != nil {
+		t.Fatal(err)
+	}
+	c = h.eventually("byok", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+		g.Expect(c.Status.Phase).To(Equal(v1alpha1.PhasePendingImport))
+		g.Expect(c.Status.ImportParameters).NotTo(BeNil())
+	})
+	if c.Status.KeyID != id {
+		t.Errorf("keyID %s after the edit, want %s", c.Status.KeyID, id)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -21,8 +22,9 @@ import (
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 )
 
-// SetupWithManager registers the reconciler. Status-only updates do not trigger it: it writes
-// status itself and requeues on purpose. A finalizer taken off by someone else does, so it is
+// SetupWithManager registers the reconciler. Its own status writes do not trigger it: it
+// writes status itself and requeues on purpose; a status someone else wrote does, so a wrong
+// status is put right at once. A finalizer taken off by someone else does, so it is
 // put back before the resource can be deleted without its deletionPolicy. A resource gone wakes
 // the resources of its namespace waiting for its key or alias.
 func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, opts controller.Options) error {
@@ -41,7 +43,7 @@ func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr 
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("customermasterkey").
 		For(&v1alpha1.CustomerMasterKey{}, builder.WithPredicates(predicate.Or(
-			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, finalizerRemoved))).
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, finalizerRemoved, r.statusEdited()))).
 		Watches(&v1alpha1.CustomerMasterKey{}, handler.EnqueueRequestsFromMapFunc(r.waitingOn),
 			builder.WithPredicates(predicate.Funcs{
 				CreateFunc: func(event.CreateEvent) bool { return false }, UpdateFunc: func(event.UpdateEvent) bool { return false },
@@ -94,4 +96,19 @@ var finalizerRemoved = predicate.Funcs{
 	UpdateFunc: func(e event.UpdateEvent) bool {
 		return controllerutil.ContainsFinalizer(e.ObjectOld, Finalizer) && !controllerutil.ContainsFinalizer(e.ObjectNew, Finalizer)
 	},
+}
+
+// statusEdited passes updates whose status the operator did not write: someone with rights on
+// the status subresource changed it (say, phase Enabled on a key that waits for material), and
+// the next reconcile reads the KMS and writes the status it says.
+func (r *CustomerMasterKeyReconciler) statusEdited() predicate.Funcs {
+	return predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			old, okOld := e.ObjectOld.(*v1alpha1.CustomerMasterKey)
+			cur, okNew := e.ObjectNew.(*v1alpha1.CustomerMasterKey)
+			return okOld && okNew && !equality.Semantic.DeepEqual(old.Status, cur.Status) && r.writes.editedElsewhere(cur)
+		},
+		CreateFunc: func(event.CreateEvent) bool { return false }, DeleteFunc: func(event.DeleteEvent) bool { return false },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+	}
 }
