@@ -392,30 +392,46 @@ func TestNextOnlyAllowedCalls(t *testing.T) {
 				for _, deleting := range []bool{true, false} {
 					for _, policy := range []v1alpha1.DeletionPolicy{v1alpha1.DeletionPolicyRetain, v1alpha1.DeletionPolicyDelete} {
 						for _, origin := range []string{"KMS", "External", "ExternalWithMaterial"} {
-							s := spec(enabled, scheduled)
-							if origin != "KMS" {
-								s = external(s, origin == "ExternalWithMaterial")
-							}
-							s.DeletionPolicy = policy
-							in := Input{Spec: s, KeyID: "k1", Key: key(state), Deleting: deleting, Now: now}
-							d := Next(in)
-							switch d.Action {
-							case None, Release:
-								continue
-							case Create:
-								t.Errorf("%s %+v: Create for a key that exists", state, in)
-								continue
-							}
-							ok := false
-							for _, a := range allowed[state] {
-								ok = ok || a == d.Action
-							}
-							if !ok {
-								t.Errorf("state %s, enabled=%v scheduled=%v deleting=%v policy=%s: %s is not allowed from %s",
-									state, enabled, scheduled, deleting, policy, d.Action, state)
-							}
-							if settled := settle(t, in); settled > 3 {
-								t.Errorf("state %s, enabled=%v scheduled=%v origin=%s: took %d actions to settle", state, enabled, scheduled, origin, settled)
+							for _, rail := range []string{"", "protected", "observed"} {
+								s := spec(enabled, scheduled)
+								if origin != "KMS" {
+									s = external(s, origin == "ExternalWithMaterial")
+								}
+								s.DeletionPolicy = policy
+								switch rail {
+								case "protected":
+									s = protected(s)
+								case "observed":
+									s = observed(s)
+								}
+								in := Input{Spec: s, KeyID: "k1", Key: key(state), Deleting: deleting, Now: now}
+								d := Next(in)
+								// The guard rails, whatever the state and spec: an observed key gets no call,
+								// a protected one never a deletion.
+								if rail == "observed" && d.Action != None && d.Action != Release {
+									t.Errorf("observed, state %s, %+v: %s", state, s, d.Action)
+								}
+								if rail == "protected" && d.Action == ScheduleDeletion {
+									t.Errorf("protected, state %s, %+v: ScheduleDeletion", state, s)
+								}
+								switch d.Action {
+								case None, Release:
+									continue
+								case Create:
+									t.Errorf("%s %+v: Create for a key that exists", state, in)
+									continue
+								}
+								ok := false
+								for _, a := range allowed[state] {
+									ok = ok || a == d.Action
+								}
+								if !ok {
+									t.Errorf("state %s, enabled=%v scheduled=%v deleting=%v policy=%s: %s is not allowed from %s",
+										state, enabled, scheduled, deleting, policy, d.Action, state)
+								}
+								if settled := settle(t, in); settled > 3 {
+									t.Errorf("state %s, enabled=%v scheduled=%v origin=%s: took %d actions to settle", state, enabled, scheduled, origin, settled)
+								}
 							}
 						}
 					}
