@@ -16,12 +16,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -31,7 +27,6 @@ import (
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	_ "github.com/cmk-operator/cmk-operator/internal/kms/embedded"    // registers the "embedded" provider
 	_ "github.com/cmk-operator/cmk-operator/internal/kms/huaweicloud" // registers the "huaweicloud" provider
-	"github.com/cmk-operator/cmk-operator/internal/kms/kmsmetrics"
 	"github.com/cmk-operator/cmk-operator/internal/requestmetrics"
 	"github.com/cmk-operator/cmk-operator/internal/scheme"
 )
@@ -110,26 +105,6 @@ func run(ctx context.Context, restConfig *rest.Config, cfg managerConfig) error 
 	if err != nil {
 		return err
 	}
-	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
-		Scheme: scheme.Scheme,
-		// managedFields are never read here; without them the cache of thousands of keys is
-		// about half the size.
-		Cache:                   cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
-		Metrics:                 metricsServer,
-		HealthProbeBindAddress:  cfg.probeAddr,
-		PprofBindAddress:        cfg.pprofAddr,
-		LeaderElection:          cfg.leaderElect,
-		LeaderElectionID:        "cmk-operator.kms.cmk.io",
-		LeaderElectionNamespace: cfg.kmsNamespace,
-		// A stopping leader hands the lease back at once, so a rollout or a drained node
-		// does not leave keys unattended for a lease duration. Safe here: the manager exits
-		// when it stops, and nothing acts after the lease is released.
-		LeaderElectionReleaseOnCancel: true,
-	})
-	if err != nil {
-		return fmt.Errorf("creating manager: %w", err)
-	}
-
 	// The provider keeps its own view of its own objects (the embedded KMS watches its key
 	// Secrets, and nothing else, in the KMS namespace), apart from the manager's cache, which
 	// holds no Secret.
@@ -146,36 +121,27 @@ func run(ctx context.Context, restConfig *rest.Config, cfg managerConfig) error 
 	if err != nil {
 		return fmt.Errorf("starting KMS provider %q: %w", cfg.provider, err)
 	}
-	if task, ok := provider.(manager.Runnable); ok {
-		if err := mgr.Add(task); err != nil {
-			return err
-		}
+	mgr, err := controllers.NewManager(ctx, restConfig, controllers.ManagerOptions{
+		KMS:                     provider,
+		InstrumentAs:            cfg.provider,
+		Metrics:                 metricsServer,
+		HealthProbeBindAddress:  cfg.probeAddr,
+		PprofBindAddress:        cfg.pprofAddr,
+		LeaderElection:          cfg.leaderElect,
+		LeaderElectionNamespace: cfg.kmsNamespace,
+		SyncPeriod:              cfg.syncPeriod,
+		Workers:                 cfg.workers,
+		SkipNameValidation:      cfg.skipNameValidation,
+	})
+	if err != nil {
+		return err
 	}
-	// Wrapped only now: the wrapper passes on the optional interfaces of the kms package, not
-	// manager.Runnable, which the provider's own background work (the embedded reaper) needs.
-	provider = kmsmetrics.Instrument(cfg.provider, provider)
 	keys := &keymetrics.Collector{Reader: mgr.GetCache(), Elected: mgr.Elected()}
 	if err := metrics.Registry.Register(keys); err != nil {
 		return fmt.Errorf("registering the key metrics: %w", err)
 	}
 	defer metrics.Registry.Unregister(keys)
 
-	if err := (&controllers.CustomerMasterKeyReconciler{
-		Client:     mgr.GetClient(),
-		KMS:        provider,
-		APIReader:  mgr.GetAPIReader(),
-		Recorder:   mgr.GetEventRecorder("cmk-operator"),
-		Clock:      clock.RealClock{},
-		SyncPeriod: cfg.syncPeriod,
-	}).SetupWithManager(ctx, mgr, controller.Options{MaxConcurrentReconciles: cfg.workers, SkipNameValidation: &cfg.skipNameValidation}); err != nil {
-		return fmt.Errorf("setting up controller: %w", err)
-	}
-	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
-		return err
-	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
-		return err
-	}
 	log.Info("Starting manager", "kmsProvider", cfg.provider, "kmsNamespace", cfg.kmsNamespace, "syncPeriod", cfg.syncPeriod)
 	return mgr.Start(ctx)
 }

@@ -16,14 +16,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/client-go/rest"
 	clocktesting "k8s.io/utils/clock/testing"
-	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
@@ -94,8 +89,8 @@ type managerOptions struct {
 	namespaces []string
 }
 
-// start runs a manager with the reconciler and the harness's provider until the test ends or
-// stopManager is called. Its cache sees only the test's namespace.
+// start runs the operator's manager (NewManager, as main does) with the harness's provider and
+// clock until the test ends or stopManager is called. Its cache sees only the test's namespace.
 func (h *harness) start(opts managerOptions) {
 	h.t.Helper()
 	logger := logr.Discard()
@@ -106,39 +101,19 @@ func (h *harness) start(opts managerOptions) {
 	if opts.config != nil {
 		cfg = opts.config
 	}
-	watched := map[string]cache.Config{h.ns: {}}
-	for _, ns := range opts.namespaces {
-		watched[ns] = cache.Config{}
-	}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 testenv.Scheme,
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Cache:                  cache.Options{DefaultNamespaces: watched},
-		Logger:                 logger,
-	})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	c := mgr.GetClient()
-	if opts.wrap != nil {
-		c = opts.wrap(c)
-	}
-	if !opts.noReaper {
-		if err := mgr.Add(h.kms); err != nil {
-			h.t.Fatal(err)
-		}
-	}
-	var provider kms.Provider = h.kms
+	var wrapKMS func(kms.Provider) kms.Provider
 	if opts.provider != nil {
-		provider = opts.provider(h.kms)
+		wrapKMS = func(kms.Provider) kms.Provider { return opts.provider(h.kms) }
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &CustomerMasterKeyReconciler{
-		Client: c, KMS: provider, Recorder: mgr.GetEventRecorder("cmk-operator"), Clock: h.clock,
-		SyncPeriod: opts.syncPeriod, ImportRetry: opts.importRetry, APIReader: mgr.GetAPIReader(),
-	}
-	if err := r.SetupWithManager(ctx, mgr, controller.Options{SkipNameValidation: ptr.To(true), Logger: logger}); err != nil {
+	mgr, err := NewManager(ctx, cfg, ManagerOptions{
+		KMS: h.kms, NoBackground: opts.noReaper, WrapKMS: wrapKMS,
+		Namespaces: append([]string{h.ns}, opts.namespaces...), Logger: logger,
+		WrapClient: opts.wrap, Clock: h.clock, SyncPeriod: opts.syncPeriod, ImportRetry: opts.importRetry,
+		SkipNameValidation: true,
+	})
+	if err != nil {
+		cancel()
 		h.t.Fatal(err)
 	}
 	done := make(chan error, 1)

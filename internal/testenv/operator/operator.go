@@ -1,6 +1,7 @@
 // Package operator runs the whole operator (manager, reconciler, embedded KMS) in a test
 // process against a testenv control plane, for tests of what sits in front of it, such as
-// kubectl-cmk. The controllers' own tests build theirs piece by piece.
+// kubectl-cmk. The controllers' own tests run theirs through their harness, with a fake clock
+// and failures injected; both build it with controllers.NewManager, as main does.
 package operator
 
 import (
@@ -9,12 +10,6 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/utils/clock"
-	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/cmk-operator/cmk-operator/controllers"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
@@ -38,31 +33,16 @@ func Start(t testing.TB, env *testenv.Env, namespace, kmsNamespace string) *embe
 	return provider
 }
 
-// Run runs the operator for the keys in namespace with the given provider until the test ends.
+// Run runs the operator for the keys in namespace with the given provider until the test ends,
+// built as main builds it (controllers.NewManager), without the KMS metrics.
 func Run(t testing.TB, env *testenv.Env, namespace string, provider kms.Provider) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:                 testenv.Scheme,
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{namespace: {}}},
-		Logger:                 logr.Discard(),
+	mgr, err := controllers.NewManager(ctx, env.Config, controllers.ManagerOptions{
+		KMS: provider, Namespaces: []string{namespace}, Logger: logr.Discard(), Workers: 4, SkipNameValidation: true,
 	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	if task, ok := provider.(manager.Runnable); ok {
-		if err := mgr.Add(task); err != nil {
-			t.Fatal(err)
-		}
-	}
-	r := &controllers.CustomerMasterKeyReconciler{
-		Client: mgr.GetClient(), KMS: provider, APIReader: mgr.GetAPIReader(),
-		Recorder: mgr.GetEventRecorder("cmk-operator"), Clock: clock.RealClock{},
-	}
-	opts := controller.Options{SkipNameValidation: ptr.To(true), MaxConcurrentReconciles: 4, Logger: logr.Discard()}
-	if err := r.SetupWithManager(ctx, mgr, opts); err != nil {
+		cancel()
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
