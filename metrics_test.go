@@ -33,6 +33,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 )
 
 // TestMetricsEndpoint runs the manager as main does, under the ServiceAccount and RBAC that
@@ -80,15 +81,13 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"orders", "archive"} {
-		cmk := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-			Spec: v1alpha1.CustomerMasterKeySpec{Alias: ns + "/" + name, Enabled: name == "orders"}}
+		cmk := testenv.Key(ns, name, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Alias, c.Spec.Enabled = ns+"/"+name, name == "orders" })
 		if err := env.Client.Create(ctx, cmk); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// A key to adopt that the KMS does not have is not Ready (Stalled, KeyNotFound).
-	missing := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "missing", Namespace: ns},
-		Spec: v1alpha1.CustomerMasterKeySpec{KeyID: "0d0466b0-e727-4d9c-b35d-f84bb474a37f", Enabled: true}}
+	missing := testenv.Key(ns, "missing", func(c *v1alpha1.CustomerMasterKey) { c.Spec.KeyID = "0d0466b0-e727-4d9c-b35d-f84bb474a37f" })
 	if err := env.Client.Create(ctx, missing); err != nil {
 		t.Fatal(err)
 	}

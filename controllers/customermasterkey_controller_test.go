@@ -22,6 +22,7 @@ import (
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 )
 
 // TestSeedOutcomes walks the seed: a KMS key and an External key without material are
@@ -30,7 +31,7 @@ import (
 func TestSeedOutcomes(t *testing.T) {
 	h := newHarness(t)
 	h.start(managerOptions{})
-	h.create(h.cmk("generated"), h.cmk("byok", external))
+	h.create(h.cmk("generated"), h.cmk("byok", testenv.External))
 
 	gen := h.waitPhase("generated", v1alpha1.PhaseEnabled)
 	if c := cond(gen, v1alpha1.ConditionReady); c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonAvailable {
@@ -134,7 +135,7 @@ func TestManyKeysByLabel(t *testing.T) {
 func TestRestartLosesNothing(t *testing.T) {
 	h := newHarness(t)
 	h.start(managerOptions{})
-	h.create(h.cmk("a"), h.cmk("b"), h.cmk("c", external))
+	h.create(h.cmk("a"), h.cmk("b"), h.cmk("c", testenv.External))
 	h.waitPhase("a", v1alpha1.PhaseEnabled)
 	h.waitPhase("b", v1alpha1.PhaseEnabled)
 	h.waitPhase("c", v1alpha1.PhasePendingImport)

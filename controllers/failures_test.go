@@ -13,6 +13,7 @@ import (
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/kms/embedded"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 )
 
 // flaky fails the next Observe or CancelDeletion calls with a transient error: the counters
@@ -68,7 +69,7 @@ func reconcileAll(t *testing.T, r *CustomerMasterKeyReconciler, h *harness, name
 func TestFailedReadKeepsImportParameters(t *testing.T) {
 	h := newHarness(t)
 	r, f := flakyReconciler(h)
-	h.create(h.cmk("byok", external))
+	h.create(h.cmk("byok", testenv.External))
 	c := reconcileAll(t, r, h, "byok")
 	if c.Status.Phase != v1alpha1.PhasePendingImport || c.Status.ImportParameters == nil {
 		t.Fatalf("setup: %+v", c.Status)

@@ -14,6 +14,7 @@ import (
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/kms/embedded"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 )
 
 // TestGuardRailRules sends the guard rails' bad input, and the input a hostile or careless
@@ -330,7 +331,7 @@ func TestPause(t *testing.T) {
 func TestEditedStatusIsPutRight(t *testing.T) {
 	h := newHarness(t)
 	h.start(managerOptions{syncPeriod: time.Hour})
-	h.create(h.cmk("byok", external))
+	h.create(h.cmk("byok", testenv.External))
 	c := h.waitImportParameters("byok", "")
 	id := c.Status.KeyID
 	time.Sleep(time.Second) // settled: nothing left to requeue soon

@@ -20,6 +20,7 @@ import (
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/kms/kmstest"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 )
 
 // wrapFor wraps material as a user does with openssl, under the public key the resource
@@ -100,7 +101,7 @@ func TestImportFlow(t *testing.T) {
 	h := newHarness(t)
 	logs := &syncBuffer{}
 	h.start(managerOptions{logs: logs})
-	h.create(h.cmk("byok", external))
+	h.create(h.cmk("byok", testenv.External))
 	c := h.waitImportParameters("byok", "")
 	p := c.Status.ImportParameters
 	if c.Status.Phase != v1alpha1.PhasePendingImport || p.WrappingAlgorithm != "RSAES_OAEP_SHA_256" ||
@@ -151,7 +152,7 @@ func TestImportFlow(t *testing.T) {
 func TestImportWithEnabledFalse(t *testing.T) {
 	h := newHarness(t)
 	h.start(managerOptions{})
-	h.create(h.cmk("quiet", external, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Enabled = false }))
+	h.create(h.cmk("quiet", testenv.External, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Enabled = false }))
 	c := h.waitImportParameters("quiet", "")
 	wrapped, token := wrapFor(t, c, randomMaterial(t, 32))
 	h.putSecret("quiet-material", materialSecret(wrapped, token))
@@ -164,7 +165,7 @@ func TestImportWithEnabledFalse(t *testing.T) {
 func TestMaterialExpiry(t *testing.T) {
 	h := newHarness(t)
 	h.start(managerOptions{importRetry: 200 * time.Millisecond})
-	h.create(h.cmk("expiring", external))
+	h.create(h.cmk("expiring", testenv.External))
 	c := h.waitImportParameters("expiring", "")
 	material := randomMaterial(t, 32)
 	wrapped, token := wrapFor(t, c, material)
@@ -229,7 +230,7 @@ func TestImportFailures(t *testing.T) {
 			}},
 		"TokenOfAnotherKey": {reason: v1alpha1.ReasonImportTokenInvalid, says: "wrap the material again with the publicKey now in status.importParameters",
 			setup: func(t *testing.T, name string, _ *v1alpha1.CustomerMasterKey) map[string]any {
-				h.create(h.cmk(name+"-other", external))
+				h.create(h.cmk(name+"-other", testenv.External))
 				other := h.waitImportParameters(name+"-other", "")
 				wrapped, token := wrapFor(t, other, randomMaterial(t, 32))
 				h.putSecret(name, materialSecret(wrapped, token))
@@ -258,7 +259,7 @@ func TestImportFailures(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			res := "bad-" + map[string]string{"SecretMissing": "a", "WrongKeyNames": "b", "TokenOfAnotherKey": "c",
 				"WrongLength": "d", "NotWrapped": "e", "ExpiryPassed": "f"}[name]
-			h.create(h.cmk(res, external))
+			h.create(h.cmk(res, testenv.External))
 			c := h.waitImportParameters(res, "")
 			h.patch(res, tc.setup(t, res, c))
 			c = h.eventually(res, func(g Gomega, c *v1alpha1.CustomerMasterKey) {
@@ -289,7 +290,7 @@ func TestImportFailures(t *testing.T) {
 func TestImportRetriesKeepParameters(t *testing.T) {
 	h := newHarness(t)
 	h.start(managerOptions{importRetry: 200 * time.Millisecond})
-	h.create(h.cmk("patient", external))
+	h.create(h.cmk("patient", testenv.External))
 	c := h.waitImportParameters("patient", "")
 	first := c.Status.ImportParameters.ImportToken
 	wrapped, _ := wrapFor(t, c, randomMaterial(t, 32))

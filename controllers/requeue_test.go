@@ -17,6 +17,7 @@ import (
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/kms/embedded"
 	"github.com/cmk-operator/cmk-operator/internal/planner"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 )
 
 // countingKMS counts how often the reconciler reads keys.
@@ -48,7 +49,7 @@ func TestOverdueExpiryIsNotPolled(t *testing.T) {
 	h := newHarness(t)
 	counter := &countingKMS{Provider: h.kms}
 	h.start(managerOptions{noReaper: true, provider: func(*embedded.Provider) kms.Provider { return counter }})
-	h.create(h.cmk("late", external))
+	h.create(h.cmk("late", testenv.External))
 	h.importWithExpiry("late", h.clock.Now().Add(time.Hour))
 
 	h.clock.Step(time.Hour + time.Second)

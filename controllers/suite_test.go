@@ -149,26 +149,10 @@ func losingStatusWrites(lose func(*v1alpha1.CustomerMasterKey) bool) func(client
 	}
 }
 
-// cmk returns a resource with every default the apiserver would set, as a Go client must.
+// cmk returns a resource of the test's namespace with every default the apiserver would set.
 func (h *harness) cmk(name string, mutate ...func(*v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {
-	c := newCMK(h.ns, name)
-	for _, m := range mutate {
-		m(c)
-	}
-	return c
+	return testenv.Key(h.ns, name, mutate...)
 }
-
-func newCMK(namespace, name string) *v1alpha1.CustomerMasterKey {
-	return &v1alpha1.CustomerMasterKey{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
-		Spec: v1alpha1.CustomerMasterKeySpec{
-			KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt, Origin: v1alpha1.OriginKMS,
-			Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain,
-		},
-	}
-}
-
-func external(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal }
 
 func (h *harness) create(objs ...*v1alpha1.CustomerMasterKey) {
 	h.t.Helper()

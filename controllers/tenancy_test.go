@@ -26,6 +26,7 @@ import (
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 )
 
 // The tests here are tenants at work: two teams, alice in one namespace and bob in another,
@@ -167,11 +168,7 @@ func fromUnstructured(t testing.TB, u *unstructured.Unstructured, into any) {
 
 // cmk is a resource of the tenant's namespace with every default the apiserver would set.
 func (tn *tenant) cmk(name string, mutate ...func(*v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {
-	c := newCMK(tn.ns, name)
-	for _, m := range mutate {
-		m(c)
-	}
-	return c
+	return testenv.Key(tn.ns, name, mutate...)
 }
 
 func (tn *tenant) tryCreate(name string, mutate ...func(*v1alpha1.CustomerMasterKey)) error {
@@ -354,7 +351,7 @@ func TestTenancyAliasConflictNamesNoOtherTenant(t *testing.T) {
 // adopted, so no material can be imported into it from there; its owner still can.
 func TestTenancyNoMaterialPlantedFromAnotherNamespace(t *testing.T) {
 	w := newWorld(t, managerOptions{importRetry: 200 * time.Millisecond})
-	w.a.create("byok", external)
+	w.a.create("byok", testenv.External)
 	owned := w.a.eventually("byok", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
 		g.Expect(c.Status.ImportParameters).NotTo(BeNil())
 	})
@@ -363,7 +360,7 @@ func TestTenancyNoMaterialPlantedFromAnotherNamespace(t *testing.T) {
 	// bob has the key ID and, say, the public key; he wraps material of his choosing.
 	wrapped, token := wrapFor(t, owned, randomMaterial(t, 32))
 	w.b.putSecret("planted", materialSecret(wrapped, token))
-	w.b.create("plant", external, keyID(x), func(c *v1alpha1.CustomerMasterKey) {
+	w.b.create("plant", testenv.External, keyID(x), func(c *v1alpha1.CustomerMasterKey) {
 		c.Spec.KeyMaterial = &v1alpha1.KeyMaterial{SecretRef: v1alpha1.LocalSecretReference{Name: "planted"}}
 	})
 	c := w.b.waitReason("plant", v1alpha1.ReasonAdoptionRefused)
@@ -501,7 +498,7 @@ func TestTenancyNoLookupsOnATenantsBehalf(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "keyID must be a KMS key ID") {
 		t.Errorf("keyID embedded-root-key: %v", err)
 	}
-	err = w.b.tryCreate("path", external, func(c *v1alpha1.CustomerMasterKey) {
+	err = w.b.tryCreate("path", testenv.External, func(c *v1alpha1.CustomerMasterKey) {
 		c.Spec.KeyMaterial = &v1alpha1.KeyMaterial{SecretRef: v1alpha1.LocalSecretReference{Name: "../" + w.a.ns + "/x"}}
 	})
 	if err == nil || !strings.Contains(err.Error(), "secretRef.name must be the name of a Secret in this namespace") {
@@ -526,7 +523,7 @@ func TestTenancyNoLookupsOnATenantsBehalf(t *testing.T) {
 		Data: map[string][]byte{"password": []byte("hunter2")}})
 	answers := map[string]metav1.Condition{}
 	for name, secret := range map[string]string{"probe-db": "db-password", "probe-nothing": "nothing-here"} {
-		if err := carol.tryCreate(name, external, func(c *v1alpha1.CustomerMasterKey) {
+		if err := carol.tryCreate(name, testenv.External, func(c *v1alpha1.CustomerMasterKey) {
 			c.Spec.KeyMaterial = &v1alpha1.KeyMaterial{SecretRef: v1alpha1.LocalSecretReference{Name: secret}}
 		}); err != nil {
 			t.Fatal(err)

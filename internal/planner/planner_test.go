@@ -9,15 +9,16 @@ import (
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 )
 
 var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 
+// spec is the spec of a test key (testenv.Key), enabled and scheduled for deletion as asked.
 func spec(enabled, scheduled bool) v1alpha1.CustomerMasterKeySpec {
-	return v1alpha1.CustomerMasterKeySpec{
-		KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt, Origin: v1alpha1.OriginKMS,
-		Enabled: enabled, DeletionScheduled: scheduled, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain,
-	}
+	s := testenv.Key("", "").Spec
+	s.Enabled, s.DeletionScheduled = enabled, scheduled
+	return s
 }
 
 func protected(s v1alpha1.CustomerMasterKeySpec) v1alpha1.CustomerMasterKeySpec {

@@ -62,18 +62,6 @@ func namespace(t testing.TB) string {
 	return ns
 }
 
-func newKey(ns, name string, labels map[string]string, mutate ...func(*v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {
-	c := &v1alpha1.CustomerMasterKey{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
-		Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
-			Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain},
-	}
-	for _, m := range mutate {
-		m(c)
-	}
-	return c
-}
-
 func create(t testing.TB, keys ...*v1alpha1.CustomerMasterKey) {
 	t.Helper()
 	for _, k := range keys {
@@ -113,10 +101,10 @@ func TestManyKeysByLabel(t *testing.T) {
 	ns := namespace(t)
 	team := map[string]string{"team": "payments"}
 	for i := range 199 {
-		create(t, newKey(ns, fmt.Sprintf("key-%03d", i), team))
+		create(t, testenv.Key(ns, fmt.Sprintf("key-%03d", i), testenv.Labels(team)))
 	}
-	create(t, newKey(ns, "byok", team, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal }))
-	create(t, newKey(ns, "bystander", map[string]string{"team": "other"}))
+	create(t, testenv.Key(ns, "byok", testenv.Labels(team), testenv.External))
+	create(t, testenv.Key(ns, "bystander", testenv.Labels(map[string]string{"team": "other"})))
 	settled(t, ns)
 
 	out, err := kubectlCmk(t, "-n", ns, "schedule-deletion", "-l", "team=payments", "--wait")
@@ -153,7 +141,8 @@ func tail(s string) string {
 // TestDryRunChangesNothing checks that --dry-run reports the change and makes none.
 func TestDryRunChangesNothing(t *testing.T) {
 	ns := namespace(t)
-	create(t, newKey(ns, "a", map[string]string{"env": "staging"}), newKey(ns, "b", map[string]string{"env": "staging"}))
+	staging := testenv.Labels(map[string]string{"env": "staging"})
+	create(t, testenv.Key(ns, "a", staging), testenv.Key(ns, "b", staging))
 	settled(t, ns)
 	before := map[string]int64{}
 	var list v1alpha1.CustomerMasterKeyList
@@ -178,9 +167,9 @@ func TestDryRunChangesNothing(t *testing.T) {
 // changed or skipped with the reason.
 func TestMixedPhases(t *testing.T) {
 	ns := namespace(t)
-	mix := map[string]string{"mix": "yes"}
-	create(t, newKey(ns, "enabled", mix), newKey(ns, "pending", mix), newKey(ns, "disabled", mix, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Enabled = false }),
-		newKey(ns, "byok", mix, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal }))
+	mix := testenv.Labels(map[string]string{"mix": "yes"})
+	create(t, testenv.Key(ns, "enabled", mix), testenv.Key(ns, "pending", mix), testenv.Key(ns, "disabled", mix, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Enabled = false }),
+		testenv.Key(ns, "byok", mix, testenv.External))
 	settled(t, ns)
 	if out, err := kubectlCmk(t, "-n", ns, "schedule-deletion", "pending", "--wait", "--pending-days", "30"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
@@ -220,7 +209,7 @@ func TestMixedPhases(t *testing.T) {
 // change the apiserver refuses: the good key changes, the bad rows say why, the exit fails.
 func TestPartialFailure(t *testing.T) {
 	ns := namespace(t)
-	create(t, newKey(ns, "real", nil))
+	create(t, testenv.Key(ns, "real"))
 	settled(t, ns)
 	out, err := kubectlCmk(t, "-n", ns, "disable", "real", "ghost", "--wait")
 	if err == nil || !strings.Contains(err.Error(), "1 of 2 keys failed: "+ns+"/ghost") {
@@ -246,7 +235,7 @@ func TestPartialFailure(t *testing.T) {
 // wrapped material reaches the cluster.
 func TestImportMaterial(t *testing.T) {
 	ns := namespace(t)
-	create(t, newKey(ns, "own", nil, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal; c.Spec.Enabled = false }))
+	create(t, testenv.Key(ns, "own", testenv.External, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Enabled = false }))
 	NewWithT(t).Eventually(func() *v1alpha1.ImportParameters {
 		c := &v1alpha1.CustomerMasterKey{}
 		_ = env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "own"}, c)
@@ -276,7 +265,7 @@ func TestImportMaterial(t *testing.T) {
 }
 
 func TestWrapMaterialRefusesExpiredParameters(t *testing.T) {
-	c := newKey("ns", "k", nil, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal })
+	c := testenv.Key("ns", "k", testenv.External)
 	c.Status.ImportParameters = &v1alpha1.ImportParameters{WrappingAlgorithm: v1alpha1.WrappingAlgorithmRSAESOAEPSHA256,
 		ExpiresAt: metav1.NewTime(time.Now().Add(-time.Minute))}
 	_, _, err := wrapMaterial(c, "unused")
@@ -290,7 +279,7 @@ func TestWrapMaterialRefusesExpiredParameters(t *testing.T) {
 // still set, and the old expiresAt is cleared rather than refused as passed.
 func TestReimportAfterExpiry(t *testing.T) {
 	ns := namespace(t)
-	create(t, newKey(ns, "own", nil, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal }))
+	create(t, testenv.Key(ns, "own", testenv.External))
 	get := func() *v1alpha1.CustomerMasterKey {
 		c := &v1alpha1.CustomerMasterKey{}
 		if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "own"}, c); err != nil {
@@ -328,13 +317,14 @@ func TestReimportAfterExpiry(t *testing.T) {
 // every change, and a protected key by schedule-deletion, each saying why.
 func TestGuardRailsInTables(t *testing.T) {
 	ns := namespace(t)
-	create(t, newKey(ns, "base", map[string]string{"rails": "yes"}, func(c *v1alpha1.CustomerMasterKey) { c.Spec.DeletionProtection = true }))
+	rails := testenv.Labels(map[string]string{"rails": "yes"})
+	create(t, testenv.Key(ns, "base", rails, func(c *v1alpha1.CustomerMasterKey) { c.Spec.DeletionProtection = true }))
 	settled(t, ns)
 	base := &v1alpha1.CustomerMasterKey{}
 	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "base"}, base); err != nil {
 		t.Fatal(err)
 	}
-	create(t, newKey(ns, "watched", map[string]string{"rails": "yes"}, func(c *v1alpha1.CustomerMasterKey) {
+	create(t, testenv.Key(ns, "watched", rails, func(c *v1alpha1.CustomerMasterKey) {
 		c.Spec.ManagementPolicy, c.Spec.KeyID = v1alpha1.ManagementPolicyObserve, base.Status.KeyID
 	}))
 	settled(t, ns)

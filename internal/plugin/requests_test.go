@@ -23,6 +23,7 @@ import (
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/requestmetrics"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 )
 
 // countingAPIServer puts a proxy that counts requests by verb and resource in front of the
@@ -86,7 +87,7 @@ func TestSelectionIsPagedAndNotReadAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 120 {
-		create(t, newKey(ns, fmt.Sprintf("key-%03d", i), map[string]string{"team": "paged"}))
+		create(t, testenv.Key(ns, fmt.Sprintf("key-%03d", i), testenv.Labels(map[string]string{"team": "paged"})))
 	}
 	kubeconfig, counts := countingAPIServer(t, nil)
 	var out, errOut strings.Builder
@@ -112,7 +113,7 @@ func TestChangedSinceTheListIsReadAgain(t *testing.T) {
 	if err := env.CreateNamespace(context.Background(), ns); err != nil {
 		t.Fatal(err)
 	}
-	create(t, newKey(ns, "key", map[string]string{"team": "changed"}))
+	create(t, testenv.Key(ns, "key", testenv.Labels(map[string]string{"team": "changed"})))
 	var once sync.Once
 	kubeconfig, counts := countingAPIServer(t, func(r *http.Request) {
 		if r.Method == http.MethodPatch {
@@ -146,7 +147,7 @@ func TestChangedSinceTheListIsReadAgain(t *testing.T) {
 // watch that would wait for changes that are not coming until --timeout.
 func TestWaitEndsWhenTheListShowsItDone(t *testing.T) {
 	ns := namespace(t)
-	create(t, newKey(ns, "quick", nil))
+	create(t, testenv.Key(ns, "quick"))
 	settled(t, ns)
 	var patched sync.Once
 	var waited, watched atomic.Bool // written by the proxy's handlers

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 )
 
 // floor is the least any operator must write for a step, done by a client that knows the
@@ -212,13 +213,7 @@ func record(name string, phase v1alpha1.Phase) []byte {
 }
 
 func newKey(namespace, name string) *v1alpha1.CustomerMasterKey {
-	return &v1alpha1.CustomerMasterKey{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: map[string]string{"bench": "yes"}},
-		Spec: v1alpha1.CustomerMasterKeySpec{
-			KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt, Origin: v1alpha1.OriginKMS,
-			Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain,
-		},
-	}
+	return testenv.Key(namespace, name, testenv.Labels(map[string]string{"bench": "yes"}))
 }
 
 func keyNames(n int) []string {

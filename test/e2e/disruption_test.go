@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 )
 
 var managerPods = client.MatchingLabels{"app.kubernetes.io/name": "cmk-operator", "app.kubernetes.io/component": "manager"}
@@ -71,7 +72,7 @@ func scaleManager(t *testing.T, replicas int32) {
 func createKeys(t *testing.T, ns string, n int) {
 	t.Helper()
 	for i := range n {
-		k := key(ns, fmt.Sprintf("k%03d", i), func(k *v1alpha1.CustomerMasterKey) { k.Labels = map[string]string{"bulk": ns} })
+		k := key(ns, fmt.Sprintf("k%03d", i), testenv.Labels(map[string]string{"bulk": ns}))
 		if err := c.Create(t.Context(), k); err != nil {
 			t.Fatal(err)
 		}
@@ -131,7 +132,7 @@ func TestManagerPodDeletedMidBulk(t *testing.T) {
 			}
 			t.Logf("manager pod deleted with %d of %d keys not yet Enabled", pending, n)
 		}
-		k := key(ns, fmt.Sprintf("k%03d", i), func(k *v1alpha1.CustomerMasterKey) { k.Labels = map[string]string{"bulk": ns} })
+		k := key(ns, fmt.Sprintf("k%03d", i), testenv.Labels(map[string]string{"bulk": ns}))
 		if err := c.Create(t.Context(), k); err != nil {
 			t.Fatal(err)
 		}

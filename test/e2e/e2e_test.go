@@ -30,6 +30,7 @@ import (
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/scheme"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 )
 
 const (
@@ -108,13 +109,10 @@ func namespace(t *testing.T, name string) string {
 	return name
 }
 
+// key is a test key (testenv.Key) with an alias of its namespace and name.
 func key(ns, name string, mutate ...func(*v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {
-	k := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: v1alpha1.CustomerMasterKeySpec{Alias: ns + "/" + name, Enabled: true}}
-	for _, m := range mutate {
-		m(k)
-	}
-	return k
+	aliased := func(k *v1alpha1.CustomerMasterKey) { k.Spec.Alias = ns + "/" + name }
+	return testenv.Key(ns, name, append([]func(*v1alpha1.CustomerMasterKey){aliased}, mutate...)...)
 }
 
 // waitPhase waits until the key reports phase for its current spec.
@@ -168,7 +166,7 @@ func TestSeedOneKey(t *testing.T) {
 // received it: canceled, it is PendingImport again.
 func TestSeedExternalKey(t *testing.T) {
 	ns := namespace(t, "e2e-byok")
-	if err := c.Create(t.Context(), key(ns, "byok", func(k *v1alpha1.CustomerMasterKey) { k.Spec.Origin = v1alpha1.OriginExternal })); err != nil {
+	if err := c.Create(t.Context(), key(ns, "byok", testenv.External)); err != nil {
 		t.Fatal(err)
 	}
 	waitPhase(t, ns, "byok", v1alpha1.PhasePendingImport)
@@ -184,7 +182,7 @@ func TestSeedManyByLabel(t *testing.T) {
 	ns := namespace(t, "e2e-many")
 	const n = 20
 	for i := range n {
-		k := key(ns, fmt.Sprintf("k%02d", i), func(k *v1alpha1.CustomerMasterKey) { k.Labels = map[string]string{"team": "payments"} })
+		k := key(ns, fmt.Sprintf("k%02d", i), testenv.Labels(map[string]string{"team": "payments"}))
 		if err := c.Create(t.Context(), k); err != nil {
 			t.Fatal(err)
 		}

@@ -38,9 +38,7 @@ func TestUninstallIsNoMassDeletion(t *testing.T) {
 	}
 	provider := operator.Start(t, env, ns, "kms")
 	for i := range n {
-		c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("key-%02d", i), Namespace: ns},
-			Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
-				Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyDelete}}
+		c := testenv.Key(ns, fmt.Sprintf("key-%02d", i), func(c *v1alpha1.CustomerMasterKey) { c.Spec.DeletionPolicy = v1alpha1.DeletionPolicyDelete })
 		if err := env.Client.Create(ctx, c); err != nil {
 			t.Fatal(err)
 		}

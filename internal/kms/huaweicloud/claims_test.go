@@ -21,6 +21,7 @@ import (
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/controllers"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 	"github.com/cmk-operator/cmk-operator/internal/testenv/operator"
 )
 
@@ -43,9 +44,9 @@ func TestConsoleKeyNotTakenByAlias(t *testing.T) {
 	asking := func(c *v1alpha1.CustomerMasterKey) {
 		c.Spec.Alias, c.Spec.DeletionPolicy = "terraform/payments-prod", v1alpha1.DeletionPolicyDelete
 	}
-	plain := hwCMK(ns, "grab", asking)
+	plain := testenv.Key(ns, "grab", asking)
 	backdated := func(name, at string) *v1alpha1.CustomerMasterKey {
-		return hwCMK(ns, name, asking, func(c *v1alpha1.CustomerMasterKey) {
+		return testenv.Key(ns, name, asking, func(c *v1alpha1.CustomerMasterKey) {
 			c.Annotations = map[string]string{controllers.CreateAttemptAnnotation: at}
 		})
 	}

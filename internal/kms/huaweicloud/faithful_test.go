@@ -21,6 +21,7 @@ import (
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/kms/kmstest"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 	"github.com/cmk-operator/cmk-operator/internal/testenv/operator"
 )
 
@@ -34,17 +35,6 @@ func newNamespace(t *testing.T, prefix string) string {
 	return ns
 }
 
-// hwCMK is a resource with every default the apiserver would set.
-func hwCMK(ns, name string, mutate ...func(*v1alpha1.CustomerMasterKey)) *v1alpha1.CustomerMasterKey {
-	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
-			Origin: v1alpha1.OriginKMS, Enabled: true, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain}}
-	for _, m := range mutate {
-		m(c)
-	}
-	return c
-}
-
 // The tests here hold the provider to Huawei Cloud KMS as it answers (the stand-in follows
 // docs/huaweicloud.md: the SDK's models, Huawei's error-code table, the Terraform providers),
 // one numbered item of issue 10 each.
@@ -56,7 +46,7 @@ func TestDeletedKeyIsSeenAsDeleted(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-deleted")
 	operator.Run(t, env, ns, p)
-	c := hwCMK(ns, "gone", func(c *v1alpha1.CustomerMasterKey) { c.Spec.DeletionPolicy = v1alpha1.DeletionPolicyDelete })
+	c := testenv.Key(ns, "gone", func(c *v1alpha1.CustomerMasterKey) { c.Spec.DeletionPolicy = v1alpha1.DeletionPolicyDelete })
 	if err := env.Client.Create(ctx, c); err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +136,7 @@ func TestFrozenKeyIsReportedAndLeftAlone(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-frozen")
 	operator.Run(t, env, ns, p)
-	c := hwCMK(ns, "cold")
+	c := testenv.Key(ns, "cold")
 	if err := env.Client.Create(ctx, c); err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +187,7 @@ func TestRefusedCredentialsBackOffForEveryKey(t *testing.T) {
 	operator.Run(t, env, ns, p)
 	names := []string{"a", "b", "c", "d", "e", "f"}
 	for _, name := range names {
-		c := hwCMK(ns, name)
+		c := testenv.Key(ns, name)
 		if err := env.Client.Create(ctx, c); err != nil {
 			t.Fatal(err)
 		}
@@ -279,7 +269,7 @@ func TestLateMaterialRemovalIsNotPolledHot(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-expiry")
 	operator.Run(t, env, ns, p)
-	c := hwCMK(ns, "byok", func(c *v1alpha1.CustomerMasterKey) { c.Spec.Origin = v1alpha1.OriginExternal })
+	c := testenv.Key(ns, "byok", testenv.External)
 	if err := env.Client.Create(ctx, c); err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/controllers"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 	"github.com/cmk-operator/cmk-operator/internal/testenv/operator"
 )
 
@@ -40,7 +41,7 @@ func TestLegacyRetainedKey(t *testing.T) {
 	}
 	operator.Run(t, env, ns.Name, p)
 
-	c := hwCMK(ns.Name, "orders")
+	c := testenv.Key(ns.Name, "orders")
 	if err := env.Client.Create(ctx, c); err != nil {
 		t.Fatal(err)
 	}

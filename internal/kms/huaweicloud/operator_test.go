@@ -41,12 +41,8 @@ func TestOperatorAdoptsKeyScheduledInConsole(t *testing.T) {
 	}
 	operator.Run(t, env, "hw", p)
 
-	spec := v1alpha1.CustomerMasterKeySpec{KeySpec: v1alpha1.KeySpecAES256, KeyUsage: v1alpha1.KeyUsageEncryptDecrypt,
-		Origin: v1alpha1.OriginKMS, PendingDays: 7, DeletionPolicy: v1alpha1.DeletionPolicyRetain}
-	adopted := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "adopted", Namespace: "hw"}, Spec: spec}
-	adopted.Spec.KeyID = consoleID
-	created := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Name: "created", Namespace: "hw"}, Spec: spec}
-	created.Spec.Enabled = true
+	adopted := testenv.Key("hw", "adopted", func(c *v1alpha1.CustomerMasterKey) { c.Spec.KeyID, c.Spec.Enabled = consoleID, false })
+	created := testenv.Key("hw", "created")
 	for _, c := range []*v1alpha1.CustomerMasterKey{adopted, created} {
 		if err := env.Client.Create(ctx, c); err != nil {
 			t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/kms/kmstest"
+	"github.com/cmk-operator/cmk-operator/internal/testenv"
 	"github.com/cmk-operator/cmk-operator/internal/testenv/operator"
 )
 
@@ -24,7 +25,7 @@ func TestRotationThroughTheOperator(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-rotation")
 	operator.Run(t, env, ns, p)
-	c := hwCMK(ns, "rotating", func(c *v1alpha1.CustomerMasterKey) {
+	c := testenv.Key(ns, "rotating", func(c *v1alpha1.CustomerMasterKey) {
 		c.Spec.Rotation = &v1alpha1.Rotation{Enabled: true, IntervalDays: 30}
 	})
 	if err := env.Client.Create(ctx, c); err != nil {
@@ -129,7 +130,7 @@ func TestTagsThroughTheOperator(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-tags")
 	operator.Run(t, env, ns, p)
-	c := hwCMK(ns, "tagged", func(c *v1alpha1.CustomerMasterKey) {
+	c := testenv.Key(ns, "tagged", func(c *v1alpha1.CustomerMasterKey) {
 		c.Spec.Tags = map[string]v1alpha1.TagValue{"team": "payments", "env": "prod"}
 	})
 	if err := env.Client.Create(ctx, c); err != nil {
