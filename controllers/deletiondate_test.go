@@ -27,8 +27,16 @@ func TestNewWindowWhileStopped(t *testing.T) {
 	if c.Status.PendingDays != 7 {
 		t.Errorf("status.pendingDays %d after scheduling with 7", c.Status.PendingDays)
 	}
+	// Events are sent on their own, after the status that follows them: a manager stopped at
+	// once may never send its last one.
+	scheduled := func(n int) {
+		t.Helper()
+		NewWithT(t).Eventually(func() int { return countOf(h.events("window"), v1alpha1.EventDeletionScheduled) }).
+			WithTimeout(timeout).Should(Equal(n), "DeletionScheduled events: %v", h.events("window"))
+	}
+	scheduled(1)
 
-	for _, days := range []int{30, 7} {
+	for i, days := range []int{30, 7} {
 		h.stopManager()
 		h.clock.Step(day)
 		h.patch("window", cancel)
@@ -44,6 +52,7 @@ func TestNewWindowWhileStopped(t *testing.T) {
 		if k, err := h.kms.Observe(context.Background(), c.Status.KeyID); err != nil || !k.DeletionDate.Equal(c.Status.DeletionDate.Time) {
 			t.Errorf("the KMS's date %v differs from status (%v)", k.DeletionDate, err)
 		}
+		scheduled(2 + i)
 	}
 	if n := countOf(h.events("window"), v1alpha1.EventDeletionScheduled); n != 3 {
 		t.Errorf("%d DeletionScheduled events, want 3: %v", n, h.events("window"))
