@@ -54,6 +54,7 @@ func adopting(id string) func(*v1alpha1.CustomerMasterKey) {
 // TestAdoptKeyPendingDeletion adopts a key someone scheduled for deletion outside Kubernetes
 // and cancels the deletion: it comes back Disabled, and no key is created.
 func TestAdoptKeyPendingDeletion(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.allowAdoption()
 	h.start(managerOptions{})
@@ -87,6 +88,7 @@ func TestAdoptKeyPendingDeletion(t *testing.T) {
 // TestAdoptUnknownKey names a key the KMS does not have: a condition says so, nothing is
 // created, and the ID can be corrected.
 func TestAdoptUnknownKey(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.allowAdoption()
 	h.start(managerOptions{})
@@ -107,6 +109,7 @@ func TestAdoptUnknownKey(t *testing.T) {
 
 // TestAdoptMismatch adopts a key whose spec differs from the resource's: nothing is done to it.
 func TestAdoptMismatch(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.allowAdoption()
 	h.start(managerOptions{})

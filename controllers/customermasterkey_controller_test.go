@@ -29,6 +29,7 @@ import (
 // scheduled for deletion and canceled; the first comes back Disabled, the second PendingImport,
 // and enabling is a separate step.
 func TestSeedOutcomes(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	h.create(h.cmk("generated"), h.cmk("byok", testenv.External))
@@ -80,6 +81,7 @@ func TestSeedOutcomes(t *testing.T) {
 // TestManyKeysByLabel schedules and cancels the deletion of a group of keys by label, the
 // second time with kubectl exactly as the README shows.
 func TestManyKeysByLabel(t *testing.T) {
+	t.Parallel()
 	const n = 24
 	h := newHarness(t)
 	h.start(managerOptions{})
@@ -133,6 +135,7 @@ func TestManyKeysByLabel(t *testing.T) {
 // TestRestartLosesNothing stops the manager with keys in every phase, changes specs while it
 // is down, and starts a new manager with a new provider instance on the same KMS.
 func TestRestartLosesNothing(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	h.create(h.cmk("a"), h.cmk("b"), h.cmk("c", testenv.External))
@@ -176,6 +179,7 @@ func TestRestartLosesNothing(t *testing.T) {
 // TestCrashBetweenCreateAndStatusWrite loses the first status write after a key is created,
 // as a crash would, and checks the next reconcile finds the same key rather than making one.
 func TestCrashBetweenCreateAndStatusWrite(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	var failed atomic.Bool
 	h.start(managerOptions{wrap: losingStatusWrites(func(*v1alpha1.CustomerMasterKey) bool { return failed.CompareAndSwap(false, true) })})
@@ -195,6 +199,7 @@ func TestCrashBetweenCreateAndStatusWrite(t *testing.T) {
 // TestDeletionDateReached moves the clock past the deletion date: the embedded KMS deletes the
 // key, the resource reports Deleted at once, and no new key is ever made for it.
 func TestDeletionDateReached(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	h.create(h.cmk("doomed"))
@@ -243,6 +248,7 @@ func countOf(list []string, s string) int {
 // TestResourceDeletion deletes resources under each deletionPolicy: the resource goes at once,
 // and the key is left alone, or scheduled for deletion, in the KMS.
 func TestResourceDeletion(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	policy := func(p v1alpha1.DeletionPolicy) func(*v1alpha1.CustomerMasterKey) {
@@ -282,6 +288,7 @@ func TestResourceDeletion(t *testing.T) {
 // TestDriftCorrected changes keys outside Kubernetes and checks the resync puts them back
 // toward the spec, with an event saying so.
 func TestDriftCorrected(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{syncPeriod: 300 * time.Millisecond})
 	h.create(h.cmk("disabled-outside"), h.cmk("scheduled-outside"))
@@ -311,6 +318,7 @@ func TestDriftCorrected(t *testing.T) {
 // its view of the key Secrets, learns of it from its watch and has the key reconciled at once,
 // with no resync due for an hour.
 func TestChangeByAnotherProcessSeenAtOnce(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{syncPeriod: time.Hour})
 	h.create(h.cmk("changed-elsewhere"))
@@ -327,6 +335,7 @@ func TestChangeByAnotherProcessSeenAtOnce(t *testing.T) {
 // TestTerminalFailures checks that a spec the provider cannot serve, or the KMS refuses, is
 // reported in conditions and events once, and not retried in a loop.
 func TestTerminalFailures(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	h.create(h.cmk("sm2", func(c *v1alpha1.CustomerMasterKey) {
@@ -365,6 +374,7 @@ func TestTerminalFailures(t *testing.T) {
 // TestKeyGoneFromKMS removes a key behind the operator's back: the resource reports Deleted and
 // no new key is made in its place.
 func TestKeyGoneFromKMS(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{syncPeriod: 300 * time.Millisecond})
 	h.create(h.cmk("vanishing"))

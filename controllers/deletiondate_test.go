@@ -18,6 +18,7 @@ const day = 24 * time.Hour
 // canceled and scheduled again with the new window, longer or shorter, never kept at the old
 // date (docs/lifecycle.md, "Deletion dates").
 func TestNewWindowWhileStopped(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	h.create(h.cmk("window"))
@@ -63,6 +64,7 @@ func TestNewWindowWhileStopped(t *testing.T) {
 // the spec asking for the deletion too: its date stands, and the spec's window is recorded, so
 // a later change of pendingDays schedules it again.
 func TestAdoptedDeletionKeepsDate(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.allowAdoption()
 	id := h.outsideKey("AES_256", "ENCRYPT_DECRYPT", "")

@@ -21,6 +21,7 @@ import (
 // TestFinalizerPutBack takes the finalizer off a resource: it is back at once, not at the next
 // resync, so deleting the resource still applies its deletionPolicy.
 func TestFinalizerPutBack(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{}) // the default resync, ten minutes
 	h.create(h.cmk("held", deletePolicy))
@@ -42,6 +43,7 @@ func TestFinalizerPutBack(t *testing.T) {
 // reason and what to do, and deleting the resource waits with a message saying how to let it
 // go, until the record is restored.
 func TestUnreadableKeyRecord(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{syncPeriod: 300 * time.Millisecond})
 	h.create(h.cmk("damaged", deletePolicy))
@@ -99,6 +101,7 @@ func (b blockingDisable) Disable(ctx context.Context, _ string) error {
 // TestShutdownIsQuiet stops the manager while a KMS call is in flight: no Failed warning, no
 // reconcile error in the log, and the next start finishes the work.
 func TestShutdownIsQuiet(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	h.create(h.cmk("interrupted"))
@@ -125,6 +128,7 @@ func TestShutdownIsQuiet(t *testing.T) {
 // finalizer patch (kubectl apply then delete at once): nothing was made for it, and nothing is
 // reported as an error.
 func TestGoneBeforeFinalizerIsQuiet(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	r, _ := directReconciler(h)
 	r.Client = interceptor.NewClient(withoutWatch{r.Client}, interceptor.Funcs{

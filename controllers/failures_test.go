@@ -67,6 +67,7 @@ func reconcileAll(t *testing.T, r *CustomerMasterKeyReconciler, h *harness, name
 // keeps what it knew (a failed read says nothing about the key), so the import parameters the
 // user is wrapping material with are not replaced afterwards.
 func TestFailedReadKeepsImportParameters(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	r, f := flakyReconciler(h)
 	h.create(h.cmk("byok", testenv.External))
@@ -93,6 +94,7 @@ func TestFailedReadKeepsImportParameters(t *testing.T) {
 // TestFailedReadKeepsWindow fails one read of a key pending deletion: the recorded window
 // stays, so the deletion is not canceled and scheduled again for nothing.
 func TestFailedReadKeepsWindow(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	r, f := flakyReconciler(h)
 	h.create(h.cmk("w"))
@@ -116,6 +118,7 @@ func TestFailedReadKeepsWindow(t *testing.T) {
 // the spec asks for 30, and fails the cancel that starts the rescheduling once: status then
 // shows the key pending with no window, which must still be scheduled again, not accepted.
 func TestFailedRescheduleKeepsTrying(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	r, f := flakyReconciler(h)
 	h.create(h.cmk("early"))
@@ -138,6 +141,7 @@ func TestFailedRescheduleKeepsTrying(t *testing.T) {
 // longer window; a cancel with deletionPolicy Retain) and deletes the resource before the
 // operator sees the edit: the finalizer carries out the last spec before letting go.
 func TestDeletionCarriesOutLastSpec(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		edit []map[string]any
@@ -176,6 +180,7 @@ func TestDeletionCarriesOutLastSpec(t *testing.T) {
 
 // TestFailedReadIsNotDeleted fails one read of an Enabled key: status must not call it Deleted.
 func TestFailedReadIsNotDeleted(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	r, f := flakyReconciler(h)
 	h.create(h.cmk("rd"))
@@ -192,6 +197,7 @@ func TestFailedReadIsNotDeleted(t *testing.T) {
 // another key: the resource keeps its own key (adopting would orphan it), and deleting the
 // resource applies deletionPolicy Delete to it.
 func TestOwnKeyBeforeAdoption(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	r, _ := directReconciler(h)
 	other := h.outsideKey("AES_256", "ENCRYPT_DECRYPT", "")
@@ -234,6 +240,7 @@ func (c *consoleRace) ScheduleDeletion(ctx context.Context, id string, days int)
 // operator's 30-day one, which the KMS then answers as "already pending": the window is recorded
 // only when the date read back follows it, so the deletion is scheduled again.
 func TestScheduleRaceRecordsNoWindow(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	r, _ := directReconciler(h)
 	cr := &consoleRace{Provider: h.kms}
@@ -264,6 +271,7 @@ func (k roundingKMS) Observe(ctx context.Context, id string) (kms.Key, error) {
 // day earlier than asked: the operator's own deletion is recognised, its window recorded, and
 // it is not canceled and scheduled again (which would move the date on forever).
 func TestRoundedDateIsNotRescheduled(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.clock.SetTime(time.Date(2026, 11, 27, 23, 0, 0, 0, time.UTC)) // 23 hours lost to rounding
 	r, _ := directReconciler(h)

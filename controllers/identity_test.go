@@ -104,6 +104,7 @@ func deletePolicy(c *v1alpha1.CustomerMasterKey) {
 // key must still be scheduled for deletion; scheduled for deletion, the resource must report
 // its key pending deletion, not NotCreated.
 func TestChangedWhileKeyIsCreated(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		change func(h *harness)
@@ -141,6 +142,7 @@ func TestChangedWhileKeyIsCreated(t *testing.T) {
 // deleted (deletionPolicy Delete) or scheduled for deletion. No usable key may be left without
 // a resource, and no resource may say NotCreated while a key was made for it.
 func TestBulkChangesWhileCreating(t *testing.T) {
+	t.Parallel()
 	const rounds, perRound = 3, 18
 	h := newHarness(t)
 	slow := &slowCreate{Provider: h.kms, delay: 50 * time.Millisecond}
@@ -223,6 +225,7 @@ func TestBulkChangesWhileCreating(t *testing.T) {
 // would: the next reconcile finds the key by its creation token and says nothing of creating
 // it again.
 func TestLostKeyIDIsFound(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	r, _ := directReconciler(h)
 	h.create(h.cmk("found"))
@@ -250,6 +253,7 @@ func TestLostKeyIDIsFound(t *testing.T) {
 // TestKeyIDCannotBeCleared checks the apiserver keeps a recorded key ID: clearing it would
 // make a deleted key's resource look as if it never had a key.
 func TestKeyIDCannotBeCleared(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	h.create(h.cmk("kept"))
@@ -274,6 +278,7 @@ func TestKeyIDCannotBeCleared(t *testing.T) {
 // The reconcile that made the key finds the resource gone when it records the key, and applies
 // deletionPolicy itself: Delete schedules the key's deletion; Retain keeps it.
 func TestResourceGoneWhileKeyIsCreated(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		policy func(*v1alpha1.CustomerMasterKey)

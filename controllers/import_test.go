@@ -98,6 +98,7 @@ func (b *syncBuffer) Bytes() []byte {
 // Disabled, as the seed says. Neither the material nor the wrapped material shows in logs,
 // events or status.
 func TestImportFlow(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	logs := &syncBuffer{}
 	h.start(managerOptions{logs: logs})
@@ -150,6 +151,7 @@ func TestImportFlow(t *testing.T) {
 
 // TestImportWithEnabledFalse imports material into a key meant to stay disabled.
 func TestImportWithEnabledFalse(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	h.create(h.cmk("quiet", testenv.External, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Enabled = false }))
@@ -163,6 +165,7 @@ func TestImportWithEnabledFalse(t *testing.T) {
 // TestMaterialExpiry imports material that expires, lets the fake clock pass it, and brings
 // the same material back with fresh parameters; other material is refused.
 func TestMaterialExpiry(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{importRetry: 200 * time.Millisecond})
 	h.create(h.cmk("expiring", testenv.External))
@@ -210,6 +213,7 @@ func TestMaterialExpiry(t *testing.T) {
 // TestImportFailures checks each way an import can be refused: the key stays PendingImport,
 // both conditions say what to do, a Warning event is sent once, and nothing loops.
 func TestImportFailures(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	type setup func(t *testing.T, name string, c *v1alpha1.CustomerMasterKey) map[string]any
@@ -288,6 +292,7 @@ func TestImportFailures(t *testing.T) {
 // so the user has their whole validity to wrap material. Only when the KMS refuses the
 // published token itself (superseded outside the operator) are new parameters published, once.
 func TestImportRetriesKeepParameters(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{importRetry: 200 * time.Millisecond})
 	h.create(h.cmk("patient", testenv.External))

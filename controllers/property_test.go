@@ -41,6 +41,7 @@ import (
 //
 // CMK_PROPERTY_SEED and CMK_PROPERTY_TRIALS replay a failure or search longer.
 func TestKeySafetyProperties(t *testing.T) {
+	t.Parallel()
 	seed, trials := uint64(time.Now().UnixNano()), 16
 	if s := os.Getenv("CMK_PROPERTY_SEED"); s != "" {
 		seed, _ = strconv.ParseUint(s, 10, 64)

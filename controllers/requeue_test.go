@@ -46,6 +46,7 @@ func (h *harness) importWithExpiry(name string, expiry time.Time) {
 // removed it yet (Huawei takes up to a day): the key is looked at again with a growing wait,
 // never in a loop.
 func TestOverdueExpiryIsNotPolled(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	counter := &countingKMS{Provider: h.kms}
 	h.start(managerOptions{noReaper: true, provider: func(*embedded.Provider) kms.Provider { return counter }})
@@ -88,6 +89,7 @@ func (rejectsDescriptions) SetDescription(context.Context, string, string) error
 // resync still sees the key and cancels the deletion, and the Warning about the failure is sent
 // once, also across a restart.
 func TestTerminalFailureKeepsObserving(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	refusing := managerOptions{syncPeriod: 300 * time.Millisecond, provider: func(p *embedded.Provider) kms.Provider { return rejectsDescriptions{p} }}
 	h.start(refusing)
@@ -129,6 +131,7 @@ func conflicting(c client.WithWatch, left *atomic.Int64) client.Client {
 // the KMS) and many times (retried by the reconciler): the key gets where the spec asks, with
 // no Warning and no Synced=False on the way.
 func TestKMSWriteConflictsAreQuiet(t *testing.T) {
+	t.Parallel()
 	for name, n := range map[string]int64{"Few": 2, "Many": 12} {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t)
@@ -159,6 +162,7 @@ func TestKMSWriteConflictsAreQuiet(t *testing.T) {
 // and the key enabled in one reconcile, with one status write, and no 1 ms requeue that would
 // skip the rate limiter.
 func TestFollowUpActionsInOneReconcile(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	r, w := directReconciler(h)
 	h.create(h.cmk("both"))

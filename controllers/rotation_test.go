@@ -17,6 +17,7 @@ import (
 // TestRotation turns rotation on, lets the key rotate at its interval on the fake clock,
 // changes the interval, puts back rotation turned off outside Kubernetes, and turns it off.
 func TestRotation(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	h.create(h.cmk("rotating", func(c *v1alpha1.CustomerMasterKey) {
@@ -76,6 +77,7 @@ func TestRotation(t *testing.T) {
 // TestRotationWaitsForAnEnabledKey: a key created disabled gets its rotation before it is
 // disabled, and one whose rotation changes while disabled gets it once enabled.
 func TestRotationWaitsForAnEnabledKey(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	h.create(h.cmk("quiet", func(c *v1alpha1.CustomerMasterKey) {
@@ -102,6 +104,7 @@ func TestRotationWaitsForAnEnabledKey(t *testing.T) {
 // TestTags adds, changes and removes tags, puts back tags changed outside Kubernetes, and
 // never touches the key's owner.
 func TestTags(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	h.create(h.cmk("tagged", func(c *v1alpha1.CustomerMasterKey) {
@@ -171,6 +174,7 @@ func (failingRotation) Rotation(context.Context, string) (kms.Rotation, error) {
 // TestFailedRotationReadHoldsUpOnlyRotation: a key whose rotation cannot be read still follows
 // the spec's state (its deletion is scheduled), and the failure is reported.
 func TestFailedRotationReadHoldsUpOnlyRotation(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{provider: func(p *embedded.Provider) kms.Provider { return failingRotation{p} }})
 	h.create(h.cmk("unreadable", func(c *v1alpha1.CustomerMasterKey) {

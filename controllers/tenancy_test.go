@@ -286,6 +286,7 @@ func (w *world) stillEnabled(t testing.TB, id string) {
 // done to the key, whether its owner is alive or gone; a second resource of the owner's own
 // namespace waits until the owner is gone.
 func TestTenancyTakeoverByKeyID(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, managerOptions{syncPeriod: 500 * time.Millisecond})
 	w.a.create("payments")
 	x := w.a.waitPhase("payments", v1alpha1.PhaseEnabled).Status.KeyID
@@ -333,6 +334,7 @@ func TestTenancyTakeoverByKeyID(t *testing.T) {
 // 2. Key IDs leak: an alias conflict with another namespace's key names neither the key nor
 // the namespace nor the resource, and says what to do.
 func TestTenancyAliasConflictNamesNoOtherTenant(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, managerOptions{})
 	w.a.create("alice-key", alias("common/alias"))
 	x := w.a.waitPhase("alice-key", v1alpha1.PhaseEnabled).Status.KeyID
@@ -350,6 +352,7 @@ func TestTenancyAliasConflictNamesNoOtherTenant(t *testing.T) {
 // 3. Planting known material: another namespace's External key waiting for material cannot be
 // adopted, so no material can be imported into it from there; its owner still can.
 func TestTenancyNoMaterialPlantedFromAnotherNamespace(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, managerOptions{importRetry: 200 * time.Millisecond})
 	w.a.create("byok", testenv.External)
 	owned := w.a.eventually("byok", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
@@ -383,6 +386,7 @@ func TestTenancyNoMaterialPlantedFromAnotherNamespace(t *testing.T) {
 // another namespace's prefix itself, and the admission policy of config/admission refuses it
 // at the apiserver.
 func TestTenancyAliasPrefixIsReserved(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, managerOptions{})
 	squat := "k8s/" + w.a.ns + "/payments"
 	w.b.create("squat", alias(squat))
@@ -426,6 +430,7 @@ func installManifests(t testing.TB, path string) {
 // 5. Re-creating a resource: delete and apply of one manifest takes back the key it retained,
 // and says so; the other tenant's resource of the same name gets its own key.
 func TestTenancyRecreatedResourceTakesBackItsKey(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, managerOptions{})
 	w.a.create("orders")
 	x := w.a.waitPhase("orders", v1alpha1.PhaseEnabled).Status.KeyID
@@ -461,6 +466,7 @@ func TestTenancyRecreatedResourceTakesBackItsKey(t *testing.T) {
 // 6. Mismatched adoption: nothing is recorded until the key matches, spec.keyID can be
 // corrected, and deleting the resource with deletionPolicy Delete does nothing to the key.
 func TestTenancyMismatchedAdoptionRecordsNothing(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, managerOptions{})
 	w.a.create("old")
 	x := w.a.waitPhase("old", v1alpha1.PhaseEnabled).Status.KeyID
@@ -493,6 +499,7 @@ func TestTenancyMismatchedAdoptionRecordsNothing(t *testing.T) {
 // they have their forms; a key ID never reaches a Secret of the KMS namespace that is not a
 // key; and import answers do not tell a missing Secret from one without key material.
 func TestTenancyNoLookupsOnATenantsBehalf(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, managerOptions{})
 	err := w.b.tryCreate("root", keyID("embedded-root-key"))
 	if err == nil || !strings.Contains(err.Error(), "keyID must be a KMS key ID") {
@@ -541,6 +548,7 @@ func TestTenancyNoLookupsOnATenantsBehalf(t *testing.T) {
 // 8. Derived aliases obey the alias rules, and one alias never gets two keys, even when two
 // tenants' resources ask for it at the same moment.
 func TestTenancyDerivedAliases(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, managerOptions{})
 	long := strings.Repeat("l", 253)
 	for _, name := range []string{"default", long, "a.b"} {
@@ -613,6 +621,7 @@ func (h *harness) eventsIn(ns, name string) []string {
 // version) is left alone: the KMS records its real owner, so the taker's resource does nothing
 // to it, and deleting that resource with deletionPolicy Delete does not schedule its deletion.
 func TestTenancyKeyTakenBeforeOwnersIsLeftAlone(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, managerOptions{syncPeriod: 500 * time.Millisecond})
 	w.a.create("payments")
 	x := w.a.waitPhase("payments", v1alpha1.PhaseEnabled).Status.KeyID
@@ -638,6 +647,7 @@ func TestTenancyKeyTakenBeforeOwnersIsLeftAlone(t *testing.T) {
 // A resource refused a key because another resource of its namespace holds it adopts the key
 // as soon as that resource is gone, not at the next slow resync.
 func TestTenancyRefusedAdoptionTriesAgainWhenTheOwnerGoes(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t, managerOptions{}) // the default ten-minute resync
 	w.a.create("payments")
 	x := w.a.waitPhase("payments", v1alpha1.PhaseEnabled).Status.KeyID

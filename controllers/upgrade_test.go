@@ -56,6 +56,7 @@ func (h *harness) oldVersionKey(alias, name, uid string) string {
 // A status write lost right after a key was taken back: the next reconcile finds the alias
 // held by a key this very resource owns (its creation token does not find it), and records it.
 func TestReclaimSurvivesLostStatusWrite(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	var armed atomic.Bool
 	h.start(managerOptions{wrap: losingStatusWrites(func(c *v1alpha1.CustomerMasterKey) bool {
@@ -86,6 +87,7 @@ func TestReclaimSurvivesLostStatusWrite(t *testing.T) {
 // restored onto a new UID) stays managed: the adoption rules allow it, so it is claimed, and
 // deletionPolicy Delete applies to it.
 func TestUpgradeAdoptedKeyStaysManaged(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	x := h.oldVersionKey("k8s/"+h.ns+"/orders", "orders", "11111111-old-uid")
 	h.create(h.cmk("restored", keyID(x), deletePolicy))
@@ -111,6 +113,7 @@ func TestUpgradeAdoptedKeyStaysManaged(t *testing.T) {
 // A key deleted with deletionPolicy Delete is not revived by applying the same manifest
 // again: the alias conflict says how to take it back on purpose, and spec.keyID does.
 func TestRecreateDoesNotReviveDeletedKey(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
 	h.create(h.cmk("orders", deletePolicy))
@@ -139,6 +142,7 @@ func TestRecreateDoesNotReviveDeletedKey(t *testing.T) {
 // granted customermasterkeys/status, a restore tool) cannot make an unlabeled namespace keep a
 // key made in the console, which spec.keyID is refused there.
 func TestStatusKeyIDFollowsAdoptionRules(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t) // h.ns is not labeled kms.cmk.io/allow-key-adoption
 	console := h.outsideKey("AES_256", "ENCRYPT_DECRYPT", "made in the console")
 	h.create(h.cmk("grab", deletePolicy))
@@ -173,6 +177,7 @@ func (c claimLoses) Claim(_ context.Context, keyID string, _, _ kms.Owner) error
 // TestLostClaimIsShown checks a claim that keeps losing adopts nothing, does nothing to the
 // key, and is shown in Synced while it is retried with backoff, not hidden in requeues.
 func TestLostClaimIsShown(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.allowAdoption()
 	h.start(managerOptions{provider: func(p *embedded.Provider) kms.Provider { return claimLoses{p} }})
@@ -193,6 +198,7 @@ func TestLostClaimIsShown(t *testing.T) {
 // at that moment) is still found when the resource is deleted: Lookup finds a key by its
 // claimant's UID, so deletionPolicy Delete applies to it.
 func TestReclaimedKeyFoundByFinalizerAfterLostStatus(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	var failStatus atomic.Bool
 	h.start(managerOptions{wrap: losingStatusWrites(func(c *v1alpha1.CustomerMasterKey) bool {

@@ -44,6 +44,7 @@ func checkRefusal(t *testing.T, err error, want string) {
 }
 
 func TestCreateRules(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	cases := map[string]struct {
 		spec map[string]any
@@ -121,6 +122,7 @@ func tagsOf(n int) map[string]any {
 }
 
 func TestUpdateRules(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	base := map[string]any{"alias": "team/app", "description": "app key", "enabled": false, "deletionScheduled": true, "pendingDays": 10}
 	cases := map[string]struct {

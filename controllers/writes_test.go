@@ -93,6 +93,7 @@ func directReconciler(h *harness) (*CustomerMasterKeyReconciler, *writes) {
 // TestWritesPerReconcile checks the write budget: one status write per transition, one Secret
 // write per KMS state change, and nothing at all for a reconcile that finds nothing new.
 func TestWritesPerReconcile(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	r, w := directReconciler(h)
 	h.create(h.cmk("counted"))
@@ -157,6 +158,7 @@ func TestWritesPerReconcile(t *testing.T) {
 // its keys: a transition costs its Secret write and nothing else, and a restart over settled
 // keys (a new provider, a new reconciler) reads no key Secret and writes nothing at all.
 func TestTransitionsAndRestartsReadNoSecret(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	r, _ := directReconciler(h)
 	names := []string{"a", "b", "c", "d", "e"}
@@ -228,6 +230,7 @@ func reconcileOnce(t testing.TB, r *CustomerMasterKeyReconciler, h *harness, nam
 // TestCreateAttemptIsNotEarlierThanTheResource checks an annotation edited to an earlier time
 // never dates the attempt before the resource was created.
 func TestCreateAttemptIsNotEarlierThanTheResource(t *testing.T) {
+	t.Parallel()
 	created := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	c := &v1alpha1.CustomerMasterKey{}
 	c.CreationTimestamp = metav1.NewTime(created)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -48,13 +49,13 @@ func kubectlCmk(t testing.TB, args ...string) (string, error) {
 	return out.String() + errOut.String(), err
 }
 
-var namespaces int
+// namespaces numbers the tests' namespaces; atomic, as the tests run in parallel.
+var namespaces atomic.Int64
 
 // namespace makes a fresh namespace with the operator running for it.
 func namespace(t testing.TB) string {
 	t.Helper()
-	namespaces++
-	ns := fmt.Sprintf("plugin-%d", namespaces)
+	ns := fmt.Sprintf("plugin-%d", namespaces.Add(1))
 	if err := env.CreateNamespace(context.Background(), ns); err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +99,7 @@ func countPhases(m map[string]v1alpha1.Phase) map[v1alpha1.Phase]int {
 // TestManyKeysByLabel schedules and cancels the deletion of 200 keys by label, waiting for
 // each; one of them is an External key without material, which comes back PendingImport.
 func TestManyKeysByLabel(t *testing.T) {
+	t.Parallel()
 	ns := namespace(t)
 	team := map[string]string{"team": "payments"}
 	for i := range 199 {
@@ -140,6 +142,7 @@ func tail(s string) string {
 
 // TestDryRunChangesNothing checks that --dry-run reports the change and makes none.
 func TestDryRunChangesNothing(t *testing.T) {
+	t.Parallel()
 	ns := namespace(t)
 	staging := testenv.Labels(map[string]string{"env": "staging"})
 	create(t, testenv.Key(ns, "a", staging), testenv.Key(ns, "b", staging))
@@ -166,6 +169,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 // TestMixedPhases runs verbs over a selection whose keys are in different phases: each is
 // changed or skipped with the reason.
 func TestMixedPhases(t *testing.T) {
+	t.Parallel()
 	ns := namespace(t)
 	mix := testenv.Labels(map[string]string{"mix": "yes"})
 	create(t, testenv.Key(ns, "enabled", mix), testenv.Key(ns, "pending", mix), testenv.Key(ns, "disabled", mix, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Enabled = false }),
@@ -208,6 +212,7 @@ func TestMixedPhases(t *testing.T) {
 // TestPartialFailure names a key that does not exist beside one that does, and asks for a
 // change the apiserver refuses: the good key changes, the bad rows say why, the exit fails.
 func TestPartialFailure(t *testing.T) {
+	t.Parallel()
 	ns := namespace(t)
 	create(t, testenv.Key(ns, "real"))
 	settled(t, ns)
@@ -234,6 +239,7 @@ func TestPartialFailure(t *testing.T) {
 // TestImportMaterial brings an External key to Enabled with kubectl cmk import-material; only
 // wrapped material reaches the cluster.
 func TestImportMaterial(t *testing.T) {
+	t.Parallel()
 	ns := namespace(t)
 	create(t, testenv.Key(ns, "own", testenv.External, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Enabled = false }))
 	NewWithT(t).Eventually(func() *v1alpha1.ImportParameters {
@@ -265,6 +271,7 @@ func TestImportMaterial(t *testing.T) {
 }
 
 func TestWrapMaterialRefusesExpiredParameters(t *testing.T) {
+	t.Parallel()
 	c := testenv.Key("ns", "k", testenv.External)
 	c.Status.ImportParameters = &v1alpha1.ImportParameters{WrappingAlgorithm: v1alpha1.WrappingAlgorithmRSAESOAEPSHA256,
 		ExpiresAt: metav1.NewTime(time.Now().Add(-time.Minute))}
@@ -278,6 +285,7 @@ func TestWrapMaterialRefusesExpiredParameters(t *testing.T) {
 // material again with no --expires-at: fresh parameters are published while spec.keyMaterial is
 // still set, and the old expiresAt is cleared rather than refused as passed.
 func TestReimportAfterExpiry(t *testing.T) {
+	t.Parallel()
 	ns := namespace(t)
 	create(t, testenv.Key(ns, "own", testenv.External))
 	get := func() *v1alpha1.CustomerMasterKey {

@@ -79,6 +79,7 @@ current-context: proxy
 // TestSelectionIsPagedAndNotReadAgain changes 120 keys by label with a page size of 50: the
 // selection is listed in three pages, and each key is patched from the list, never read again.
 func TestSelectionIsPagedAndNotReadAgain(t *testing.T) {
+	// Not parallel: the page size is the package's. The parallel tests wait for the serial ones.
 	defer func(size int64) { pageSize = size }(pageSize)
 	pageSize = 50
 	// No operator runs here: the plugin's requests are all that is counted.
@@ -109,6 +110,7 @@ func TestSelectionIsPagedAndNotReadAgain(t *testing.T) {
 // the patch, which carries the version listed, is refused, and the key is read again and
 // patched on what it is now.
 func TestChangedSinceTheListIsReadAgain(t *testing.T) {
+	t.Parallel()
 	ns := "plugin-changed"
 	if err := env.CreateNamespace(context.Background(), ns); err != nil {
 		t.Fatal(err)
@@ -146,6 +148,7 @@ func TestChangedSinceTheListIsReadAgain(t *testing.T) {
 // operator has made the change: the list shows it done, and the wait ends there, without a
 // watch that would wait for changes that are not coming until --timeout.
 func TestWaitEndsWhenTheListShowsItDone(t *testing.T) {
+	t.Parallel()
 	ns := namespace(t)
 	create(t, testenv.Key(ns, "quick"))
 	settled(t, ns)

@@ -11,6 +11,7 @@ import (
 
 // TestStatusColumns: the time left before a deletion and the rotation, as `status` shows them.
 func TestStatusColumns(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	at := func(d time.Duration) *metav1.Time { return &metav1.Time{Time: now.Add(d)} }
 	for want, got := range map[string]string{

@@ -17,6 +17,7 @@ import (
 // TestAliasIsReservedAtomically creates keys with one alias from many goroutines at once:
 // exactly one key gets it, whatever the interleaving.
 func TestAliasIsReservedAtomically(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	for round := range 5 {
 		alias := fmt.Sprintf("race/%d", round)
@@ -46,6 +47,7 @@ func TestAliasIsReservedAtomically(t *testing.T) {
 // TestAliasOfAGoneKeyIsFree checks the reservation of a deleted key, and of a create that never
 // wrote its key, gives way, the latter only once that create has certainly given up.
 func TestAliasOfAGoneKeyIsFree(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	req := kms.CreateRequest{Alias: "reuse/me", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "first"}
@@ -84,6 +86,7 @@ func TestAliasOfAGoneKeyIsFree(t *testing.T) {
 // TestOnlyKeySecretsAreKeys checks a Secret of the KMS namespace that is not a key record is
 // no key, even with a key's name: an ID from a tenant never reads anything else.
 func TestOnlyKeySecretsAreKeys(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	id := "0123abcd-0000-4000-8000-000000000001"
 	other := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secretName(id), Namespace: f.ns},
@@ -104,6 +107,7 @@ func TestOnlyKeySecretsAreKeys(t *testing.T) {
 // holds its alias, and that after the first refusal the reservation names it, so the next
 // create is refused at once rather than told to wait.
 func TestAliasOfAKeyFromBeforeReservations(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	req := kms.CreateRequest{Alias: "old/alias", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "old"}

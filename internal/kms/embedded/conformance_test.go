@@ -10,6 +10,7 @@ import (
 
 // TestConformance runs the suite every provider passes.
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	kmstest.Run(t, func(t *testing.T) kmstest.Fixture {
 		f := newFixture(t)
 		return kmstest.Fixture{

@@ -126,6 +126,7 @@ func (f *fixture) do(id string, c kmstest.Call) error { return kmstest.Do(f.p, i
 // the conformance suite checks: a call that changes a key's state writes its Secret once, a
 // call with nothing to do writes nothing.
 func TestOneWritePerStateChange(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	generated := f.create(t, "AES_256", kms.OriginKMS)
 	external := f.create(t, "AES_256", kms.OriginExternal)
@@ -155,6 +156,7 @@ func TestOneWritePerStateChange(t *testing.T) {
 }
 
 func TestDeletedRefusesEverything(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	k := f.create(t, "AES_256", kms.OriginKMS)
 	if err := f.do(k.ID, kmstest.Schedule); err != nil {
@@ -176,6 +178,7 @@ func TestDeletedRefusesEverything(t *testing.T) {
 }
 
 func TestCreateIsIdempotentOnToken(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	req := kms.CreateRequest{Alias: "app/one", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "uid-1"}
 	var wg sync.WaitGroup
@@ -215,6 +218,7 @@ func TestCreateIsIdempotentOnToken(t *testing.T) {
 }
 
 func TestAliasInUse(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	req := kms.CreateRequest{Alias: "shared/alias", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "a"}
 	first, err := f.p.Create(context.Background(), req)
@@ -236,6 +240,7 @@ func TestAliasInUse(t *testing.T) {
 // TestMaterial checks that every supported spec gets real material of the right kind, that it
 // is stored only sealed, and that SM2 is refused with a clear reason.
 func TestMaterial(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	cases := map[string]func(t *testing.T, m []byte){
 		"AES_256":  func(t *testing.T, m []byte) { wantLen(t, m, 32) },
@@ -311,6 +316,7 @@ func wantEC(t *testing.T, m []byte, curve string) {
 // TestDeletionAtDate checks that the reaper, on the provider's own clock, deletes a key at its
 // deletion date and not before, destroys its material in one write, and says so.
 func TestDeletionAtDate(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	k := f.create(t, "AES_256", kms.OriginKMS)
 	unreferenced := f.create(t, "RSA_2048", kms.OriginKMS)
@@ -373,6 +379,7 @@ func waitForWaiters(t *testing.T, c *clocktesting.FakeClock) {
 }
 
 func TestCanceledBeforeDateSurvives(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	k := f.create(t, "AES_256", kms.OriginKMS)
 	if err := f.do(k.ID, kmstest.Schedule); err != nil {
@@ -392,6 +399,7 @@ func TestCanceledBeforeDateSurvives(t *testing.T) {
 }
 
 func TestObserveNotFound(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	_, err := f.p.Observe(context.Background(), "no-such-key")
 	if !kms.IsNotFound(err) {
@@ -403,6 +411,7 @@ func TestObserveNotFound(t *testing.T) {
 }
 
 func TestRootKey(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	k := f.create(t, "AES_256", kms.OriginKMS)
 	sealed := f.secret(t, k.ID).Data[materialField]
@@ -442,6 +451,7 @@ func TestRootKey(t *testing.T) {
 // TestReaperMovesPastStuckKey makes the write of one due key fail: the reaper still deletes
 // the others, reports the stuck one, and deletes it at a later pass once it can.
 func TestReaperMovesPastStuckKey(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	a, b := f.create(t, "AES_256", kms.OriginKMS), f.create(t, "AES_256", kms.OriginKMS)
 	stuck, other := a.ID, b.ID
@@ -485,6 +495,7 @@ func TestReaperMovesPastStuckKey(t *testing.T) {
 // TestViewForgetsADeletedKeySecret deletes a key's Secret behind the provider's back right
 // after the provider wrote it: the key is then no key, and the change is passed on.
 func TestViewForgetsADeletedKeySecret(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	k := f.create(t, "AES_256", kms.OriginKMS)
 	if err := f.do(k.ID, kmstest.Disable); err != nil {

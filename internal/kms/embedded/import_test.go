@@ -30,6 +30,7 @@ func random(t *testing.T, n int) []byte {
 }
 
 func TestImportFlow(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	k := f.create(t, "AES_256", kms.OriginExternal)
 	f.writes.n.Store(0)
@@ -84,6 +85,7 @@ func TestImportFlow(t *testing.T) {
 }
 
 func TestImportRefusals(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	cases := map[string]struct {
@@ -183,6 +185,7 @@ func TestImportRefusals(t *testing.T) {
 // TestMaterialExpiry imports material that expires, lets the clock pass it, and imports again:
 // the same material is taken back, other material is refused.
 func TestMaterialExpiry(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	k := f.create(t, "AES_256", kms.OriginExternal)

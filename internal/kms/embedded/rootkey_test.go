@@ -37,6 +37,7 @@ func writeRootKeyFile(t *testing.T, root []byte) string {
 // next start refuses, says how to restore it, and makes no new root key; restoring the Secret
 // brings the keys back whole.
 func TestRootKeyLostIsRefused(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	k := f.create(t, "AES_256", kms.OriginKMS)
 	ctx := context.Background()
@@ -72,6 +73,7 @@ func TestRootKeyLostIsRefused(t *testing.T) {
 // TestOtherRootKeyIsRefused starts with a root key other than the one the keys are sealed
 // under: refused, with both check values named, from a file or from the Secret.
 func TestOtherRootKeyIsRefused(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	f.create(t, "AES_256", kms.OriginKMS)
 	_, err := f.restart(Options{RootKeyFile: writeRootKeyFile(t, otherRoot)})
@@ -84,6 +86,7 @@ func TestOtherRootKeyIsRefused(t *testing.T) {
 // check values were recorded lack it: a start with the right root key opens the key and
 // records the value; a start with another root key is refused.
 func TestRootKeyCheckRecordedForOlderKeys(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	external := f.create(t, "AES_256", kms.OriginExternal)
 	if _, err := f.p.ImportParameters(context.Background(), external.ID); err != nil { // a sealed wrapping key
@@ -114,6 +117,7 @@ func TestRootKeyCheckRecordedForOlderKeys(t *testing.T) {
 // TestNewRootKeyWhenOnlyDeletedKeys makes a new root key when the only keys left are
 // deleted ones: nothing sealed remains to lose.
 func TestNewRootKeyWhenOnlyDeletedKeys(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	k := f.create(t, "AES_256", kms.OriginKMS)
 	if err := f.do(k.ID, kmstest.Schedule); err != nil {

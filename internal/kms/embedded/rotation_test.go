@@ -17,6 +17,7 @@ import (
 // at its interval: the material changes, data encrypted under every earlier version still
 // decrypts, and the count and time of rotations are reported.
 func TestRotationAtInterval(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	k := f.create(t, "AES_256", kms.OriginKMS)
@@ -86,6 +87,7 @@ func TestRotationAtInterval(t *testing.T) {
 // TestDeletedKeyLosesEveryMaterialVersion: at the deletion date no version of the material
 // stays behind.
 func TestDeletedKeyLosesEveryMaterialVersion(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	k := f.create(t, "AES_256", kms.OriginKMS)
@@ -116,6 +118,7 @@ func TestDeletedKeyLosesEveryMaterialVersion(t *testing.T) {
 }
 
 func TestRotationRules(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	external := f.create(t, "AES_256", kms.OriginExternal)
@@ -170,6 +173,7 @@ func TestRotationRules(t *testing.T) {
 }
 
 func TestTags(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	k := f.create(t, "AES_256", kms.OriginKMS)
@@ -206,6 +210,7 @@ func TestTags(t *testing.T) {
 }
 
 func TestEncryptNeedsAnEnabledKey(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	k := f.create(t, "AES_256", kms.OriginKMS)

@@ -25,6 +25,7 @@ import (
 // apiserver's answer to this process's Update and saw(), and the watch delivers the deletion first.
 // The key is then no key: not observed, holding no alias, refused as not found.
 func TestViewDropsAWriteOfASecretDeletedMeanwhile(t *testing.T) {
+	t.Parallel()
 	ns := "kms-" + string(uuid.NewUUID())[:8]
 	if err := env.CreateNamespace(context.Background(), ns); err != nil {
 		t.Fatal(err)
@@ -88,6 +89,7 @@ func TestViewDropsAWriteOfASecretDeletedMeanwhile(t *testing.T) {
 // TestViewRefusedFailsAtOnce starts a provider that may not list Secrets: it fails at once,
 // saying what it needs, rather than wait for a refusal that waiting does not cure.
 func TestViewRefusedFailsAtOnce(t *testing.T) {
+	t.Parallel()
 	ns := "kms-" + string(uuid.NewUUID())[:8]
 	if err := env.CreateNamespace(context.Background(), ns); err != nil {
 		t.Fatal(err)
@@ -127,6 +129,7 @@ func TestViewRefusedFailsAtOnce(t *testing.T) {
 // for one already seen, and the handlers' delivery of it then for someone else's change.
 // TestDeletionAtDate read such notifications as the reaper's.
 func TestOwnWritesAreNotNews(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	const keys = 40
 	ids := make([]string, keys)

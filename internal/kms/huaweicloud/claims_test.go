@@ -30,6 +30,7 @@ import (
 // (the annotation is the tenant's to edit); deleting its resources with deletionPolicy Delete
 // does nothing to the key.
 func TestConsoleKeyNotTakenByAlias(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-console")
@@ -88,6 +89,7 @@ func waitReady(t *testing.T, c *v1alpha1.CustomerMasterKey, check func(g Gomega,
 // the key runs: tags have no compare-and-swap, so without the provider's per-key critical
 // section both would read the old owner, write, and read themselves back.
 func TestOverlappingClaimsOneWins(t *testing.T) {
+	t.Parallel()
 	_, s := newStandIn(t)
 	ctx := context.Background()
 	id, err := s.CreateKeyInConsole("k8s/ns/gone")
@@ -136,6 +138,7 @@ func TestOverlappingClaimsOneWins(t *testing.T) {
 // retry takes that untagged key, made within the resource's recorded attempt, instead of making
 // a second or reporting a conflict; a key with the alias made before the attempt never is.
 func TestCreateAfterCrashBeforeTag(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	ctx := context.Background()
 	req := kms.CreateRequest{Alias: "k8s/hw/crash", KeySpec: "SM4", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS,
@@ -173,6 +176,7 @@ func TestCreateAfterCrashBeforeTag(t *testing.T) {
 // namespace's, owned by no live resource, so only a resource of that namespace can take it,
 // and the claim made again completes.
 func TestInterruptedClaim(t *testing.T) {
+	t.Parallel()
 	p, _ := newStandIn(t)
 	ctx := context.Background()
 	key, err := p.Create(ctx, kms.CreateRequest{Alias: "k8s/ns/a", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT",
@@ -211,6 +215,7 @@ func TestInterruptedClaim(t *testing.T) {
 // namespace and name, new UID) from a KMS that refuses to create a tag key a key has: only the
 // UID tag goes and comes back.
 func TestClaimRewritesOnlyWhatChanges(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	ctx := context.Background()
 	old := kms.Owner{Namespace: "ns", Name: "app", UID: "00000000-0000-4000-8000-00000000000a"}
@@ -238,6 +243,7 @@ func TestClaimRewritesOnlyWhatChanges(t *testing.T) {
 // for its alias, with a create attempt recorded before the key was made, is told the alias is
 // in use; the key is not taken as one its own create made and never tagged.
 func TestHalfClaimedKeyIsNotTakenByAlias(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	ctx := context.Background()
 	attempted := s.Clock.Now()
@@ -277,6 +283,7 @@ func TestHalfClaimedKeyIsNotTakenByAlias(t *testing.T) {
 // gateway timeout): the request sent again is refused, the tags being there (KMS.0406), and the
 // claim succeeds rather than failing for good.
 func TestRetriedTagCreateThatWasCarriedOut(t *testing.T) {
+	t.Parallel()
 	_, s := newStandIn(t)
 	ctx := context.Background()
 	target, _ := url.Parse(s.URL)

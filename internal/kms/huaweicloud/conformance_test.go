@@ -47,6 +47,7 @@ func TestConformance(t *testing.T) { conformance(t, 0) }
 func TestConformanceThrottled(t *testing.T) { conformance(t, 0.1) }
 
 func conformance(t *testing.T, throttled float64) {
+	t.Parallel()
 	kmstest.Run(t, func(t *testing.T) kmstest.Fixture {
 		p, s := newStandIn(t)
 		s.Throttle(throttled)
@@ -67,6 +68,7 @@ func conformance(t *testing.T, throttled float64) {
 // TestUnsignedRequestsAreRefused checks the stand-in does check signatures: a provider with
 // the wrong secret key gets nowhere.
 func TestUnsignedRequestsAreRefused(t *testing.T) {
+	t.Parallel()
 	_, s := newStandIn(t)
 	dir := t.TempDir()
 	_ = os.WriteFile(filepath.Join(dir, "access-key"), []byte(s.AK), 0o600)
@@ -84,6 +86,7 @@ func TestUnsignedRequestsAreRefused(t *testing.T) {
 // (or a Create that died before tagging) leaves it, and checks a Create with that alias is
 // refused with the key named for the caller to judge, never handed the key.
 func TestUntaggedKeyIsNeverClaimedByAlias(t *testing.T) {
+	t.Parallel()
 	p, _ := newStandIn(t)
 	spec, origin := "AES_256", "kms"
 	body := &model.CreateKeyRequestBody{KeyAlias: "k8s/team/app"}

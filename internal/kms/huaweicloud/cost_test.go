@@ -32,6 +32,7 @@ func cost(t testing.TB, p *Provider, s *standin.Server, id string, c kmstest.Cal
 // TestCallsPerTransition holds the budget: a transition is its call and one describe (the read
 // back); a settled key costs one describe per resync.
 func TestCallsPerTransition(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	k, err := p.Create(context.Background(), kms.CreateRequest{Alias: "k8s/hw/cost", KeySpec: "AES_256",
 		KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "cost"})

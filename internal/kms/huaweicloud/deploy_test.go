@@ -19,6 +19,7 @@ import (
 // checks the pod, which runs as the image's non-root user, can read the mounted credentials:
 // they belong to its group (fsGroup) and are group-readable.
 func TestOverlayCanReadItsCredentials(t *testing.T) {
+	t.Parallel()
 	out, err := exec.Command(filepath.Join(env.Assets, "kubectl"), "kustomize", filepath.Join("..", "..", "..", "config", "huaweicloud")).Output()
 	if err != nil {
 		t.Fatalf("kubectl kustomize config/huaweicloud: %v", err)
@@ -61,6 +62,7 @@ func TestOverlayCanReadItsCredentials(t *testing.T) {
 
 // TestEnterpriseProject checks keys are created in the configured enterprise project.
 func TestEnterpriseProject(t *testing.T) {
+	t.Parallel()
 	_, s := newStandIn(t)
 	dir := credentialsDir(t, map[string]string{"access-key": s.AK, "secret-key": s.SK})
 	p, err := New(Config{ProjectID: s.ProjectID, Endpoint: s.URL, CredentialsDir: dir, QPS: 1000, EnterpriseProject: "ep-payments"})
@@ -82,6 +84,7 @@ func TestEnterpriseProject(t *testing.T) {
 // variables and from a mounted Secret's files: both sign requests the KMS takes, carrying the
 // token.
 func TestTemporaryCredentials(t *testing.T) {
+	// Not parallel (t.Setenv): the environment is the process's.
 	_, s := newStandIn(t)
 	dir := credentialsDir(t, map[string]string{"access-key": s.AK, "secret-key": s.SK, "security-token": "file-token"})
 	t.Setenv("HUAWEICLOUD_SDK_AK", s.AK)

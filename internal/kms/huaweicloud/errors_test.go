@@ -13,6 +13,7 @@ import (
 // TestClassify checks how KMS answers become the seam's errors: what waits, what is terminal,
 // what is retried with backoff.
 func TestClassify(t *testing.T) {
+	t.Parallel()
 	kind := func(err error) string {
 		var se *kms.StateError
 		switch {

@@ -42,6 +42,7 @@ func newNamespace(t *testing.T, prefix string) string {
 // 1. A key the KMS deleted answers HTTP 400 KMS.0207: the resource reaches Deleted, and
 // deleting it lets it go.
 func TestDeletedKeyIsSeenAsDeleted(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-deleted")
@@ -78,6 +79,7 @@ func TestDeletedKeyIsSeenAsDeleted(t *testing.T) {
 
 // 2. Keys of every spec are found by alias: list-keys without key_spec lists only AES_256.
 func TestAliasConflictFoundForEverySpec(t *testing.T) {
+	t.Parallel()
 	p, _ := newStandIn(t)
 	ctx := context.Background()
 	req := kms.CreateRequest{Alias: "k8s/hw/sm4", KeySpec: "SM4", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "sm4-first"}
@@ -94,6 +96,7 @@ func TestAliasConflictFoundForEverySpec(t *testing.T) {
 
 // 6. A 404 is the API gateway's (a wrong endpoint or project), never "the key is deleted".
 func TestGatewayNotFoundIsNotADeletedKey(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	k, err := p.Create(context.Background(), kms.CreateRequest{Alias: "k8s/hw/here", KeySpec: "AES_256",
 		KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "here"})
@@ -114,6 +117,7 @@ func TestGatewayNotFoundIsNotADeletedKey(t *testing.T) {
 
 // 8. KMS.0105, "system exception", is an HTTP 400 to retry, not a refusal for good.
 func TestSystemExceptionIsRetried(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	k, err := p.Create(context.Background(), kms.CreateRequest{Alias: "k8s/hw/flaky", KeySpec: "AES_256",
 		KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "flaky"})
@@ -132,6 +136,7 @@ func TestSystemExceptionIsRetried(t *testing.T) {
 // 8. A frozen key (key_state 7: the account in arrears) is reported as such and left alone,
 // not retried in a loop; when it thaws the resource is Ready again.
 func TestFrozenKeyIsReportedAndLeftAlone(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-frozen")
@@ -175,6 +180,7 @@ func TestFrozenKeyIsReportedAndLeftAlone(t *testing.T) {
 // stop reaching the gateway (Huawei locks an access key after 5 failures in a row), and once
 // the credentials are fixed the resources carry on by themselves.
 func TestRefusedCredentialsBackOffForEveryKey(t *testing.T) {
+	t.Parallel()
 	_, s := newStandIn(t)
 	ctx := context.Background()
 	dir := credentialsDir(t, map[string]string{"access-key": s.AK, "secret-key": "a-stale-secret"})
@@ -227,6 +233,7 @@ func TestRefusedCredentialsBackOffForEveryKey(t *testing.T) {
 // search shows the first one's key, still returns that key (its own tag says so), never a
 // refusal or a second key.
 func TestCreateTrustsItsOwnTagOverALaggingSearch(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	s.SetTagSearchLag(time.Minute)
 	ctx := context.Background()
@@ -248,6 +255,7 @@ func TestCreateTrustsItsOwnTagOverALaggingSearch(t *testing.T) {
 // A new key reports key_state 1 (pending activation) for a while: Create waits a little for it
 // to become usable, and reports one that takes longer as Creating rather than failing.
 func TestNewKeyPendingActivation(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	ctx := context.Background()
 	k, err := p.Create(ctx, kms.CreateRequest{Alias: "k8s/hw/new", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: "new"})
@@ -265,6 +273,7 @@ func TestNewKeyPendingActivation(t *testing.T) {
 // still Enabled, and is looked at again with a backoff that grows with the lateness, not as
 // fast as the rate limit allows.
 func TestLateMaterialRemovalIsNotPolledHot(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-expiry")
@@ -313,6 +322,7 @@ func TestLateMaterialRemovalIsNotPolledHot(t *testing.T) {
 // A request the KMS does not answer in time fails after the request timeout, not the SDK's
 // two minutes.
 func TestRequestTimeout(t *testing.T) {
+	t.Parallel()
 	_, s := newStandIn(t)
 	dir := credentialsDir(t, map[string]string{"access-key": s.AK, "secret-key": s.SK})
 	p, err := New(Config{ProjectID: s.ProjectID, Endpoint: s.URL, CredentialsDir: dir, QPS: 1000, Timeout: 200 * time.Millisecond})
@@ -329,6 +339,7 @@ func TestRequestTimeout(t *testing.T) {
 // The SDK's calls take no context; the provider's do: a reconcile that is cut short (the
 // manager stopping, a deadline) does not wait for a slow KMS.
 func TestCallsHonourTheContext(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	s.SetLatency(3 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)

@@ -24,6 +24,7 @@ import (
 // upgrade, it is a key whose owner the KMS does not know: adopted, like a key made in the
 // console, only where an administrator allows it, and then kept with its owner recorded.
 func TestLegacyRetainedKey(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	ctx := context.Background()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "hw-legacy-" + string(uuid.NewUUID())[:8]}}

@@ -25,6 +25,7 @@ func TestMain(m *testing.M) { testenv.Main(m, &env) }
 // scheduled for deletion outside Kubernetes is adopted by ID and its deletion canceled, and a
 // new resource gets a key created, tagged and enabled.
 func TestOperatorAdoptsKeyScheduledInConsole(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	ctx := context.Background()
 	consoleID, err := s.CreateKeyInConsole("console/app")

@@ -19,6 +19,7 @@ import (
 // A 403 from the KMS for one action (an IAM policy denying it) is that call's refusal, not the
 // account's: other keys are served.
 func TestForbiddenOperationDoesNotStopOtherKeys(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	ctx := context.Background()
 	mk := func(alias string) string {
@@ -46,6 +47,7 @@ func TestForbiddenOperationDoesNotStopOtherKeys(t *testing.T) {
 // Secret; the same holds for an expired security-token file.)
 // Fixing the mounted credentials Secret, as the refusal says, takes effect without a restart.
 func TestFixedSecretIsPickedUp(t *testing.T) {
+	t.Parallel()
 	_, s := newStandIn(t)
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -86,6 +88,7 @@ func (h *heldRefusal) RoundTrip(req *http.Request) (*http.Response, error) {
 // One rotation seen by many calls in flight is one refusal: the backoff does not double for
 // each.
 func TestConcurrentRefusalsDoNotEscalateBackoff(t *testing.T) {
+	t.Parallel()
 	h := &heldRefusal{release: make(chan struct{})}
 	b := &breaker{next: h, initial: 10 * time.Second, now: time.Now, verified: true} // working until now
 	var wg sync.WaitGroup
@@ -107,6 +110,7 @@ func TestConcurrentRefusalsDoNotEscalateBackoff(t *testing.T) {
 
 // Each attempt has its own timeout: slow 504s still leave time for the retry.
 func TestGatewayTimeoutIsRetried(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	ctx := context.Background()
 	k, err := p.Create(ctx, kms.CreateRequest{Alias: "k8s/hw/slow504", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT",

@@ -21,6 +21,7 @@ import (
 // turned off in the console, survives a deletion scheduled and canceled (Huawei keeps rotation
 // on meanwhile and refuses a second enable with KMS.2901), and turns it off.
 func TestRotationThroughTheOperator(t *testing.T) {
+	t.Parallel()
 	p, s := newStandIn(t)
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-rotation")
@@ -87,6 +88,7 @@ func TestRotationThroughTheOperator(t *testing.T) {
 // TestRotationRefusals: keys Huawei cannot rotate answer unsupported, and a second enable is
 // not an error.
 func TestRotationRefusals(t *testing.T) {
+	t.Parallel()
 	p, _ := newStandIn(t)
 	ctx := context.Background()
 	for _, req := range []kms.CreateRequest{
@@ -126,6 +128,7 @@ func TestRotationRefusals(t *testing.T) {
 // TestTagsThroughTheOperator adds, changes and removes tags, next to the owner's tags, which
 // stay; and refuses more than Huawei's 10 tags with a message that counts the operator's own.
 func TestTagsThroughTheOperator(t *testing.T) {
+	t.Parallel()
 	p, _ := newStandIn(t)
 	ctx := context.Background()
 	ns := newNamespace(t, "hw-tags")

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -55,20 +56,22 @@ func Run(t *testing.T, newFixture func(t *testing.T) Fixture) {
 // unknownKeyID has the form of a key ID, and no KMS under test has made it.
 const unknownKeyID = "00000000-0000-0000-0000-000000000000"
 
-var keys int
+// keys numbers the keys the suite makes, for aliases and tokens of their own. Atomic: the
+// suites of several providers, or of one provider twice, run in parallel.
+var keys atomic.Int64
 
 // create makes a key of this spec and origin: for encryption, or for signing when it is a key
 // pair (RSA_*, EC_*).
 func create(t *testing.T, f Fixture, spec, origin string) kms.Key {
 	t.Helper()
-	keys++
+	n := keys.Add(1)
 	usage := "ENCRYPT_DECRYPT"
 	if strings.HasPrefix(spec, "RSA_") || strings.HasPrefix(spec, "EC_") {
 		usage = "SIGN_VERIFY"
 	}
 	k, err := f.Provider.Create(context.Background(), kms.CreateRequest{
-		Alias: fmt.Sprintf("conformance/%s/%d-%d", t.Name(), time.Now().UnixNano(), keys), KeySpec: spec,
-		KeyUsage: usage, Origin: origin, Token: fmt.Sprintf("token-%d-%d", time.Now().UnixNano(), keys),
+		Alias: fmt.Sprintf("conformance/%s/%d-%d", t.Name(), time.Now().UnixNano(), n), KeySpec: spec,
+		KeyUsage: usage, Origin: origin, Token: fmt.Sprintf("token-%d-%d", time.Now().UnixNano(), n),
 	})
 	if err != nil {
 		t.Fatalf("Create(%s, %s): %v", spec, origin, err)
