@@ -1,6 +1,7 @@
 // Package controllers holds the CustomerMasterKey reconciler: it finds the resource's key in the
 // KMS, asks the planner for the next action, takes it, reads the key back, and writes the
-// status internal/keystatus computes from what it observed and did.
+// status internal/keystatus computes from what it observed and did. NewManager builds the
+// manager that runs it, for main and for the tests alike.
 package controllers
 
 import (
