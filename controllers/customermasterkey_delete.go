@@ -64,6 +64,8 @@ func (r *CustomerMasterKeyReconciler) release(ctx context.Context, cmk *v1alpha1
 	patch := client.MergeFromWithOptions(cmk.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	controllerutil.RemoveFinalizer(cmk, Finalizer)
 	if err := r.Patch(ctx, cmk, patch); err != nil && !apierrors.IsNotFound(err) {
+		// cmk is as stored again: the status written next must carry no other change.
+		controllerutil.AddFinalizer(cmk, Finalizer)
 		return fmt.Errorf("removing finalizer: %w", err)
 	}
 	return nil
