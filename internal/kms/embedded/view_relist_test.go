@@ -136,14 +136,5 @@ func TestViewForgetsAKeyDeletedWhileTheWatchWasDown(t *testing.T) {
 		t.Fatal("the view did not list or watch again after its watch expired")
 	}
 	time.Sleep(3 * time.Second) // the relist is handed over
-	got, err := p.Observe(context.Background(), k.ID)
-	if !kms.IsNotFound(err) {
-		t.Errorf("Observe of a key whose Secret a person deleted: state %q, err %v; want NotFound (a ghost from own)", got.State, err)
-	}
-	if err := p.checkAliasFree(context.Background(), "a/ghost", "other"); err != nil {
-		t.Errorf("the deleted key's alias is still held: %v", err)
-	}
-	if err := p.Enable(context.Background(), k.ID); !kms.IsNotFound(err) {
-		t.Errorf("Enable of a deleted key: %v; want NotFound", err)
-	}
+	noKey(t, p, k.ID, "a/ghost")
 }
