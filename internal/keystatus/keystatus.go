@@ -44,21 +44,20 @@ type Event struct {
 func Compute(in Input) (v1alpha1.CustomerMasterKeyStatus, []Event) {
 	st := *in.Status.DeepCopy()
 	f, deleting := in.Failure, in.Planner.Deleting
+	set := func(typ string, status metav1.ConditionStatus, reason, msg string) {
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: typ, Status: status, Reason: reason, Message: msg,
+			ObservedGeneration: in.Generation, LastTransitionTime: metav1.NewTime(in.Planner.Now)})
+	}
 	if in.Paused {
 		// Nothing was read: status keeps what it knew, and says why nothing moves.
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.ConditionSynced, Status: metav1.ConditionFalse,
-			Reason: v1alpha1.ReasonReconcilePaused, ObservedGeneration: in.Generation, LastTransitionTime: metav1.NewTime(in.Planner.Now),
-			Message: "The operator makes no KMS call and changes nothing for this resource while it carries " +
-				v1alpha1.PausedAnnotation + ": \"true\"; remove the annotation to apply the spec"})
+		set(v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonReconcilePaused,
+			"The operator makes no KMS call and changes nothing for this resource while it carries "+
+				v1alpha1.PausedAnnotation+": \"true\"; remove the annotation to apply the spec")
 		return st, events(in.Before, st)
 	}
 	if f == nil || in.Planner.Key != nil {
 		// A failed read says nothing about the key: status keeps what it knew.
 		Record(&st, in.Planner)
-	}
-	set := func(typ string, status metav1.ConditionStatus, reason, msg string) {
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: typ, Status: status, Reason: reason, Message: msg,
-			ObservedGeneration: in.Generation, LastTransitionTime: metav1.NewTime(in.Planner.Now)})
 	}
 	show := func(typ string, on bool, reason, msg string) {
 		if on {
