@@ -122,6 +122,8 @@ type CreateRequest struct {
 	// provider whose creates are not idempotent may take a key with this alias that carries no
 	// mark of anyone's, made since then, as one an earlier attempt made and could not mark.
 	Attempted time.Time
+	// Provenance is recorded with the key when the provider is a Recorder (zero: none).
+	Provenance Provenance
 }
 
 // keyIDPattern is the form of every provider's key IDs, a UUID in lower case: Huawei's API

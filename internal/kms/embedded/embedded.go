@@ -221,6 +221,10 @@ func (p *Provider) Create(ctx context.Context, req kms.CreateRequest) (kms.Key, 
 		owner := req.Owner
 		r.Owner = &owner
 	}
+	if !req.Provenance.IsZero() {
+		provenance := req.Provenance
+		r.Provenance = &provenance
+	}
 	var sealed []byte
 	if req.Origin != kms.OriginExternal {
 		material, err := generateMaterial(req.KeySpec)

@@ -34,6 +34,9 @@ const (
 	// labelRootKeyCheck names the root key a key's material is sealed under (see sealer.check),
 	// so a start with another root key finds the keys it could not open with one list.
 	labelRootKeyCheck = "kms.cmk.io/root-key-check"
+	// labelCluster names the cluster of a key's provenance, so the orphan sweep lists a
+	// cluster's keys by index.
+	labelCluster = "kms.cmk.io/cluster"
 	// labelDue marks keys the reaper must act on at a time: a deletion date or material expiry.
 	labelDue = "kms.cmk.io/due"
 )
@@ -55,6 +58,9 @@ type record struct {
 	// Owner is the resource the key belongs to (see kms.Owner); nil for a key made for no
 	// resource and never claimed.
 	Owner *kms.Owner `json:"owner,omitempty"`
+	// Provenance is what the operator recorded when it made the key (see kms.Provenance); nil
+	// for a key made without one.
+	Provenance *kms.Provenance `json:"provenance,omitempty"`
 	// Tags are the owner as records written before Owner existed kept it.
 	Tags map[string]string `json:"tags,omitempty"`
 	// RootKeyCheck is the check value of the root key the key's sealed fields are sealed under.
@@ -188,6 +194,11 @@ func writeRecord(s *corev1.Secret, r *record) error {
 		s.Labels[labelOwnerUID] = uid
 	} else {
 		delete(s.Labels, labelOwnerUID)
+	}
+	if p := r.Provenance; p != nil && len(validation.IsValidLabelValue(p.Cluster)) == 0 {
+		s.Labels[labelCluster] = p.Cluster
+	} else {
+		delete(s.Labels, labelCluster)
 	}
 	if _, due := r.nextDue(); due {
 		s.Labels[labelDue] = "true"

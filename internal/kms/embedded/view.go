@@ -59,11 +59,14 @@ const (
 	byAlias = "alias"
 	byOwner = "owner"
 	byDue   = "due"
+	// byCluster finds the keys of a cluster's provenance, for the orphan sweep.
+	byCluster = "cluster"
 )
 
 var indexers = toolscache.Indexers{
-	byAlias: labelIndex(labelAliasHash),
-	byOwner: labelIndex(labelOwnerUID),
+	byAlias:   labelIndex(labelAliasHash),
+	byOwner:   labelIndex(labelOwnerUID),
+	byCluster: labelIndex(labelCluster),
 	byDue: func(obj any) ([]string, error) {
 		s := obj.(*corev1.Secret)
 		if s.Labels[labelDue] != "true" {

@@ -171,6 +171,54 @@ func TestCreateAfterCrashBeforeTag(t *testing.T) {
 	}
 }
 
+// TestFindAfterCrashBeforeTag: a create that died between making the key and tagging it leaves
+// a key no tag search finds. Find, which the reconciler asks for a resource being deleted,
+// takes it, tagged now with its token, owner and provenance; not a key with the alias made
+// before the attempt, nor one with another alias.
+func TestFindAfterCrashBeforeTag(t *testing.T) {
+	t.Parallel()
+	p, s := newStandIn(t)
+	ctx := context.Background()
+	owner := kms.Owner{Namespace: "ns", Name: "crash", UID: "00000000-0000-4000-8000-0000000000c1"}
+	prov := kms.Provenance{Cluster: "cluster", Install: "install", DeletionPolicy: kms.PolicyDelete, PendingDays: 7}
+	req := kms.CreateRequest{Alias: "k8s/ns/crash", KeySpec: "AES_256", KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS,
+		Token: owner.UID, Owner: owner, Provenance: prov, Attempted: s.Clock.Now()}
+	if _, err := p.Find(ctx, req); !kms.IsNotFound(err) {
+		t.Fatalf("Find before any create: %v, want NotFound", err)
+	}
+	s.Fail("tags/action", 5, 500, "KMS.0500")
+	if _, err := p.Create(ctx, req); err == nil {
+		t.Fatal("Create succeeded though its tags were never written")
+	}
+	if _, err := p.Lookup(ctx, req.Token); !kms.IsNotFound(err) {
+		t.Fatalf("Lookup of the untagged key: %v, want NotFound", err)
+	}
+	k, err := p.Find(ctx, req)
+	if err != nil {
+		t.Fatalf("Find after the crash: %v", err)
+	}
+	if o, got, err := p.Provenance(ctx, k.ID); err != nil || o.UID != owner.UID || got != prov {
+		t.Errorf("the key found: owner %+v, provenance %+v, %v; want %+v, %+v", o, got, err, owner, prov)
+	}
+	if again, err := p.Find(ctx, req); err != nil || again.ID != k.ID {
+		t.Errorf("Find again: %+v, %v", again, err)
+	}
+
+	console, err := s.CreateKeyInConsole("k8s/ns/console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Advance(time.Minute)
+	late := req
+	late.Alias, late.Token, late.Attempted = "k8s/ns/console", "00000000-0000-4000-8000-0000000000c2", s.Clock.Now()
+	if _, err := p.Find(ctx, late); !kms.IsNotFound(err) {
+		t.Errorf("Find for an alias a console key (%s) held before the attempt: %v, want NotFound", console, err)
+	}
+	if o, _ := p.Owner(ctx, console); !o.IsZero() {
+		t.Errorf("the console key was marked: %+v", o)
+	}
+}
+
 // TestInterruptedClaim lets a claim die between deleting the previous owner's tags and writing
 // its own (Huawei does not overwrite a tag, so a claim takes two calls): the key stays its
 // namespace's, owned by no live resource, so only a resource of that namespace can take it,

@@ -38,10 +38,11 @@ func (p *Provider) Lookup(ctx context.Context, token string) (kms.Key, error) {
 	return p.Observe(ctx, id)
 }
 
-// tagNew tags a new key with the creation token, so a retried Create finds it, and with its
-// owner.
+// tagNew tags a new key with the creation token, so a retried Create finds it, with its owner
+// and with its provenance, in one call.
 func (p *Provider) tagNew(ctx context.Context, id string, req kms.CreateRequest) (kms.Key, error) {
 	tags := append([]model.TagItem{{Key: uidTag, Value: ptr(req.Token)}}, ownerTags(req.Owner)...)
+	tags = append(tags, provenanceTags(req.Provenance)...)
 	if err := p.setTags(ctx, id, tags); err != nil {
 		return kms.Key{}, err
 	}
@@ -252,4 +253,30 @@ func (p *Provider) findByTag(ctx context.Context, tag, value string) (string, er
 		}
 	}
 	return "", nil
+}
+
+var _ kms.Finder = (*Provider)(nil)
+
+// Find reports the key Create with req made: by its creation token, else the untagged key
+// with its alias made within its recorded attempt (see madeBy), which it tags now.
+func (p *Provider) Find(ctx context.Context, req kms.CreateRequest) (kms.Key, error) {
+	if k, err := p.Lookup(ctx, req.Token); !kms.IsNotFound(err) {
+		return k, err
+	}
+	if req.Attempted.IsZero() {
+		return kms.Key{}, &kms.NotFoundError{Token: req.Token}
+	}
+	id, err := p.findByAlias(ctx, req.Alias)
+	if err != nil {
+		return kms.Key{}, classify(err, "find by alias", req.Alias, "")
+	}
+	if id != "" {
+		switch p.madeBy(ctx, id, req) {
+		case madeTagged:
+			return p.activated(ctx, id)
+		case madeUntagged:
+			return p.tagNew(ctx, id, req)
+		}
+	}
+	return kms.Key{}, &kms.NotFoundError{Token: req.Token}
 }

@@ -81,7 +81,7 @@ func (p *Provider) SetTags(ctx context.Context, keyID string, tags map[string]st
 	}
 	if own+len(tags) > maxTags {
 		return &kms.RejectedError{Reason: fmt.Sprintf("Huawei keeps at most %d tags on a key, and %d of key %s's are the operator's "+
-			"own (its owner): spec.tags can hold at most %d here", maxTags, own, keyID, maxTags-own)}
+			"own (its owner and provenance): spec.tags can hold at most %d here", maxTags, own, keyID, maxTags-own)}
 	}
 	return p.retag(ctx, keyID, remove, add)
 }

@@ -98,6 +98,8 @@ var _ interface {
 	kms.Importer
 	kms.Rotator
 	kms.Tagger
+	kms.Recorder
+	kms.Finder
 	kms.Notifier
 } = (*provider)(nil)
 
@@ -207,6 +209,46 @@ func (p *provider) SetTags(ctx context.Context, keyID string, tags map[string]st
 		return lacks("tag keys")
 	}
 	return do(p, "set_tags", func() error { return tagger.SetTags(ctx, keyID, tags) })
+}
+
+func (p *provider) Provenance(ctx context.Context, keyID string) (kms.Owner, kms.Provenance, error) {
+	rec, ok := kms.As[kms.Recorder](p.next)
+	if !ok {
+		return kms.Owner{}, kms.Provenance{}, lacks("record provenances")
+	}
+	type both struct {
+		o kms.Owner
+		p kms.Provenance
+	}
+	b, err := call(p, "provenance", func() (both, error) {
+		o, pr, err := rec.Provenance(ctx, keyID)
+		return both{o, pr}, err
+	})
+	return b.o, b.p, err
+}
+
+func (p *provider) SetPolicy(ctx context.Context, keyID, deletionPolicy string, pendingDays int) error {
+	rec, ok := kms.As[kms.Recorder](p.next)
+	if !ok {
+		return lacks("record provenances")
+	}
+	return do(p, "set_policy", func() error { return rec.SetPolicy(ctx, keyID, deletionPolicy, pendingDays) })
+}
+
+func (p *provider) MadeIn(ctx context.Context, cluster string) ([]kms.Made, error) {
+	rec, ok := kms.As[kms.Recorder](p.next)
+	if !ok {
+		return nil, lacks("record provenances")
+	}
+	return call(p, "made_in", func() ([]kms.Made, error) { return rec.MadeIn(ctx, cluster) })
+}
+
+func (p *provider) Find(ctx context.Context, req kms.CreateRequest) (kms.Key, error) {
+	finder, ok := kms.As[kms.Finder](p.next)
+	if !ok {
+		return kms.Key{}, lacks("find keys by their create attempt")
+	}
+	return call(p, "find", func() (kms.Key, error) { return finder.Find(ctx, req) })
 }
 
 // Changes passes on the provider's own changes; they are not calls, so they are not counted.

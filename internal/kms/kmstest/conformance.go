@@ -1,7 +1,7 @@
 // Package kmstest is the conformance suite every KMS provider passes: the lifecycle of
 // docs/lifecycle.md call by Call, cancel outcomes, idempotency, deletion at the date, import and
-// material expiry, rotation and tags. A provider's tests call Run with a fixture that builds a
-// fresh provider and can move the KMS's time forward.
+// material expiry, rotation, tags and provenance. A provider's tests call Run with a fixture
+// that builds a fresh provider and can move the KMS's time forward.
 package kmstest
 
 import (
@@ -38,6 +38,7 @@ func Run(t *testing.T, newFixture func(t *testing.T) Fixture) {
 	t.Run("LookupByToken", func(t *testing.T) { lookupByToken(t, newFixture(t)) })
 	t.Run("AliasInUse", func(t *testing.T) { aliasInUse(t, newFixture(t)) })
 	t.Run("OwnerAndClaim", func(t *testing.T) { ownerAndClaim(t, newFixture(t)) })
+	t.Run("Provenance", func(t *testing.T) { provenance(t, newFixture(t)) })
 	t.Run("DeletionAtDate", func(t *testing.T) { deletionAtDate(t, newFixture(t)) })
 	t.Run("Import", func(t *testing.T) { importFlow(t, newFixture(t)) })
 	t.Run("ImportRefusals", func(t *testing.T) { importRefusals(t, newFixture(t)) })

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"sort"
 	"strconv"
 	"time"
 )
@@ -156,4 +157,19 @@ func (s *Server) Thaw(id string) {
 	if k, ok := s.keys[id]; ok && k.state == "7" {
 		k.state = k.frozenFrom
 	}
+}
+
+// KeyIDs lists every key the stand-in holds, deleted ones aside, in ID order: what a person
+// sees in the console, with no tag search in between.
+func (s *Server) KeyIDs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]string, 0, len(s.keys))
+	for id := range s.keys {
+		if !s.deleted[id] {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids
 }

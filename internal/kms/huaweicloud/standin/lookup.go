@@ -1,6 +1,7 @@
 package standin
 
 import (
+	"net/http"
 	"sort"
 	"strconv"
 	"time"
@@ -16,8 +17,27 @@ func (s *Server) SetTagSearchLag(lag time.Duration) {
 	s.tagSearchLag = lag
 }
 
+// findByTags answers list-kms-by-tags (POST /v1.0/{project_id}/kms/resource_instances/action,
+// action "filter"): the keys with every tag asked for, in ID order, a page of "limit" (default
+// 10, 1 to 1000) from "offset" (default 0), each with its details and tags, and the total
+// (the SDK's ListKmsByTagsRequestBody and ActionResources models).
 func (s *Server) findByTags(req map[string]any) (any, *apiError) {
 	tags, _ := req["tags"].([]any)
+	limit, offset := 10, 0
+	if v, ok := req["limit"].(string); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return nil, fail(http.StatusBadRequest, "KMS.0002", "limit must be 1 to 1000")
+		}
+		limit = n
+	}
+	if v, ok := req["offset"].(string); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return nil, fail(http.StatusBadRequest, "KMS.0002", "offset must be a number, not negative")
+		}
+		offset = n
+	}
 	var found []map[string]any
 	ids := make([]string, 0, len(s.keys))
 	for id := range s.keys {
@@ -41,10 +61,16 @@ func (s *Server) findByTags(req map[string]any) (any, *apiError) {
 			match = match && ok
 		}
 		if match {
-			found = append(found, map[string]any{"resource_id": k.id, "resource_name": k.alias})
+			itemTags := []map[string]string{}
+			for name, value := range k.tags {
+				itemTags = append(itemTags, map[string]string{"key": name, "value": value})
+			}
+			found = append(found, map[string]any{"resource_id": k.id, "resource_name": k.alias,
+				"resource_detail": k.details(), "tags": itemTags})
 		}
 	}
-	return map[string]any{"resources": found, "total_count": len(found)}, nil
+	page := found[min(offset, len(found)):min(offset+limit, len(found))]
+	return map[string]any{"resources": page, "total_count": len(found)}, nil
 }
 
 // list pages through keys in ID order; the marker is the last ID of the previous page. Without
