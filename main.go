@@ -65,6 +65,7 @@ func bindFlags(fs *flag.FlagSet) *managerConfig {
 	fs.StringVar(&cfg.provider, "kms-provider", "embedded", fmt.Sprintf("The KMS provider to drive, one of %v.", kms.Names()))
 	fs.StringVar(&cfg.kmsNamespace, "kms-namespace", defaultKMSNamespace(), "The namespace where the KMS provider keeps its state and credentials; $POD_NAMESPACE when that is set.")
 	fs.DurationVar(&cfg.syncPeriod, "sync-period", controllers.DefaultSyncPeriod, "How often a settled key is checked against the KMS, to correct changes made outside Kubernetes.")
+	fs.DurationVar(&cfg.orphanSweep, "orphan-sweep-interval", controllers.DefaultOrphanSweepInterval, "How often keys whose CustomerMasterKey vanished without its finalizer are found and given their recorded deletionPolicy (also once at start); 0 turns the sweep off.")
 	fs.IntVar(&cfg.workers, "max-concurrent-reconciles", 16, "How many keys are reconciled at once.")
 	fs.Float64Var(&cfg.apiQPS, "kube-api-qps", -1, "Most requests per second to the Kubernetes apiserver; -1 sets no limit in the client, "+
 		"leaving the pace to the apiserver's API Priority and Fairness, as controller-runtime does by default (the workers already bound the requests in flight).")
@@ -81,6 +82,7 @@ type managerConfig struct {
 	leaderElect            bool
 	provider, kmsNamespace string
 	syncPeriod             time.Duration
+	orphanSweep            time.Duration
 	workers                int
 	apiQPS                 float64
 	apiBurst               int
@@ -130,6 +132,7 @@ func run(ctx context.Context, restConfig *rest.Config, cfg managerConfig) error 
 		LeaderElection:          cfg.leaderElect,
 		LeaderElectionNamespace: cfg.kmsNamespace,
 		SyncPeriod:              cfg.syncPeriod,
+		OrphanSweepInterval:     cfg.orphanSweep,
 		Workers:                 cfg.workers,
 		SkipNameValidation:      cfg.skipNameValidation,
 	})

@@ -102,7 +102,11 @@ func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.Cus
 		if msg := reservedAlias(cmk); msg != "" {
 			return nil, &keystatus.Blocked{Reason: v1alpha1.ReasonAliasReserved, Message: msg}
 		}
-		created, err := r.KMS.Create(ctx, createRequest(cmk))
+		prov, err := r.provenance(ctx, cmk)
+		if err != nil {
+			return nil, err
+		}
+		created, err := r.KMS.Create(ctx, createRequest(cmk, prov))
 		if inUse := kms.AsAliasInUse(err); inUse != nil {
 			return r.reclaim(ctx, cmk, inUse)
 		}
@@ -209,7 +213,7 @@ func (r *CustomerMasterKeyReconciler) readBack(ctx context.Context, keyID string
 	return key, nil
 }
 
-func createRequest(cmk *v1alpha1.CustomerMasterKey) kms.CreateRequest {
+func createRequest(cmk *v1alpha1.CustomerMasterKey, prov kms.Provenance) kms.CreateRequest {
 	return kms.CreateRequest{
 		Alias:       Alias(cmk),
 		Description: cmk.Spec.Description,
@@ -219,5 +223,6 @@ func createRequest(cmk *v1alpha1.CustomerMasterKey) kms.CreateRequest {
 		Token:       creationToken(cmk),
 		Owner:       ownerOf(cmk),
 		Attempted:   createAttempt(cmk),
+		Provenance:  prov,
 	}
 }

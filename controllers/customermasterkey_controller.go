@@ -8,6 +8,7 @@ import (
 	"cmp"
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/client-go/tools/events"
@@ -44,6 +45,11 @@ type CustomerMasterKeyReconciler struct {
 	writes ownWrites
 	// owned remembers, by resource UID, the key whose ownership verifyOwner confirmed.
 	owned sync.Map
+	// recorded remembers, by resource UID, its key's provenance as last read or written (a
+	// recordedPolicy; see keepPolicy).
+	recorded sync.Map
+	// cluster is the cluster's ID, once read (see clusterID).
+	cluster atomic.Value
 }
 
 // +kubebuilder:rbac:groups=kms.cmk.io,resources=customermasterkeys,verbs=get;list;watch;patch
@@ -89,6 +95,7 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		}
 		r.writes.forget(cmk.UID)
 		r.owned.Delete(cmk.UID)
+		r.recorded.Delete(cmk.UID)
 		return r.settle(ctx, ctrl.Result{}, nil)
 	}
 	if err := r.ensureMetadata(ctx, cmk); err != nil {

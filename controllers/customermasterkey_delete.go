@@ -6,8 +6,6 @@ import (
 	"fmt"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -47,6 +45,10 @@ func (r *CustomerMasterKeyReconciler) finalize(ctx context.Context, cmk *v1alpha
 		case err != nil:
 			return failed(nil, "Observing", err), false
 		}
+		// Recorded before the resource goes: Retain lets it go with its key recorded as retained.
+		if err := r.keepPolicy(ctx, cmk, key); err != nil {
+			return failed(key, "Recording the deletion policy of", err), false
+		}
 	}
 	o, _ = r.drive(ctx, cmk, key)
 	if o.failure != nil || o.cut || o.decision.Action != planner.Release {
@@ -83,15 +85,11 @@ const CRDName = "customermasterkeys.kms.cmk.io"
 // again must not be taken for the one before. A read that fails holds the deletion up (it is
 // retried) rather than risk applying deletionPolicy to every key.
 func (r *CustomerMasterKeyReconciler) crdTerminating(ctx context.Context) (bool, error) {
-	crd := &metav1.PartialObjectMetadata{}
-	crd.SetGroupVersionKind(schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"})
-	if err := r.apiReader().Get(ctx, client.ObjectKey{Name: CRDName}, crd); err != nil {
-		if apierrors.IsNotFound(err) {
-			return true, nil
-		}
+	crd, err := r.crd(ctx)
+	if err != nil {
 		return false, fmt.Errorf("reading CRD %s, to tell an uninstall from a deletion: %w", CRDName, err)
 	}
-	return !crd.DeletionTimestamp.IsZero(), nil
+	return crd == nil || !crd.DeletionTimestamp.IsZero(), nil
 }
 
 // uninstall lets a resource go without any KMS call while its CRD is being deleted: the key
@@ -102,6 +100,7 @@ func (r *CustomerMasterKeyReconciler) uninstall(ctx context.Context, cmk *v1alph
 	}
 	r.writes.forget(cmk.UID)
 	r.owned.Delete(cmk.UID)
+	r.recorded.Delete(cmk.UID)
 	log.FromContext(ctx).Info("The CustomerMasterKey CRD is being deleted: the key is kept as it is, whatever deletionPolicy says",
 		"keyID", cmk.Status.KeyID, "phase", cmk.Status.Phase, "deletionPolicy", cmk.Spec.DeletionPolicy)
 	return nil

@@ -24,6 +24,9 @@ func (r *CustomerMasterKeyReconciler) ownKey(ctx context.Context, cmk *v1alpha1.
 		return r.observe(ctx, id)
 	}
 	key, err := r.KMS.Lookup(ctx, creationToken(cmk))
+	if kms.IsNotFound(err) && !cmk.DeletionTimestamp.IsZero() && !createAttempt(cmk).IsZero() {
+		key, err = r.findUnmarked(ctx, cmk)
+	}
 	if kms.IsNotFound(err) {
 		return nil, nil
 	}
@@ -35,6 +38,21 @@ func (r *CustomerMasterKeyReconciler) ownKey(ctx context.Context, cmk *v1alpha1.
 		cmk.Status.KeyID = key.ID
 	}
 	return &key, nil
+}
+
+// findUnmarked asks a provider whose creates are two calls for a key this resource's create
+// attempt made and could not mark (a crash between the two): a resource being deleted never
+// makes its key, so only this finds it, and its deletionPolicy is applied to it.
+func (r *CustomerMasterKeyReconciler) findUnmarked(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (kms.Key, error) {
+	finder, ok := kms.As[kms.Finder](r.KMS)
+	if !ok {
+		return kms.Key{}, &kms.NotFoundError{Token: creationToken(cmk)}
+	}
+	prov, err := r.provenance(ctx, cmk)
+	if err != nil {
+		return kms.Key{}, err
+	}
+	return finder.Find(ctx, createRequest(cmk, prov))
 }
 
 // findKey reads the key the resource manages: its own (see ownKey), or the one spec.keyID
@@ -50,6 +68,9 @@ func (r *CustomerMasterKeyReconciler) findKey(ctx context.Context, cmk *v1alpha1
 	if cmk.Status.KeyID != "" {
 		if own != nil && own.State != kms.StateDeleted {
 			if err := r.verifyOwner(ctx, cmk, own.ID); err != nil {
+				return nil, err
+			}
+			if err := r.keepPolicy(ctx, cmk, own); err != nil {
 				return nil, err
 			}
 		}

@@ -141,7 +141,7 @@ func (r *CustomerMasterKeyReconciler) verifyOwner(ctx context.Context, cmk *v1al
 	if known, ok := r.owned.Load(cmk.UID); ok && known == id {
 		return nil
 	}
-	o, err := r.KMS.Owner(ctx, id)
+	o, err := r.ownerRecord(ctx, cmk, id)
 	if err != nil {
 		return err
 	}
@@ -165,6 +165,20 @@ func (r *CustomerMasterKeyReconciler) verifyOwner(ctx context.Context, cmk *v1al
 	}
 	r.owned.Store(cmk.UID, id)
 	return nil
+}
+
+// ownerRecord reads the key's recorded owner; from a provider that records provenances, in
+// the same read as the provenance, which keepPolicy then knows.
+func (r *CustomerMasterKeyReconciler) ownerRecord(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string) (kms.Owner, error) {
+	rec, ok := kms.As[kms.Recorder](r.KMS)
+	if !ok {
+		return r.KMS.Owner(ctx, id)
+	}
+	o, prov, err := rec.Provenance(ctx, id)
+	if err == nil {
+		r.recorded.Store(cmk.UID, recordedPolicy{keyID: id, Provenance: prov})
+	}
+	return o, err
 }
 
 // reclaim handles a Create refused because a key holds the alias. A key retained by a resource

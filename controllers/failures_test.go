@@ -203,7 +203,7 @@ func TestOwnKeyBeforeAdoption(t *testing.T) {
 	other := h.outsideKey("AES_256", "ENCRYPT_DECRYPT", "")
 	h.create(h.cmk("lost", deletePolicy))
 	c := h.get("lost")
-	made, err := h.kms.Create(context.Background(), createRequest(c)) // the create whose status write was lost
+	made, err := h.kms.Create(context.Background(), createRequest(c, kms.Provenance{})) // the create whose status write was lost
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -233,7 +233,7 @@ func TestLostKeyIDIsFound(t *testing.T) {
 	if err := r.ensureMetadata(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
-	created, err := h.kms.Create(context.Background(), createRequest(c)) // the status write never happened
+	created, err := h.kms.Create(context.Background(), createRequest(c, kms.Provenance{})) // the status write never happened
 	if err != nil {
 		t.Fatal(err)
 	}

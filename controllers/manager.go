@@ -57,6 +57,10 @@ type ManagerOptions struct {
 	Clock       clock.PassiveClock
 	SyncPeriod  time.Duration
 	ImportRetry time.Duration
+	// OrphanSweepInterval is how often the orphan sweep (orphans.go) runs after the one at
+	// start; 0 runs none. main runs it hourly (DefaultOrphanSweepInterval); tests that do not
+	// look at it leave it off.
+	OrphanSweepInterval time.Duration
 	// Workers is how many keys are reconciled at once; 0 for one.
 	Workers int
 	// SkipNameValidation lets a process run more than one manager, as tests do.
@@ -130,6 +134,13 @@ func NewManager(ctx context.Context, restConfig *rest.Config, opts ManagerOption
 		MaxConcurrentReconciles: opts.Workers, SkipNameValidation: &opts.SkipNameValidation, Logger: opts.Logger,
 	}); err != nil {
 		return nil, fmt.Errorf("setting up controller: %w", err)
+	}
+	if rec, ok := kms.As[kms.Recorder](provider); ok && opts.OrphanSweepInterval > 0 {
+		sweep := &orphanSweep{r: r, rec: rec, interval: opts.OrphanSweepInterval, namespaces: opts.Namespaces,
+			log: mgr.GetLogger().WithName("orphan-sweep")}
+		if err := mgr.Add(sweep); err != nil {
+			return nil, err
+		}
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return nil, err

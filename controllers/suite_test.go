@@ -87,6 +87,8 @@ type managerOptions struct {
 	config *rest.Config
 	// namespaces are watched besides the harness's own.
 	namespaces []string
+	// sweep, when set, runs the orphan sweep at start and at this interval.
+	sweep time.Duration
 }
 
 // start runs the operator's manager (NewManager, as main does) with the harness's provider and
@@ -110,7 +112,7 @@ func (h *harness) start(opts managerOptions) {
 		KMS: h.kms, NoBackground: opts.noReaper, WrapKMS: wrapKMS,
 		Namespaces: append([]string{h.ns}, opts.namespaces...), Logger: logger,
 		WrapClient: opts.wrap, Clock: h.clock, SyncPeriod: opts.syncPeriod, ImportRetry: opts.importRetry,
-		SkipNameValidation: true,
+		OrphanSweepInterval: opts.sweep, SkipNameValidation: true,
 	})
 	if err != nil {
 		cancel()

@@ -580,8 +580,8 @@ func TestTenancyDerivedAliases(t *testing.T) {
 	// Two tenants' resources asking for one alias at once: one key, never two.
 	for i := range 8 {
 		shared := "race/" + string(uuid.NewUUID())
-		reqs := []kms.CreateRequest{createRequest(w.a.cmk("r", func(c *v1alpha1.CustomerMasterKey) { c.UID = uuid.NewUUID(); c.Spec.Alias = shared })),
-			createRequest(w.b.cmk("r", func(c *v1alpha1.CustomerMasterKey) { c.UID = uuid.NewUUID(); c.Spec.Alias = shared }))}
+		reqs := []kms.CreateRequest{createRequest(w.a.cmk("r", func(c *v1alpha1.CustomerMasterKey) { c.UID = uuid.NewUUID(); c.Spec.Alias = shared }), kms.Provenance{}),
+			createRequest(w.b.cmk("r", func(c *v1alpha1.CustomerMasterKey) { c.UID = uuid.NewUUID(); c.Spec.Alias = shared }), kms.Provenance{})}
 		var wg sync.WaitGroup
 		made := make([]error, len(reqs))
 		for j, req := range reqs {

@@ -136,4 +136,8 @@ const (
 	// the key back.
 	EventReclaimed = "KeyReclaimed"
 	EventFailed    = "Failed"
+	// EventOrphanDeletionScheduled: the orphan sweep scheduled the deletion of a key whose
+	// resource is gone, as the deletionPolicy recorded with the key asks. The event is about
+	// the resource that is gone, in its namespace.
+	EventOrphanDeletionScheduled = "OrphanDeletionScheduled"
 )

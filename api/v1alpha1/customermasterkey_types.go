@@ -181,8 +181,9 @@ type CustomerMasterKeySpec struct {
 	// Tags are kept on the key in the KMS, in step with this map: tags added here are added,
 	// changed ones changed, and removed ones removed; tags changed outside Kubernetes are put
 	// back while this map (or status.tags) holds any. The operator's own tags, which record the
-	// key's owner, are kept apart: they cannot be set or removed here. At most 10 (6 on Huawei
-	// Cloud, whose 10 include the operator's 4); keys 1 to 36 characters, values at most 43.
+	// key's owner and provenance, are kept apart: they cannot be set or removed here. At most 10
+	// (4 on Huawei Cloud for a key the operator made, whose 10 include the operator's 6, and 6 on
+	// one it adopted); keys 1 to 36 characters, values at most 43.
 	// +optional
 	// +kubebuilder:validation:MaxProperties=10
 	// +kubebuilder:validation:XValidation:rule="self.all(k, size(k) >= 1 && size(k) <= 36)",message="tag keys must be 1 to 36 characters (the KMS's limit)"
