@@ -74,10 +74,10 @@ func judge(m kms.Made, cluster, install string, l live) verdict {
 		return uninstalledOrphan
 	case m.Key.State == kms.StatePendingDeletion || m.Key.State == kms.StateDeleted:
 		return scheduledOrphan
-	case p.DeletionPolicy == kms.PolicyDelete && p.PendingDays > 0:
+	case p.DeletionPolicy == kms.PolicyDelete && p.PendingDays >= kms.MinPendingDays && p.PendingDays <= kms.MaxPendingDays:
 		return scheduleOrphan
 	}
-	return retainOrphan // Retain, or a policy edited by hand into something else: nothing is deleted
+	return retainOrphan // Retain, or a record edited by hand into something else: nothing is deleted
 }
 
 // orphanSweep applies the recorded deletion policy to the keys of this cluster whose
@@ -108,8 +108,9 @@ func (s *orphanSweep) Start(ctx context.Context) error {
 	}
 }
 
-// sweepResult counts what one sweep found.
-type sweepResult struct{ scheduled, retained int }
+// sweepResult counts what one sweep found: keys scheduled, keys left, and keys it could not
+// settle this time.
+type sweepResult struct{ scheduled, retained, failed int }
 
 // sweep lists the KMS's keys of this cluster first, then the resources: a key listed was made
 // for a resource that existed before it, so one missing from the later list is gone for good.
@@ -143,20 +144,21 @@ func (s *orphanSweep) sweep(ctx context.Context) (sweepResult, error) {
 	}
 	for _, m := range made {
 		v, err := s.settle(ctx, m, cluster, install, l)
-		if err != nil {
-			orphanSweeps.WithLabelValues("failed").Inc()
-			return res, err
-		}
-		switch v {
-		case scheduleOrphan:
+		switch {
+		case err != nil:
+			// One key the KMS will not act on now (frozen, say) does not keep the sweep from
+			// the others; it is judged again at the next sweep.
+			res.failed++
+			s.log.Error(err, "Orphaned key left for the next sweep", "keyID", m.Key.ID)
+		case v == scheduleOrphan:
 			res.scheduled++
-		case retainOrphan, uninstalledOrphan:
+		case v == retainOrphan || v == uninstalledOrphan:
 			res.retained++
 		}
 	}
 	orphansRetained.Set(float64(res.retained))
 	orphanSweeps.WithLabelValues("completed").Inc()
-	s.log.Info("Orphan sweep done", "keys", len(made), "scheduled", res.scheduled, "retained", res.retained)
+	s.log.Info("Orphan sweep done", "keys", len(made), "scheduled", res.scheduled, "retained", res.retained, "failed", res.failed)
 	return res, nil
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
+	"github.com/cmk-operator/cmk-operator/internal/kms/embedded"
 )
 
 // TestJudge holds the sweep's rules, one case each: only a key of this cluster and install,
@@ -43,6 +44,8 @@ func TestJudge(t *testing.T) {
 		"RetainOrphan":       {orphan(func(m *kms.Made) { m.Provenance.DeletionPolicy = kms.PolicyRetain }), gone, retainOrphan},
 		"PolicyEditedByHand": {orphan(func(m *kms.Made) { m.Provenance.DeletionPolicy = "Purge" }), gone, retainOrphan},
 		"NoPendingDays":      {orphan(func(m *kms.Made) { m.Provenance.PendingDays = 0 }), gone, retainOrphan},
+		"TooFewPendingDays":  {orphan(func(m *kms.Made) { m.Provenance.PendingDays = 1 }), gone, retainOrphan},
+		"TooManyPendingDays": {orphan(func(m *kms.Made) { m.Provenance.PendingDays = 5000 }), gone, retainOrphan},
 		"AlreadyScheduled":   {orphan(func(m *kms.Made) { m.Key.State = kms.StatePendingDeletion }), gone, scheduledOrphan},
 		"EarlierInstall":     {orphan(func(m *kms.Made) { m.Provenance.Install = "install-0" }), gone, uninstalledOrphan},
 		"OwnerLives":         {orphan(), live{uids: map[string]bool{"uid-1": true}}, notOrphan},
@@ -146,22 +149,41 @@ func TestOrphanSweep(t *testing.T) {
 }
 
 // sweeper is an orphan sweep over the harness's KMS and namespace that reads resources, the
-// CRD and the cluster's namespace through reader.
-func (h *harness) sweeper(reader client.Reader) *orphanSweep {
+// CRD and the cluster's namespace through reader, and calls the KMS through kms, when given.
+func (h *harness) sweeper(reader client.Reader, provider ...kms.Provider) *orphanSweep {
 	r := &CustomerMasterKeyReconciler{Client: env.Client, APIReader: reader, KMS: h.kms, Clock: h.clock}
+	if len(provider) > 0 {
+		r.KMS = provider[0]
+	}
 	return &orphanSweep{r: r, rec: h.kms, interval: time.Hour, namespaces: []string{h.ns}, log: logr.Discard()}
 }
 
+// refusing refuses to schedule the deletion of one key, as a KMS does for a frozen key.
+type refusing struct {
+	*embedded.Provider
+	id string
+}
+
+func (r refusing) ScheduleDeletion(ctx context.Context, id string, days int) error {
+	if id == r.id {
+		return &kms.FrozenError{KeyID: id}
+	}
+	return r.Provider.ScheduleDeletion(ctx, id, days)
+}
+
 // TestOrphanSweepRefuses: the sweep does nothing while the CRD is being deleted, nor when it
-// cannot list the resources to the end (a page refused midway).
+// cannot list the resources; a key the KMS refuses to schedule (frozen) is left for the next
+// sweep, and does not keep the others from theirs.
 func TestOrphanSweepRefuses(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
-	h.create(h.cmk("doomed", deletePolicy))
+	h.create(h.cmk("doomed", deletePolicy), h.cmk("frozen", deletePolicy))
 	doomed := h.waitPhase("doomed", v1alpha1.PhaseEnabled).Status.KeyID
+	frozen := h.waitPhase("frozen", v1alpha1.PhaseEnabled).Status.KeyID
 	h.stopManager()
 	h.orphan("doomed")
+	h.orphan("frozen")
 
 	terminating := interceptor.NewClient(env.Client, interceptor.Funcs{
 		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
@@ -188,8 +210,15 @@ func TestOrphanSweepRefuses(t *testing.T) {
 	if got := h.kmsState(doomed); got != kms.StateEnabled {
 		t.Fatalf("the orphan is %s after sweeps that must not act; want Enabled", got)
 	}
-	if res, err := h.sweeper(env.Client).sweep(context.Background()); err != nil || res.scheduled != 1 {
-		t.Errorf("a sweep that can act: %+v, %v; want the orphan scheduled", res, err)
+	if got := h.kmsState(frozen); got != kms.StateEnabled {
+		t.Fatalf("the frozen orphan is %s after sweeps that must not act; want Enabled", got)
+	}
+	res, err := h.sweeper(env.Client, refusing{h.kms, frozen}).sweep(context.Background())
+	if err != nil || res.scheduled != 1 || res.failed != 1 {
+		t.Errorf("a sweep that can act, with a frozen key: %+v, %v; want one orphan scheduled, the frozen one left", res, err)
+	}
+	if got := h.kmsState(doomed); got != kms.StatePendingDeletion {
+		t.Errorf("the orphan beside the frozen one is %s", got)
 	}
 }
 

@@ -30,6 +30,13 @@ const (
 	PolicyRetain = "Retain"
 )
 
+// The deletion windows a KMS takes, in days (pending_days: Huawei's schedule-key-deletion
+// reference; the embedded KMS the same), as spec.pendingDays is bounded.
+const (
+	MinPendingDays = 7
+	MaxPendingDays = 1096
+)
+
 // IsZero reports whether no provenance is recorded.
 func (p Provenance) IsZero() bool { return p.Cluster == "" }
 

@@ -306,8 +306,8 @@ func (p *Provider) Disable(ctx context.Context, keyID string) error {
 
 // ScheduleDeletion sets the key's deletion date pendingDays from now.
 func (p *Provider) ScheduleDeletion(ctx context.Context, keyID string, pendingDays int) error {
-	if pendingDays < 7 || pendingDays > 1096 {
-		return &kms.RejectedError{Reason: fmt.Sprintf("pendingDays must be 7 to 1096, not %d", pendingDays)}
+	if pendingDays < kms.MinPendingDays || pendingDays > kms.MaxPendingDays {
+		return &kms.RejectedError{Reason: fmt.Sprintf("pendingDays must be %d to %d, not %d", kms.MinPendingDays, kms.MaxPendingDays, pendingDays)}
 	}
 	err := p.transition(ctx, keyID, "schedule deletion of", func(r *record) (bool, error) {
 		switch r.State {
