@@ -45,6 +45,9 @@ type CustomerMasterKeyReconciler struct {
 	writes ownWrites
 	// owned remembers, by resource UID, the key whose ownership verifyOwner confirmed.
 	owned sync.Map
+	// observing remembers, by resource UID, the key an Observe resource was found allowed to
+	// observe (see observeOnly).
+	observing sync.Map
 	// recorded remembers, by resource UID, its key's provenance as last read or written (a
 	// recordedPolicy; see keepPolicy).
 	recorded sync.Map
@@ -96,6 +99,7 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		r.writes.forget(cmk.UID)
 		r.owned.Delete(cmk.UID)
 		r.recorded.Delete(cmk.UID)
+		r.observing.Delete(cmk.UID)
 		return r.settle(ctx, ctrl.Result{}, nil)
 	}
 	if err := r.ensureMetadata(ctx, cmk); err != nil {

@@ -23,6 +23,9 @@ import (
 // and the last spec's word on the deletion (a cancel, a new window) is carried out first.
 func (r *CustomerMasterKeyReconciler) finalize(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (o outcome, release bool) {
 	if cmk.Spec.ManagementPolicy == v1alpha1.ManagementPolicyObserve {
+		if err := r.retainObserved(ctx, cmk); err != nil {
+			return failed(nil, "Recording the deletion policy of", err), false
+		}
 		if id := cmk.Status.KeyID; id != "" {
 			r.event(cmk, "Normal", v1alpha1.EventRetained, "RetainKey",
 				"Left key %s as it is: managementPolicy Observe never changes it, whatever deletionPolicy says", id)

@@ -44,12 +44,12 @@ func (r *CustomerMasterKeyReconciler) adoptKey(ctx context.Context, cmk *v1alpha
 		return nil, &keystatus.Blocked{Reason: v1alpha1.ReasonKeyNotFound, Message: fmt.Sprintf(
 			"The KMS has no key %s to adopt, or it is deleted: check spec.keyID, which can still change until a key is adopted", id)}
 	}
-	own, err := r.KMS.Owner(ctx, id)
+	own, prov, err := r.ownership(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	if own.UID != string(cmk.UID) {
-		no, err := r.mayTake(ctx, cmk, id, own)
+		no, err := r.mayTake(ctx, cmk, id, own, prov)
 		if err != nil {
 			return nil, err
 		}
@@ -74,9 +74,13 @@ type denial struct{ why, adopting string }
 
 // mayTake applies the adoption rules to a key owned by another resource, or by none: never
 // across namespaces, never from a live resource, and a key whose owner the KMS does not know
-// (made outside the operator, or by a version that recorded no namespace) only where the
-// administrator allows it. nil when the resource may take the key.
-func (r *CustomerMasterKeyReconciler) mayTake(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string, o kms.Owner) (*denial, error) {
+// (made outside the operator, or by a version that recorded no namespace), or which was made
+// from another cluster sharing the KMS, only where the administrator allows it. nil when the
+// resource may take the key.
+func (r *CustomerMasterKeyReconciler) mayTake(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string, o kms.Owner, prov kms.Provenance) (*denial, error) {
+	if no, err := r.otherCluster(ctx, cmk, id, prov); no != nil || err != nil {
+		return no, err
+	}
 	elsewhere := &denial{why: fmt.Sprintf("Key %s belongs, or last belonged, to a CustomerMasterKey in another namespace, "+
 		"and keys never move across namespaces", id),
 		adopting: "manage it from that namespace, or remove spec.keyID to have a new key made"}
@@ -141,14 +145,15 @@ func (r *CustomerMasterKeyReconciler) verifyOwner(ctx context.Context, cmk *v1al
 	if known, ok := r.owned.Load(cmk.UID); ok && known == id {
 		return nil
 	}
-	o, err := r.ownerRecord(ctx, cmk, id)
+	o, prov, err := r.ownership(ctx, id)
 	if err != nil {
 		return err
 	}
+	r.recorded.Store(cmk.UID, recordedPolicy{keyID: id, Provenance: prov}) // for keepPolicy
 	me := ownerOf(cmk)
 	if o.UID != me.UID || !o.Is(me.Namespace, me.Name) {
 		if o.UID != me.UID {
-			no, err := r.mayTake(ctx, cmk, id, o)
+			no, err := r.mayTake(ctx, cmk, id, o, prov)
 			if err != nil {
 				return err
 			}
@@ -167,18 +172,42 @@ func (r *CustomerMasterKeyReconciler) verifyOwner(ctx context.Context, cmk *v1al
 	return nil
 }
 
-// ownerRecord reads the key's recorded owner; from a provider that records provenances, in
-// the same read as the provenance, which keepPolicy then knows.
-func (r *CustomerMasterKeyReconciler) ownerRecord(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string) (kms.Owner, error) {
-	rec, ok := kms.As[kms.Recorder](r.KMS)
-	if !ok {
-		return r.KMS.Owner(ctx, id)
+// otherCluster refuses a key made from another cluster that shares the KMS account (the same
+// manifests applied to two clusters give their resources the same names, and so the same
+// aliases): a key has one cluster, as it has one namespace. An administrator lets a namespace
+// take such keys with the adoption label, for a restore into a new cluster; a key taken is then
+// its new resource's, which no sweep of the old cluster judges (judge: not its maker's).
+func (r *CustomerMasterKeyReconciler) otherCluster(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string, prov kms.Provenance) (*denial, error) {
+	if here, err := r.fromHere(ctx, prov); here || err != nil {
+		return nil, err
 	}
-	o, prov, err := rec.Provenance(ctx, id)
-	if err == nil {
-		r.recorded.Store(cmk.UID, recordedPolicy{keyID: id, Provenance: prov})
+	allowed, err := r.adoptionAllowed(ctx, cmk.Namespace)
+	if err != nil || allowed {
+		return nil, err
 	}
-	return o, err
+	return &denial{why: fmt.Sprintf("Key %s was made from another cluster sharing this KMS (its kube-system namespace has UID %s), "+
+		"and keys never move between clusters unless an administrator labels the namespace %s=true, as for a restore into a new cluster",
+		id, prov.Cluster, AllowAdoptionLabel),
+		adopting: "ask for the label, or remove spec.keyID to have a new key made"}, nil
+}
+
+// fromHere reports whether a key's provenance is this cluster's, or records none.
+func (r *CustomerMasterKeyReconciler) fromHere(ctx context.Context, prov kms.Provenance) (bool, error) {
+	if prov.IsZero() {
+		return true, nil
+	}
+	cluster, err := r.clusterID(ctx)
+	return prov.Cluster == cluster, err
+}
+
+// ownership reads what the KMS records of a key: its owner and, from a provider that records
+// provenances, its provenance, in one read.
+func (r *CustomerMasterKeyReconciler) ownership(ctx context.Context, id string) (kms.Owner, kms.Provenance, error) {
+	if rec, ok := kms.As[kms.Recorder](r.KMS); ok {
+		return rec.Provenance(ctx, id)
+	}
+	o, err := r.KMS.Owner(ctx, id)
+	return o, kms.Provenance{}, err
 }
 
 // reclaim handles a Create refused because a key holds the alias. A key retained by a resource
@@ -193,7 +222,7 @@ func (r *CustomerMasterKeyReconciler) reclaim(ctx context.Context, cmk *v1alpha1
 	if held == nil || held.State == kms.StateDeleted {
 		return nil, fmt.Errorf("alias %q was held by a key that is now gone; creating again", inUse.Alias)
 	}
-	o, err := r.KMS.Owner(ctx, held.ID)
+	o, prov, err := r.ownership(ctx, held.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +238,14 @@ func (r *CustomerMasterKeyReconciler) reclaim(ctx context.Context, cmk *v1alpha1
 			return nil, err
 		}
 	}
-	if o.Is(cmk.Namespace, cmk.Name) && live == "" && held.State == kms.StatePendingDeletion {
+	// Another cluster's resource of this namespace and name (the same manifests applied there)
+	// may live: its key is never taken back from here, only adopted where that is allowed.
+	here, err := r.fromHere(ctx, prov)
+	if err != nil {
+		return nil, err
+	}
+	returning := o.Is(cmk.Namespace, cmk.Name) && live == "" && here
+	if returning && held.State == kms.StatePendingDeletion {
 		// Deleted on purpose (deletionPolicy Delete, or scheduled before): creating the resource
 		// again does not revive it unasked.
 		return nil, &keystatus.Blocked{Reason: v1alpha1.ReasonAliasInUse, Message: fmt.Sprintf(
@@ -217,7 +253,7 @@ func (r *CustomerMasterKeyReconciler) reclaim(ctx context.Context, cmk *v1alpha1
 				"to take it back and cancel its deletion, set spec.keyID: %s; else delete this resource and create it again with another "+
 				"spec.alias, or after that date", inUse.Alias, held.ID, held.DeletionDate.UTC().Format(time.RFC3339), held.ID)}
 	}
-	if o.Is(cmk.Namespace, cmk.Name) && live == "" {
+	if returning {
 		if msg := mismatch(cmk, held); msg != "" {
 			return nil, &keystatus.Blocked{Reason: v1alpha1.ReasonAliasInUse, Message: fmt.Sprintf(
 				"Alias %q is held by key %s, which a deleted CustomerMasterKey of this name retained, but it cannot be taken back: %s. "+
@@ -232,17 +268,17 @@ func (r *CustomerMasterKeyReconciler) reclaim(ctx context.Context, cmk *v1alpha1
 			"Took back key %s (%s), which the CustomerMasterKey of this namespace and name deleted before retained", held.ID, held.State)
 		return held, nil
 	}
-	return nil, &keystatus.Blocked{Reason: v1alpha1.ReasonAliasInUse, Message: r.aliasTaken(ctx, cmk, inUse.Alias, held.ID, o, live)}
+	return nil, &keystatus.Blocked{Reason: v1alpha1.ReasonAliasInUse, Message: r.aliasTaken(ctx, cmk, inUse.Alias, held.ID, o, prov, live)}
 }
 
 // aliasTaken says what a namespace can do about an alias another key holds. The key's ID is
 // given only when this namespace may adopt the key.
-func (r *CustomerMasterKeyReconciler) aliasTaken(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, alias, id string, o kms.Owner, live string) string {
+func (r *CustomerMasterKeyReconciler) aliasTaken(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, alias, id string, o kms.Owner, prov kms.Provenance, live string) string {
 	recreate := "delete this resource and create it again with another spec.alias (an alias cannot change)"
 	if live != "" {
 		return fmt.Sprintf("Alias %q is used by the key of CustomerMasterKey %s in this namespace: %s", alias, live, recreate)
 	}
-	if no, err := r.mayTake(ctx, cmk, id, o); err == nil && no == nil {
+	if no, err := r.mayTake(ctx, cmk, id, o, prov); err == nil && no == nil {
 		return fmt.Sprintf("Alias %q is held by key %s, which this namespace may adopt: set spec.keyID: %s to adopt it, or %s", alias, id, id, recreate)
 	}
 	return fmt.Sprintf("Alias %q is already used by a key this namespace cannot adopt: %s", alias, recreate)

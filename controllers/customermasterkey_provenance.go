@@ -63,8 +63,18 @@ func (r *CustomerMasterKeyReconciler) provenance(ctx context.Context, cmk *v1alp
 	case crd == nil:
 		return kms.Provenance{}, fmt.Errorf("CRD %s is gone: no key is made", CRDName)
 	}
-	return kms.Provenance{Cluster: cluster, Install: kms.InstallID(string(crd.UID)),
-		DeletionPolicy: string(cmk.Spec.DeletionPolicy), PendingDays: int(cmk.Spec.PendingDays)}, nil
+	policy, days := orphanPolicy(cmk)
+	return kms.Provenance{Cluster: cluster, Install: kms.InstallID(string(crd.UID)), DeletionPolicy: policy, PendingDays: days}, nil
+}
+
+// orphanPolicy is the deletion policy a key records for its resource: what deleting the
+// resource would do to the key. A protected key is never scheduled by the operator, and an
+// observed one never touched, so both are recorded as retained.
+func orphanPolicy(cmk *v1alpha1.CustomerMasterKey) (string, int) {
+	if cmk.Spec.DeletionProtection || cmk.Spec.ManagementPolicy == v1alpha1.ManagementPolicyObserve {
+		return kms.PolicyRetain, int(cmk.Spec.PendingDays)
+	}
+	return string(cmk.Spec.DeletionPolicy), int(cmk.Spec.PendingDays)
 }
 
 // recordedPolicy is what the KMS records of a resource's key, as last read or written.
@@ -73,9 +83,9 @@ type recordedPolicy struct {
 	kms.Provenance
 }
 
-// keepPolicy makes the deletion policy the key's provenance records the spec's, so that the
-// sweep applies what the resource last asked if it vanishes, and a resource let go with
-// Retain leaves its key recorded as retained. What the KMS records is read once per process
+// keepPolicy makes the deletion policy the key's provenance records the spec's (orphanPolicy),
+// so that the sweep applies what the resource last asked if it vanishes, and a resource let go
+// with Retain, or protected, leaves its key recorded as retained. What the KMS records is read once per process
 // and key (with the owner, in verifyOwner) and written only when the spec moved from it. A key
 // without a provenance (not made by this operator, or by an earlier version) keeps none. A key
 // pending deletion is left as it is: the sweep never schedules it again, and a cancel brings
@@ -95,14 +105,14 @@ func (r *CustomerMasterKeyReconciler) keepPolicy(ctx context.Context, cmk *v1alp
 		last = recordedPolicy{keyID: key.ID, Provenance: prov}
 		r.recorded.Store(cmk.UID, last)
 	}
-	policy, days := string(cmk.Spec.DeletionPolicy), int(cmk.Spec.PendingDays)
+	policy, days := orphanPolicy(cmk)
 	if last.IsZero() || last.DeletionPolicy == policy && last.PendingDays == days {
 		return nil
 	}
 	if err := rec.SetPolicy(ctx, key.ID, policy, days); err != nil {
 		return fmt.Errorf("recording deletionPolicy %s in the KMS: %w", policy, err)
 	}
-	log.FromContext(ctx).Info("Recorded the deletion policy in the KMS", "keyID", key.ID, "deletionPolicy", policy, "pendingDays", days)
+	log.FromContext(ctx).Info("Recorded the deletion policy in the KMS", "keyID", key.ID, "recorded", policy, "pendingDays", days)
 	last.DeletionPolicy, last.PendingDays = policy, days
 	r.recorded.Store(cmk.UID, last)
 	return nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/keystatus"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
 )
 
 // report computes the status from what the reconcile observed and did, writes it when it
@@ -59,8 +60,8 @@ func (r *CustomerMasterKeyReconciler) report(ctx context.Context, before, cmk *v
 // no one.
 func (r *CustomerMasterKeyReconciler) vanished(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
 	id, log := cmk.Status.KeyID, ctrl.LoggerFrom(ctx)
-	if cmk.Spec.DeletionPolicy != v1alpha1.DeletionPolicyDelete {
-		log.Info("The resource was deleted while its key was made; deletionPolicy Retain keeps the key", "keyID", id)
+	if policy, _ := orphanPolicy(cmk); policy != kms.PolicyDelete {
+		log.Info("The resource was deleted while its key was made; the key is kept, as deletionPolicy Retain or deletionProtection asks", "keyID", id)
 		return nil
 	}
 	if err := r.KMS.ScheduleDeletion(ctx, id, int(cmk.Spec.PendingDays)); err != nil {

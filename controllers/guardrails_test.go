@@ -44,6 +44,11 @@ func TestGuardRailRules(t *testing.T) {
 		"ReservedOwnerCase":   {map[string]any{"tags": map[string]any{"CMK-Operator-owner-uid": "x"}}, "are reserved for the operator's own tags"},
 		"TagKeyBidi":          {map[string]any{"tags": map[string]any{"team\u202e": "x"}}, "tag keys cannot hold control characters or any of * < > = \\ (the KMS refuses them), nor bidirectional overrides"},
 		"TagValueDEL":         {map[string]any{"tags": map[string]any{"team": "a\x7f"}}, "tag values cannot hold control characters or any of * < > = \\ (the KMS refuses them), nor bidirectional overrides"},
+		"DescriptionC1CSI":    {map[string]any{"description": "ok \u009b31mALERT"}, "description cannot hold control characters"},
+		"DescriptionNEL":      {map[string]any{"description": "line one\u0085line two"}, "description cannot hold control characters"},
+		"DescriptionLS":       {map[string]any{"description": "line one\u2028line two"}, "description cannot hold control characters"},
+		"TagValueNEL":         {map[string]any{"tags": map[string]any{"team": "a\u0085b"}}, "tag values cannot hold control characters"},
+		"TagKeyCSI":           {map[string]any{"tags": map[string]any{"team\u009b": "a"}}, "tag keys cannot hold control characters"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

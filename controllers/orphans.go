@@ -49,18 +49,21 @@ const (
 	scheduledOrphan
 )
 
-// live is what the sweep knows of the resources: the UIDs that exist and the key IDs they
-// name, from a complete list of the namespaces it can see (nil: all).
+// live is what the sweep knows of the resources: the UIDs that exist, their namespaces and
+// names (kms.Named), and the key IDs they name, from a complete list of the namespaces it can
+// see (nil: all).
 type live struct {
-	uids, keyIDs map[string]bool
-	namespaces   []string
+	uids, names, keyIDs map[string]bool
+	namespaces          []string
 }
 
 // judge decides what becomes of one key, from its record in the KMS and the resources that
 // exist. It is pure: the sweep reads a key again before it acts on a verdict. A key is judged
 // only when it is still its maker's (owner and creation token agree: a key claimed since, by
 // adoption or a resource created again, is that resource's, made elsewhere or not), when that
-// resource is in a namespace the list covered, and when no resource names the key.
+// resource is in a namespace the list covered, and when no resource names the key. A resource
+// of the owner's namespace and name that lives (created again: a restore, a GitOps sync) is
+// about to take the key back, so the key is not an orphan either.
 func judge(m kms.Made, cluster, install string, l live) verdict {
 	p := m.Provenance
 	switch {
@@ -68,7 +71,7 @@ func judge(m kms.Made, cluster, install string, l live) verdict {
 		return notOrphan
 	case l.namespaces != nil && !slices.ContainsFunc(l.namespaces, m.Owner.In):
 		return notOrphan
-	case l.uids[m.Owner.UID] || l.keyIDs[m.Key.ID]:
+	case l.uids[m.Owner.UID] || l.keyIDs[m.Key.ID] || l.names[kms.Named(m.Owner.Namespace, m.Owner.Name)]:
 		return notOrphan
 	case p.Install != install:
 		return uninstalledOrphan
@@ -245,7 +248,7 @@ const sweepPage = 500
 // live lists every resource the sweep can see, from the apiserver (a consistent read, page by
 // page), never the cache, which may not have a resource made a moment ago.
 func (s *orphanSweep) live(ctx context.Context) (live, error) {
-	l := live{uids: map[string]bool{}, keyIDs: map[string]bool{}, namespaces: s.namespaces}
+	l := live{uids: map[string]bool{}, names: map[string]bool{}, keyIDs: map[string]bool{}, namespaces: s.namespaces}
 	scopes := []client.ListOption{}
 	for _, ns := range s.namespaces {
 		scopes = append(scopes, client.InNamespace(ns))
@@ -263,6 +266,7 @@ func (s *orphanSweep) live(ctx context.Context) (live, error) {
 			for i := range list.Items {
 				c := &list.Items[i]
 				l.uids[string(c.UID)] = true
+				l.names[kms.Named(c.Namespace, c.Name)] = true
 				for _, id := range []string{c.Spec.KeyID, c.Status.KeyID} {
 					if id != "" {
 						l.keyIDs[id] = true

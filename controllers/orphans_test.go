@@ -50,6 +50,7 @@ func TestJudge(t *testing.T) {
 		"EarlierInstall":     {orphan(func(m *kms.Made) { m.Provenance.Install = "install-0" }), gone, uninstalledOrphan},
 		"OwnerLives":         {orphan(), live{uids: map[string]bool{"uid-1": true}}, notOrphan},
 		"KeyNamedByAnother":  {orphan(), live{keyIDs: map[string]bool{"key-1": true}}, notOrphan},
+		"OwnerCreatedAgain":  {orphan(), live{names: map[string]bool{kms.Named("team-a", "orders"): true}}, notOrphan},
 		"OtherCluster":       {orphan(func(m *kms.Made) { m.Provenance.Cluster = "cluster-b" }), gone, notOrphan},
 		"NoProvenance":       {orphan(func(m *kms.Made) { m.Provenance = kms.Provenance{} }), gone, notOrphan},
 		"ClaimedSince":       {orphan(func(m *kms.Made) { m.Owner.UID = "uid-9" }), gone, notOrphan},

@@ -98,7 +98,7 @@ type CustomerMasterKeySpec struct {
 	// description as it is (an adopted key keeps the one it has).
 	// +optional
 	// +kubebuilder:validation:MaxLength=255
-	// +kubebuilder:validation:XValidation:rule="!self.matches(r'[\\x00-\\x1f\\x7f\\x{202a}-\\x{202e}\\x{2066}-\\x{2069}]')",message="description cannot hold control characters (newlines, tabs, escapes) or bidirectional overrides, which would show it as something it is not"
+	// +kubebuilder:validation:XValidation:rule="!self.matches(r'[\\x00-\\x1f\\x7f-\\x{9f}\\x{2028}-\\x{202e}\\x{2066}-\\x{2069}]')",message="description cannot hold control characters (newlines, tabs, escapes) or bidirectional overrides, which would show it as something it is not"
 	Description string `json:"description,omitempty"`
 
 	// KeySpec is the algorithm and size of the key. It cannot change after creation.
@@ -187,14 +187,14 @@ type CustomerMasterKeySpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxProperties=10
 	// +kubebuilder:validation:XValidation:rule="self.all(k, size(k) >= 1 && size(k) <= 36)",message="tag keys must be 1 to 36 characters (the KMS's limit)"
-	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.matches(r'[*<>=\\\\\\x00-\\x1f\\x7f\\x{202a}-\\x{202e}\\x{2066}-\\x{2069}]'))",message="tag keys cannot hold control characters or any of * < > = \\ (the KMS refuses them), nor bidirectional overrides"
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.matches(r'[*<>=\\\\\\x00-\\x1f\\x7f-\\x{9f}\\x{2028}-\\x{202e}\\x{2066}-\\x{2069}]'))",message="tag keys cannot hold control characters or any of * < > = \\ (the KMS refuses them), nor bidirectional overrides"
 	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.lowerAscii().startsWith('kms.cmk.io/') && !k.lowerAscii().startsWith('cmk-operator-'))",message="tag keys starting with kms.cmk.io/ or cmk-operator- are reserved for the operator's own tags (in upper or lower case), which record the key's owner; choose another key"
 	Tags map[string]TagValue `json:"tags,omitempty"`
 }
 
 // TagValue is the value of a tag: at most 43 characters, and none the KMS refuses.
 // +kubebuilder:validation:MaxLength=43
-// +kubebuilder:validation:XValidation:rule="!self.matches(r'[*<>=\\\\\\x00-\\x1f\\x7f\\x{202a}-\\x{202e}\\x{2066}-\\x{2069}]')",message="tag values cannot hold control characters or any of * < > = \\ (the KMS refuses them), nor bidirectional overrides"
+// +kubebuilder:validation:XValidation:rule="!self.matches(r'[*<>=\\\\\\x00-\\x1f\\x7f-\\x{9f}\\x{2028}-\\x{202e}\\x{2066}-\\x{2069}]')",message="tag values cannot hold control characters or any of * < > = \\ (the KMS refuses them), nor bidirectional overrides"
 type TagValue string
 
 // Rotation is automatic rotation of a key's material.

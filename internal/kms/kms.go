@@ -88,6 +88,13 @@ func (o Owner) Is(namespace, name string) bool {
 	return o.In(namespace) && (o.Name == name || o.Name == Shorten(name, maxShortened))
 }
 
+// Named is the owner's namespace and name in one comparable string, whichever form a provider
+// recorded them in: Named(o.Namespace, o.Name) of a recorded owner equals Named(namespace, name)
+// of the resource it names (Shorten leaves a value that fits as it is).
+func Named(namespace, name string) string {
+	return Shorten(namespace, maxShortened) + "/" + Shorten(name, maxShortened)
+}
+
 // maxShortened is the longest value Shorten is asked for by a provider: Huawei tag values
 // hold at most 43 characters (the SDK's TagItem model; docs/huaweicloud.md).
 const maxShortened = 43

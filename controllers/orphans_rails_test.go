@@ -1,0 +1,163 @@
+package controllers
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/uuid"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
+)
+
+// stripFinalizers takes the finalizer off a resource by hand, as an operator "unsticking" a
+// Terminating resource or a namespace would.
+func (h *harness) stripFinalizers(name string) {
+	h.t.Helper()
+	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: name}}
+	if err := env.Client.Patch(context.Background(), c, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`))); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// TestSweepKeepsProtectedKey: a protected resource with deletionPolicy Delete, deleted on a
+// cluster without the admission policy, stays Terminating with DeletionProtected; an operator
+// who strips its finalizer to unstick it does not get the key deleted by the sweep: a
+// protected key is recorded as retained.
+func TestSweepKeepsProtectedKey(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(managerOptions{})
+	h.create(h.cmk("vault", protectedDelete))
+	id := h.waitPhase("vault", v1alpha1.PhaseEnabled).Status.KeyID
+	h.delete("vault")
+	h.eventually("vault", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+		g.Expect(cond(c, v1alpha1.ConditionReady).Reason).To(Equal(v1alpha1.ReasonDeletionProtected))
+	})
+	h.stripFinalizers("vault")
+	h.waitGone("vault")
+	h.stopManager()
+
+	res, err := h.sweeper(env.Client).sweep(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := h.kmsState(id); st != kms.StateEnabled {
+		t.Errorf("the sweep (%+v) scheduled the deletion of a deletionProtection: true key: it is %s, want Enabled", res, st)
+	}
+}
+
+// TestSweepKeepsKeyOfDeletedObserveResource: a key made under Manage with deletionPolicy Delete,
+// its resource switched to Observe and then deleted, stays: deleting an Observe resource never
+// touches the key, and its finalizer records Retain (retainObserved) so no sweep does either.
+func TestSweepKeepsKeyOfDeletedObserveResource(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(managerOptions{})
+	h.create(h.cmk("handed-over", deletePolicy))
+	id := h.waitPhase("handed-over", v1alpha1.PhaseEnabled).Status.KeyID
+	h.patch("handed-over", map[string]any{"managementPolicy": "Observe", "keyID": id})
+	h.eventually("handed-over", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+		g.Expect(c.Status.ObservedGeneration).To(Equal(c.Generation))
+		g.Expect(cond(c, v1alpha1.ConditionReady).Reason).To(Equal(v1alpha1.ReasonObserved))
+	})
+	h.delete("handed-over") // an ordinary delete: Observe never touches the key
+	h.waitGone("handed-over")
+	if st := h.kmsState(id); st != kms.StateEnabled {
+		t.Fatalf("the finalizer of an Observe resource changed the key: %s", st)
+	}
+	h.stopManager()
+
+	res, err := h.sweeper(env.Client).sweep(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := h.kmsState(id); st != kms.StateEnabled {
+		t.Errorf("after deleting an Observe resource, the sweep (%+v) scheduled its key: %s (recorded %+v), want Enabled",
+			res, st, h.provenanceOf(id))
+	}
+}
+
+// TestSweepLeavesKeyToRecreatedResource: a resource with deletionPolicy Delete vanished without
+// its finalizer, and GitOps or a restore creates it again (same namespace and name, new UID, no
+// status). Whether the reconciler or the sweep (which runs at the manager's start, beside the
+// reconcilers) comes first, the outcome is the same: the new resource takes the key back.
+func TestSweepLeavesKeyToRecreatedResource(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(managerOptions{})
+	h.create(h.cmk("control", deletePolicy), h.cmk("orders", deletePolicy))
+	control := h.waitPhase("control", v1alpha1.PhaseEnabled).Status.KeyID
+	orders := h.waitPhase("orders", v1alpha1.PhaseEnabled).Status.KeyID
+	h.stopManager()
+	h.orphan("control")
+	h.orphan("orders")
+
+	// Control: re-created, the reconciler first: the key is taken back.
+	h.create(h.cmk("control", deletePolicy))
+	h.start(managerOptions{})
+	h.eventually("control", func(g Gomega, c *v1alpha1.CustomerMasterKey) { g.Expect(c.Status.KeyID).To(Equal(control)) })
+	h.stopManager()
+
+	// Same, but the sweep comes first.
+	h.create(h.cmk("orders", deletePolicy))
+	res, err := h.sweeper(env.Client).sweep(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.start(managerOptions{})
+	time.Sleep(3 * time.Second)
+	c := h.get("orders")
+	if c.Status.KeyID != orders || h.kmsState(orders) != kms.StateEnabled {
+		t.Errorf("the sweep (%+v) ran before the reclaim: key %s is %s, the re-created resource has keyID %q, Ready %s: %s",
+			res, orders, h.kmsState(orders), c.Status.KeyID, cond(c, v1alpha1.ConditionReady).Reason, cond(c, v1alpha1.ConditionReady).Message)
+	}
+}
+
+// TestKeyOfAnotherClusterIsNotTaken: two clusters share a KMS account, and the same manifests
+// give their resources the same namespaces and names, so the same aliases. A resource here
+// neither takes back the other cluster's key of its name (by alias), nor adopts one of the
+// other cluster's keys by spec.keyID without the administrator's adoption label; deleting both
+// with deletionPolicy Delete leaves the other cluster's keys as they were.
+func TestKeyOfAnotherClusterIsNotTaken(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	otherCluster := string(uuid.NewUUID())
+	foreign := func(name string) string {
+		uid := string(uuid.NewUUID())
+		k, err := h.kms.Create(context.Background(), kms.CreateRequest{Alias: "k8s/" + h.ns + "/" + name, KeySpec: "AES_256",
+			KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: uid, Owner: kms.Owner{Namespace: h.ns, Name: name, UID: uid},
+			Provenance: kms.Provenance{Cluster: otherCluster, Install: "0123456789abcdef", DeletionPolicy: kms.PolicyRetain, PendingDays: 7}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k.ID
+	}
+	db, other := foreign("db"), foreign("other")
+	h.start(managerOptions{})
+
+	h.create(h.cmk("db", deletePolicy))                  // same manifest as in cluster B
+	h.create(h.cmk("thief", keyID(other), deletePolicy)) // a key ID of cluster B's, same namespace name
+	time.Sleep(3 * time.Second)
+	if c := h.get("db"); c.Status.KeyID == db {
+		o, _ := h.kms.Owner(context.Background(), db)
+		t.Errorf("db took back the other cluster's key %s (owner now %+v, events %v)", db, o, h.events("db"))
+	}
+	if c := h.get("thief"); c.Status.KeyID == other {
+		t.Errorf("thief adopted the other cluster's key %s by spec.keyID", other)
+	}
+	h.delete("db")
+	h.delete("thief")
+	h.waitGone("db")
+	h.waitGone("thief")
+	for id, what := range map[string]string{db: "reclaimed", other: "adopted"} {
+		if st := h.kmsState(id); st != kms.StateEnabled {
+			t.Errorf("the other cluster's %s key %s is %s after this cluster deleted its resource", what, id, st)
+		}
+	}
+}
