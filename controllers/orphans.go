@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -91,6 +92,8 @@ type orphanSweep struct {
 	interval   time.Duration
 	namespaces []string
 	log        logr.Logger
+	// told holds the IDs of the keys left whose log line was written (see report).
+	told sync.Map
 }
 
 // NeedLeaderElection keeps the sweep to the leader, like the reconciler's KMS calls.
@@ -112,37 +115,48 @@ func (s *orphanSweep) Start(ctx context.Context) error {
 }
 
 // sweepResult counts what one sweep found: keys scheduled, keys left, and keys it could not
-// settle this time.
-type sweepResult struct{ scheduled, retained, failed int }
+// settle this time; skipped when the CRD was being deleted.
+type sweepResult struct {
+	scheduled, retained, failed int
+	skipped                     bool
+}
 
-// sweep lists the KMS's keys of this cluster first, then the resources: a key listed was made
+// sweep runs one sweep and counts it.
+func (s *orphanSweep) sweep(ctx context.Context) (sweepResult, error) {
+	res, err := s.run(ctx)
+	switch {
+	case err != nil:
+		orphanSweeps.WithLabelValues("failed").Inc()
+	case res.skipped:
+		orphanSweeps.WithLabelValues("skipped").Inc()
+		s.log.Info("Orphan sweep skipped: the CustomerMasterKey CRD is being deleted, and an uninstall keeps every key")
+	default:
+		orphansRetained.Set(float64(res.retained))
+		orphanSweeps.WithLabelValues("completed").Inc()
+	}
+	return res, err
+}
+
+// run lists the KMS's keys of this cluster first, then the resources: a key listed was made
 // for a resource that existed before it, so one missing from the later list is gone for good.
 // It acts on nothing while the CRD is being deleted, or when any list is incomplete.
-func (s *orphanSweep) sweep(ctx context.Context) (sweepResult, error) {
+func (s *orphanSweep) run(ctx context.Context) (sweepResult, error) {
 	var res sweepResult
 	cluster, err := s.r.clusterID(ctx)
 	if err != nil {
-		orphanSweeps.WithLabelValues("failed").Inc()
 		return res, err
 	}
 	install, err := s.install(ctx)
-	if err != nil {
-		orphanSweeps.WithLabelValues("failed").Inc()
+	if err != nil || install == "" {
+		res.skipped = err == nil
 		return res, err
-	}
-	if install == "" {
-		orphanSweeps.WithLabelValues("skipped").Inc()
-		s.log.Info("Orphan sweep skipped: the CustomerMasterKey CRD is being deleted, and an uninstall keeps every key")
-		return res, nil
 	}
 	made, err := s.rec.MadeIn(ctx, cluster)
 	if err != nil {
-		orphanSweeps.WithLabelValues("failed").Inc()
 		return res, fmt.Errorf("listing the keys of cluster %s: %w", cluster, err)
 	}
 	l, err := s.live(ctx)
 	if err != nil {
-		orphanSweeps.WithLabelValues("failed").Inc()
 		return res, err
 	}
 	for _, m := range made {
@@ -159,8 +173,6 @@ func (s *orphanSweep) sweep(ctx context.Context) (sweepResult, error) {
 			res.retained++
 		}
 	}
-	orphansRetained.Set(float64(res.retained))
-	orphanSweeps.WithLabelValues("completed").Inc()
 	s.log.Info("Orphan sweep done", "keys", len(made), "scheduled", res.scheduled, "retained", res.retained, "failed", res.failed)
 	return res, nil
 }
@@ -228,10 +240,16 @@ func (s *orphanSweep) report(m kms.Made, v verdict) {
 					"as the recorded deletionPolicy Delete asks; to keep it, cancel the deletion in the KMS and adopt it with spec.keyID",
 				m.Key.ID, o.Namespace, o.Name, o.UID, p.PendingDays)
 		}
-	case retainOrphan:
-		log.Info("Left a key whose CustomerMasterKey is gone in the KMS, as its recorded deletionPolicy asks; adopt it with spec.keyID, or delete it in the KMS")
-	case uninstalledOrphan:
-		log.Info("Left a key whose CustomerMasterKey went with an earlier install of the CRD in the KMS: an uninstall keeps every key")
+	case retainOrphan, uninstalledOrphan:
+		// Once per process: the gauge counts them at every sweep, the log need not repeat it.
+		if _, told := s.told.LoadOrStore(m.Key.ID, true); told {
+			return
+		}
+		if v == retainOrphan {
+			log.Info("Left a key whose CustomerMasterKey is gone in the KMS, as its recorded deletionPolicy asks; adopt it with spec.keyID, or delete it in the KMS")
+		} else {
+			log.Info("Left a key whose CustomerMasterKey went with an earlier install of the CRD in the KMS: an uninstall keeps every key")
+		}
 	}
 }
 
