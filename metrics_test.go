@@ -95,8 +95,12 @@ func TestMetricsEndpoint(t *testing.T) {
 	waitFor(t, ns, "archive", v1alpha1.PhaseDisabled)
 	m := scrape(t, url, reader, func(m scraped) bool {
 		return m.has("cmk_keys", "namespace", ns, "phase", "Enabled") == 1 && m.has("cmk_keys", "namespace", ns, "phase", "Disabled") == 1 &&
-			m.has("cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonKeyNotFound) == 1
+			m.has("cmk_keys_not_ready", "namespace", ns, "reason", v1alpha1.ReasonKeyNotFound) == 1 &&
+			m.has("cmk_orphan_sweeps_total", "result", "completed") >= 1
 	})
+	// The sweep at start completed, with the deployed RBAC: nothing failed, nothing was an orphan.
+	m.absent(t, "cmk_orphan_sweeps_total", "result", "failed")
+	m.expect(t, 0, "cmk_orphaned_keys_retained")
 	m.expect(t, 1, "cmk_keys", "namespace", ns, "phase", "Enabled")
 	m.expect(t, 1, "cmk_keys", "namespace", ns, "phase", "Disabled")
 	m.expect(t, 0, "cmk_keys", "namespace", ns, "phase", "PendingDeletion")
