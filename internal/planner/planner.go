@@ -324,6 +324,10 @@ func nextOnDelete(in Input) Decision {
 		return Decision{Action: Release}
 	case in.Key.State == kms.StateCreating:
 		return Decision{Action: None, RecheckAt: in.Now.Add(CreatingRecheck)}
+	case in.Spec.DeletionProtection && wantsDeletion(in.Spec) && in.Key.State == kms.StatePendingDeletion:
+		// A deletion scheduled in a console, or one the last spec canceled before the
+		// resource was deleted: the protected spec asks for none, so it is canceled first.
+		return Decision{Action: CancelDeletion}
 	case in.Spec.DeletionProtection && wantsDeletion(in.Spec):
 		// deletionPolicy Delete asks for the key's deletion, and the protection forbids it:
 		// the resource waits, Terminating, until the protection is cleared.

@@ -140,9 +140,11 @@ func TestNext(t *testing.T) {
 			want:   Decision{Action: None, Hold: v1alpha1.ReasonDeletionProtected},
 		},
 		"ProtectedPendingOnDelete": {
-			reason: "A protected key pending deletion (scheduled outside) with deletionPolicy Delete: held too, the resource waits.",
-			in:     Input{Spec: withPolicy(protected(spec(true, false)), v1alpha1.DeletionPolicyDelete), KeyID: "k1", Key: key(kms.StatePendingDeletion), Deleting: true},
-			want:   Decision{Action: None, Hold: v1alpha1.ReasonDeletionProtected},
+			reason: "A protected key pending deletion (scheduled outside, or a cancel not acted on yet) with deletionPolicy Delete: " +
+				"the protected spec asks for no deletion, so it is canceled before the resource is held; else the KMS would delete the key " +
+				"at its date, and the resource would go with it.",
+			in:   Input{Spec: withPolicy(protected(spec(true, false)), v1alpha1.DeletionPolicyDelete), KeyID: "k1", Key: key(kms.StatePendingDeletion), Deleting: true},
+			want: Decision{Action: CancelDeletion},
 		},
 		"ProtectedRetainOnDelete": {
 			reason: "deletionPolicy Retain asks for no deletion: a protected resource goes as any other.",
