@@ -45,7 +45,8 @@ func (r *CustomerMasterKeyReconciler) ownKey(ctx context.Context, cmk *v1alpha1.
 // makes its key, so only this finds it, and its deletionPolicy is applied to it.
 func (r *CustomerMasterKeyReconciler) findUnmarked(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) (kms.Key, error) {
 	finder, ok := kms.As[kms.Finder](r.KMS)
-	if !ok {
+	if !ok || reservedAlias(cmk) != "" {
+		// An alias this namespace may not hold was never created for it: nothing to find.
 		return kms.Key{}, &kms.NotFoundError{Token: creationToken(cmk)}
 	}
 	prov, err := r.provenance(ctx, cmk)
@@ -147,13 +148,18 @@ const attemptLayout = "2006-01-02T15:04:05.000Z07:00"
 // createAttempt is when the resource's first create attempt began; zero when none is recorded.
 // Whoever may edit the resource may edit the annotation, so it is never taken to be earlier
 // than the resource itself, which the apiserver dates: a tenant cannot widen the window to
-// take a key someone made before the resource existed.
+// take a key someone made before the resource existed. Nor later than kms.AttemptWindow after
+// it: else a tenant could date it just before a key someone made with that alias days later,
+// and take the key. A first attempt that late (a resource paused from the start) has none: a
+// crash between its create and the key's tagging then leaves an AliasInUse to settle with
+// spec.keyID, never someone else's key taken.
 func createAttempt(cmk *v1alpha1.CustomerMasterKey) time.Time {
 	t, err := time.Parse(time.RFC3339, cmk.Annotations[CreateAttemptAnnotation])
-	if err != nil {
+	created := cmk.CreationTimestamp.Time
+	switch {
+	case err != nil || t.After(created.Add(kms.AttemptWindow)):
 		return time.Time{}
-	}
-	if created := cmk.CreationTimestamp.Time; t.Before(created) {
+	case t.Before(created):
 		return created
 	}
 	return t

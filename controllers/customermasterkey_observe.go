@@ -41,6 +41,9 @@ func (r *CustomerMasterKeyReconciler) observeOnly(ctx context.Context, cmk *v1al
 				return failed(nil, "", &keystatus.Blocked{Reason: v1alpha1.ReasonAdoptionRefused,
 					Message: no.why + ": this namespace may not observe it either"})
 			}
+			if err := r.retainOwn(ctx, cmk, id, o, prov); err != nil {
+				return failed(key, "Recording the deletion policy of", err)
+			}
 			r.observing.Store(cmk.UID, id)
 		}
 	}
@@ -64,22 +67,36 @@ func (r *CustomerMasterKeyReconciler) mayObserve(ctx context.Context, cmk *v1alp
 	return r.mayTake(ctx, cmk, id, o, prov)
 }
 
-// retainObserved records Retain on a key this resource itself had made under Manage before it
-// switched to Observe, as its deletion leaves the key: without that, the provenance would
-// still say what the resource last asked under Manage, and an orphan sweep would apply it once
-// the resource is gone. It is the one write an Observe resource ever causes, to the operator's
-// own record, and only on deletion; a key any other resource made is never written.
-func (r *CustomerMasterKeyReconciler) retainObserved(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
+// retainOwn records Retain on a key this resource itself made under Manage before it switched
+// to Observe, since deleting it now leaves the key: else the provenance would still say what
+// the resource asked under Manage, and an orphan sweep would apply that once the resource is
+// gone. It is the one write an Observe resource ever causes, to the operator's own record, once
+// when the switch is seen; a key any other resource owns is never written.
+func (r *CustomerMasterKeyReconciler) retainOwn(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string, o kms.Owner, prov kms.Provenance) error {
 	rec, ok := kms.As[kms.Recorder](r.KMS)
-	if id := cmk.Status.KeyID; !ok || id == "" {
+	if !ok || o.UID != string(cmk.UID) || prov.IsZero() || prov.DeletionPolicy == kms.PolicyRetain {
 		return nil
 	}
-	o, prov, err := rec.Provenance(ctx, cmk.Status.KeyID)
-	if kms.IsNotFound(err) || err == nil && (o.UID != string(cmk.UID) || prov.IsZero() || prov.DeletionPolicy == kms.PolicyRetain) {
+	prov.DeletionPolicy = kms.PolicyRetain
+	return rec.SetPolicy(ctx, id, prov)
+}
+
+// retainObserved is retainOwn for an Observe resource being deleted, in case the switch was
+// never seen (the resource switched and deleted while no manager ran).
+func (r *CustomerMasterKeyReconciler) retainObserved(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) error {
+	id := cmk.Status.KeyID
+	if _, ok := kms.As[kms.Recorder](r.KMS); !ok || id == "" {
+		return nil
+	}
+	if known, ok := r.observing.Load(cmk.UID); ok && known == id {
+		return nil // seen, and done, in this process
+	}
+	o, prov, err := r.ownership(ctx, id)
+	if kms.IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	return rec.SetPolicy(ctx, cmk.Status.KeyID, kms.PolicyRetain, prov.PendingDays)
+	return r.retainOwn(ctx, cmk, id, o, prov)
 }

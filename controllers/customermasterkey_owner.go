@@ -178,7 +178,10 @@ func (r *CustomerMasterKeyReconciler) verifyOwner(ctx context.Context, cmk *v1al
 // take such keys with the adoption label, for a restore into a new cluster; a key taken is then
 // its new resource's, which no sweep of the old cluster judges (judge: not its maker's).
 func (r *CustomerMasterKeyReconciler) otherCluster(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string, prov kms.Provenance) (*denial, error) {
-	if here, err := r.fromHere(ctx, prov); here || err != nil {
+	if prov.IsZero() {
+		return nil, nil
+	}
+	if cluster, err := r.clusterID(ctx); err != nil || prov.Cluster == cluster {
 		return nil, err
 	}
 	allowed, err := r.adoptionAllowed(ctx, cmk.Namespace)
@@ -189,15 +192,6 @@ func (r *CustomerMasterKeyReconciler) otherCluster(ctx context.Context, cmk *v1a
 		"and keys never move between clusters unless an administrator labels the namespace %s=true, as for a restore into a new cluster",
 		id, prov.Cluster, AllowAdoptionLabel),
 		adopting: "ask for the label, or remove spec.keyID to have a new key made"}, nil
-}
-
-// fromHere reports whether a key's provenance is this cluster's, or records none.
-func (r *CustomerMasterKeyReconciler) fromHere(ctx context.Context, prov kms.Provenance) (bool, error) {
-	if prov.IsZero() {
-		return true, nil
-	}
-	cluster, err := r.clusterID(ctx)
-	return prov.Cluster == cluster, err
 }
 
 // ownership reads what the KMS records of a key: its owner and, from a provider that records
@@ -239,12 +233,12 @@ func (r *CustomerMasterKeyReconciler) reclaim(ctx context.Context, cmk *v1alpha1
 		}
 	}
 	// Another cluster's resource of this namespace and name (the same manifests applied there)
-	// may live: its key is never taken back from here, only adopted where that is allowed.
-	here, err := r.fromHere(ctx, prov)
+	// may live: its key is taken back from here only where an administrator allows it.
+	foreign, err := r.otherCluster(ctx, cmk, held.ID, prov)
 	if err != nil {
 		return nil, err
 	}
-	returning := o.Is(cmk.Namespace, cmk.Name) && live == "" && here
+	returning := o.Is(cmk.Namespace, cmk.Name) && live == "" && foreign == nil
 	if returning && held.State == kms.StatePendingDeletion {
 		// Deleted on purpose (deletionPolicy Delete, or scheduled before): creating the resource
 		// again does not revive it unasked.

@@ -109,7 +109,9 @@ func (r *CustomerMasterKeyReconciler) keepPolicy(ctx context.Context, cmk *v1alp
 	if last.IsZero() || last.DeletionPolicy == policy && last.PendingDays == days {
 		return nil
 	}
-	if err := rec.SetPolicy(ctx, key.ID, policy, days); err != nil {
+	want := last.Provenance
+	want.DeletionPolicy, want.PendingDays = policy, days
+	if err := rec.SetPolicy(ctx, key.ID, want); err != nil {
 		return fmt.Errorf("recording deletionPolicy %s in the KMS: %w", policy, err)
 	}
 	log.FromContext(ctx).Info("Recorded the deletion policy in the KMS", "keyID", key.ID, "recorded", policy, "pendingDays", days)

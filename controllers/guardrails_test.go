@@ -129,9 +129,9 @@ func (w *kmsWrites) SetTags(ctx context.Context, id string, tags map[string]stri
 	w.n.Add(1)
 	return w.Provider.SetTags(ctx, id, tags)
 }
-func (w *kmsWrites) SetPolicy(ctx context.Context, id, policy string, days int) error {
+func (w *kmsWrites) SetPolicy(ctx context.Context, id string, prov kms.Provenance) error {
 	w.n.Add(1)
-	return w.Provider.SetPolicy(ctx, id, policy, days)
+	return w.Provider.SetPolicy(ctx, id, prov)
 }
 func (w *kmsWrites) ImportParameters(ctx context.Context, id string) (kms.ImportParameters, error) {
 	w.n.Add(1)

@@ -50,9 +50,9 @@ const (
 	scheduledOrphan
 )
 
-// live is what the sweep knows of the resources: the UIDs that exist, their namespaces and
-// names (kms.Named), and the key IDs they name, from a complete list of the namespaces it can
-// see (nil: all).
+// live is what the sweep knows of the resources: the UIDs that exist, the namespaces and names
+// (kms.Named) of those without a key yet, and the key IDs they name, from a complete list of
+// the namespaces it can see (nil: all).
 type live struct {
 	uids, names, keyIDs map[string]bool
 	namespaces          []string
@@ -284,7 +284,11 @@ func (s *orphanSweep) live(ctx context.Context) (live, error) {
 			for i := range list.Items {
 				c := &list.Items[i]
 				l.uids[string(c.UID)] = true
-				l.names[kms.Named(c.Namespace, c.Name)] = true
+				if c.Status.KeyID == "" {
+					// It may yet take back the key of its namespace and name; one with a key
+					// of its own never will.
+					l.names[kms.Named(c.Namespace, c.Name)] = true
+				}
 				for _, id := range []string{c.Spec.KeyID, c.Status.KeyID} {
 					if id != "" {
 						l.keyIDs[id] = true

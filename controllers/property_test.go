@@ -855,9 +855,9 @@ func (c *crashingKMS) Provenance(ctx context.Context, id string) (kms.Owner, kms
 	return c.Provider.Provenance(ctx, id)
 }
 
-func (c *crashingKMS) SetPolicy(ctx context.Context, id, deletionPolicy string, pendingDays int) error {
+func (c *crashingKMS) SetPolicy(ctx context.Context, id string, prov kms.Provenance) error {
 	if err := c.before(true); err != nil {
 		return err
 	}
-	return c.after(c.Provider.SetPolicy(ctx, id, deletionPolicy, pendingDays))
+	return c.after(c.Provider.SetPolicy(ctx, id, prov))
 }

@@ -183,7 +183,7 @@ type CustomerMasterKeySpec struct {
 	// back while this map (or status.tags) holds any. The operator's own tags, which record the
 	// key's owner and provenance, are kept apart: they cannot be set or removed here. At most 10
 	// (4 on Huawei Cloud for a key the operator made, whose 10 include the operator's 6, and 6 on
-	// one it adopted); keys 1 to 36 characters, values at most 43.
+	// one made elsewhere and adopted); keys 1 to 36 characters, values at most 43.
 	// +optional
 	// +kubebuilder:validation:MaxProperties=10
 	// +kubebuilder:validation:XValidation:rule="self.all(k, size(k) >= 1 && size(k) <= 36)",message="tag keys must be 1 to 36 characters (the KMS's limit)"

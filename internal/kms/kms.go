@@ -111,6 +111,12 @@ func Shorten(s string, n int) string {
 	return s[:n-len(digest)-1] + "." + digest
 }
 
+// AttemptWindow is how long after a create attempt began (CreateRequest.Attempted) a key may
+// have been made and still be the attempt's: the window closes, so a resource that could not
+// create its key for a long while does not take a key a person makes later with the same alias.
+// The reconciler dates no attempt later than this after its resource was created.
+const AttemptWindow = time.Hour
+
 // CreateRequest describes a key to create.
 type CreateRequest struct {
 	Alias       string

@@ -63,9 +63,10 @@ type Recorder interface {
 	// Provenance reports the key's owner and provenance, read together and afresh (a cloud KMS
 	// keeps both in the key's tags: one call); a zero Provenance when none is recorded.
 	Provenance(ctx context.Context, keyID string) (Owner, Provenance, error)
-	// SetPolicy changes the deletion policy a key's provenance records. A key without a
-	// provenance is left without one.
-	SetPolicy(ctx context.Context, keyID, deletionPolicy string, pendingDays int) error
+	// SetPolicy records p's DeletionPolicy and PendingDays in the key's provenance; where the
+	// record lost its install (a Huawei retag that died halfway, between its two calls), p's
+	// is written with them. A key without a provenance is left without one.
+	SetPolicy(ctx context.Context, keyID string, p Provenance) error
 	// MadeIn lists the keys whose provenance names this cluster, deleted ones aside. It may
 	// miss a key recorded a moment ago (a cloud's tag search lags), and fails rather than
 	// answer with a part of the list; what it reports may be behind, so a caller reads a key

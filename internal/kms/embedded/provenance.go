@@ -24,16 +24,17 @@ func (p *Provider) Provenance(ctx context.Context, keyID string) (kms.Owner, kms
 	return r.owner(), prov, nil
 }
 
-// SetPolicy changes the deletion policy the key's provenance records.
-func (p *Provider) SetPolicy(ctx context.Context, keyID, deletionPolicy string, pendingDays int) error {
+// SetPolicy changes the deletion policy the key's provenance records. The record is written
+// whole, so it never loses its install.
+func (p *Provider) SetPolicy(ctx context.Context, keyID string, want kms.Provenance) error {
 	return p.transition(ctx, keyID, "record the deletion policy of", func(r *record) (bool, error) {
-		if r.Provenance == nil || r.Provenance.DeletionPolicy == deletionPolicy && r.Provenance.PendingDays == pendingDays {
+		if r.Provenance == nil || r.Provenance.DeletionPolicy == want.DeletionPolicy && r.Provenance.PendingDays == want.PendingDays {
 			return false, nil
 		}
 		if r.State == kms.StateDeleted {
 			return false, &kms.StateError{KeyID: keyID, Call: "record the deletion policy of", State: r.State}
 		}
-		r.Provenance.DeletionPolicy, r.Provenance.PendingDays = deletionPolicy, pendingDays
+		r.Provenance.DeletionPolicy, r.Provenance.PendingDays = want.DeletionPolicy, want.PendingDays
 		return true, nil
 	})
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/huaweicloud/huaweicloud-sdk-go-v3/services/kms/v2/model"
 
@@ -139,11 +138,6 @@ func sameOwner(tagged, o kms.Owner) bool {
 	return tagged.UID == o.UID && tagged.Is(o.Namespace, o.Name)
 }
 
-// attemptWindow is how long after a create attempt began a key may have been made and still be
-// the attempt's: the window closes, so a resource that could not create its key for a long
-// while does not take a key a person makes later with the same alias.
-const attemptWindow = time.Hour
-
 type madeFor int
 
 const (
@@ -187,7 +181,7 @@ func (p *Provider) madeBy(ctx context.Context, id string, req kms.CreateRequest)
 	// No allowance for clock skew: a key made a moment before the attempt may be a person's,
 	// and a key of the attempt's that the KMS's clock dates earlier is only reported as an
 	// alias conflict, which spec.keyID settles.
-	if made.IsZero() || made.Before(req.Attempted) || made.After(req.Attempted.Add(attemptWindow)) {
+	if made.IsZero() || made.Before(req.Attempted) || made.After(req.Attempted.Add(kms.AttemptWindow)) {
 		return madeElsewhere
 	}
 	return madeUntagged

@@ -62,17 +62,21 @@ func (p *Provider) Provenance(ctx context.Context, keyID string) (kms.Owner, kms
 }
 
 // SetPolicy rewrites the policy tag of a key that has a provenance: delete, then create (a tag
-// key is not overwritten; see retag).
-func (p *Provider) SetPolicy(ctx context.Context, keyID, deletionPolicy string, pendingDays int) error {
+// key is not overwritten; see retag). A policy tag that a retag deleted and never created again
+// (or one edited by hand) has lost the install: the caller's is written back.
+func (p *Provider) SetPolicy(ctx context.Context, keyID string, want kms.Provenance) error {
 	tags, err := p.allTags(ctx, keyID)
 	if err != nil {
 		return err
 	}
 	prov := provenanceIn(tags)
-	if prov.IsZero() || prov.DeletionPolicy == deletionPolicy && prov.PendingDays == pendingDays {
+	if prov.IsZero() || prov.Install != "" && prov.DeletionPolicy == want.DeletionPolicy && prov.PendingDays == want.PendingDays {
 		return nil
 	}
-	prov.DeletionPolicy, prov.PendingDays = deletionPolicy, pendingDays
+	if prov.Install == "" {
+		prov.Install = want.Install
+	}
+	prov.DeletionPolicy, prov.PendingDays = want.DeletionPolicy, want.PendingDays
 	remove, add := changes(tags, []model.TagItem{orphanItem(prov)})
 	return p.retag(ctx, keyID, remove, add)
 }

@@ -227,12 +227,12 @@ func (p *provider) Provenance(ctx context.Context, keyID string) (kms.Owner, kms
 	return b.o, b.p, err
 }
 
-func (p *provider) SetPolicy(ctx context.Context, keyID, deletionPolicy string, pendingDays int) error {
+func (p *provider) SetPolicy(ctx context.Context, keyID string, prov kms.Provenance) error {
 	rec, ok := kms.As[kms.Recorder](p.next)
 	if !ok {
 		return lacks("record provenances")
 	}
-	return do(p, "set_policy", func() error { return rec.SetPolicy(ctx, keyID, deletionPolicy, pendingDays) })
+	return do(p, "set_policy", func() error { return rec.SetPolicy(ctx, keyID, prov) })
 }
 
 func (p *provider) MadeIn(ctx context.Context, cluster string) ([]kms.Made, error) {

@@ -51,17 +51,19 @@ func provenance(t *testing.T, f Fixture) {
 		t.Errorf("a key made without provenance reports %+v", p)
 	}
 
-	if err := rec.SetPolicy(ctx, mine.ID, kms.PolicyRetain, 30); err != nil {
+	retained := want
+	retained.DeletionPolicy, retained.PendingDays = kms.PolicyRetain, 30
+	if err := rec.SetPolicy(ctx, mine.ID, retained); err != nil {
 		t.Fatal(err)
 	}
-	want.DeletionPolicy, want.PendingDays = kms.PolicyRetain, 30
+	want = retained
 	if _, p := read(mine.ID); p != want {
 		t.Errorf("after SetPolicy(Retain, 30): %+v, want %+v", p, want)
 	}
-	if err := rec.SetPolicy(ctx, mine.ID, kms.PolicyRetain, 30); err != nil {
+	if err := rec.SetPolicy(ctx, mine.ID, retained); err != nil {
 		t.Errorf("SetPolicy of the policy recorded: %v", err)
 	}
-	if err := rec.SetPolicy(ctx, unrecorded.ID, kms.PolicyDelete, 7); err != nil {
+	if err := rec.SetPolicy(ctx, unrecorded.ID, kms.Provenance{Cluster: cluster, Install: "0123456789abcdef", DeletionPolicy: kms.PolicyDelete, PendingDays: 7}); err != nil {
 		t.Fatal(err)
 	}
 	if _, p := read(unrecorded.ID); !p.IsZero() {
