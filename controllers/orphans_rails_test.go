@@ -8,7 +8,6 @@ import (
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/uuid"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
@@ -42,44 +41,45 @@ func TestSweepKeepsProtectedKey(t *testing.T) {
 	h.stripFinalizers("vault")
 	h.waitGone("vault")
 	h.stopManager()
+	h.sweepKeeps(id, "a deletionProtection: true key")
+}
 
+// sweepKeeps runs a sweep and checks it left the key as it was.
+func (h *harness) sweepKeeps(id, what string) {
+	h.t.Helper()
 	res, err := h.sweeper(env.Client).sweep(context.Background())
 	if err != nil {
-		t.Fatal(err)
+		h.t.Fatal(err)
 	}
 	if st := h.kmsState(id); st != kms.StateEnabled {
-		t.Errorf("the sweep (%+v) scheduled the deletion of a deletionProtection: true key: it is %s, want Enabled", res, st)
+		h.t.Errorf("the sweep (%+v) scheduled the deletion of %s: it is %s (recorded %+v), want Enabled", res, what, st, h.provenanceOf(id))
 	}
 }
 
-// TestSweepKeepsKeyOfDeletedObserveResource: a key made under Manage with deletionPolicy Delete,
-// its resource switched to Observe and then deleted, stays: deleting an Observe resource never
-// touches the key, and its finalizer records Retain (retainObserved) so no sweep does either.
-func TestSweepKeepsKeyOfDeletedObserveResource(t *testing.T) {
+// TestSweepKeepsKeyOfObservedResource: a key made under Manage with deletionPolicy Delete, its
+// resource switched to Observe, stays when the resource goes, deleted as usual or stripped of its
+// finalizer: deleting an Observe resource never touches the key, and the switch recorded Retain
+// (retainOwn; the finalizer too, retainObserved), so no sweep does either.
+func TestSweepKeepsKeyOfObservedResource(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t)
-	h.start(managerOptions{})
-	h.create(h.cmk("handed-over", deletePolicy))
-	id := h.waitPhase("handed-over", v1alpha1.PhaseEnabled).Status.KeyID
-	h.patch("handed-over", map[string]any{"managementPolicy": "Observe", "keyID": id})
-	h.eventually("handed-over", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
-		g.Expect(c.Status.ObservedGeneration).To(Equal(c.Generation))
-		g.Expect(cond(c, v1alpha1.ConditionReady).Reason).To(Equal(v1alpha1.ReasonObserved))
-	})
-	h.delete("handed-over") // an ordinary delete: Observe never touches the key
-	h.waitGone("handed-over")
-	if st := h.kmsState(id); st != kms.StateEnabled {
-		t.Fatalf("the finalizer of an Observe resource changed the key: %s", st)
-	}
-	h.stopManager()
-
-	res, err := h.sweeper(env.Client).sweep(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st := h.kmsState(id); st != kms.StateEnabled {
-		t.Errorf("after deleting an Observe resource, the sweep (%+v) scheduled its key: %s (recorded %+v), want Enabled",
-			res, st, h.provenanceOf(id))
+	for name, gone := range map[string]func(h *harness, name string){
+		"Deleted":  func(h *harness, name string) { h.delete(name); h.waitGone(name); h.stopManager() },
+		"Stripped": func(h *harness, name string) { h.stopManager(); h.orphan(name) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t)
+			h.start(managerOptions{})
+			h.create(h.cmk("handed-over", deletePolicy))
+			id := h.waitPhase("handed-over", v1alpha1.PhaseEnabled).Status.KeyID
+			h.patch("handed-over", map[string]any{"managementPolicy": "Observe", "keyID": id})
+			h.eventually("handed-over", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+				g.Expect(c.Status.ObservedGeneration).To(Equal(c.Generation))
+				g.Expect(cond(c, v1alpha1.ConditionReady).Reason).To(Equal(v1alpha1.ReasonObserved))
+			})
+			gone(h, "handed-over")
+			h.sweepKeeps(id, "the key of a resource gone under Observe")
+		})
 	}
 }
 
@@ -127,18 +127,7 @@ func TestSweepLeavesKeyToRecreatedResource(t *testing.T) {
 func TestKeyOfAnotherClusterIsNotTaken(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	otherCluster := string(uuid.NewUUID())
-	foreign := func(name string) string {
-		uid := string(uuid.NewUUID())
-		k, err := h.kms.Create(context.Background(), kms.CreateRequest{Alias: "k8s/" + h.ns + "/" + name, KeySpec: "AES_256",
-			KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: uid, Owner: kms.Owner{Namespace: h.ns, Name: name, UID: uid},
-			Provenance: kms.Provenance{Cluster: otherCluster, Install: "0123456789abcdef", DeletionPolicy: kms.PolicyRetain, PendingDays: 7}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k.ID
-	}
-	db, other := foreign("db"), foreign("other")
+	db, other := h.foreignKey("db", kms.PolicyRetain), h.foreignKey("other", kms.PolicyRetain)
 	h.start(managerOptions{})
 
 	h.create(h.cmk("db", deletePolicy))                  // same manifest as in cluster B
@@ -159,5 +148,49 @@ func TestKeyOfAnotherClusterIsNotTaken(t *testing.T) {
 		if st := h.kmsState(id); st != kms.StateEnabled {
 			t.Errorf("the other cluster's %s key %s is %s after this cluster deleted its resource", what, id, st)
 		}
+	}
+}
+
+// TestRestoreIntoNewClusterByName: a GitOps restore (no status) into a new cluster whose
+// namespace an administrator labeled for adoption takes back, by name, the key the old cluster
+// made (KeyReclaimed), as docs/lifecycle.md says.
+func TestRestoreIntoNewClusterByName(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.allowAdoption()
+	old := h.foreignKey("db", kms.PolicyRetain)
+	h.start(managerOptions{})
+	h.create(h.cmk("db"))
+	time.Sleep(4 * time.Second)
+	c := h.get("db")
+	if c.Status.KeyID != old {
+		r := cond(c, v1alpha1.ConditionReady)
+		t.Errorf("restored into a new cluster with the adoption label, db did not take back its key %s: keyID %q, Ready %s: %s",
+			old, c.Status.KeyID, r.Reason, r.Message)
+	}
+}
+
+// TestSweepSchedulesOrphanWhoseNameHasAnotherKey: an orphan recorded Delete whose namespace and
+// name live again, with a key of their own (another spec.alias), is no key that resource will
+// take back: the sweep schedules it.
+func TestSweepSchedulesOrphanWhoseNameHasAnotherKey(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.start(managerOptions{})
+	h.create(h.cmk("orders", deletePolicy))
+	old := h.waitPhase("orders", v1alpha1.PhaseEnabled).Status.KeyID
+	h.stopManager()
+	h.orphan("orders")
+	h.create(h.cmk("orders", deletePolicy, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Alias = "orders-v2-" + h.ns }))
+	h.start(managerOptions{})
+	if c := h.waitPhase("orders", v1alpha1.PhaseEnabled); c.Status.KeyID == old {
+		t.Fatal("took the old key back")
+	}
+	res, err := h.sweeper(env.Client).sweep(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := h.kmsState(old); st != kms.StatePendingDeletion || res.scheduled != 1 {
+		t.Errorf("an orphan recorded Delete, whose name lives again with another key, is not scheduled (%+v): %s", res, st)
 	}
 }

@@ -78,6 +78,25 @@ func (h *harness) orphan(name string) {
 	h.waitGone(name)
 }
 
+// ghostKey makes a key as the operator makes one, for a resource of the harness's namespace
+// that does not exist, with this provenance.
+func (h *harness) ghostKey(name string, p kms.Provenance) string {
+	h.t.Helper()
+	uid := string(uuid.NewUUID())
+	k, err := h.kms.Create(context.Background(), kms.CreateRequest{Alias: "k8s/" + h.ns + "/" + name, KeySpec: "AES_256",
+		KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: uid, Owner: kms.Owner{Namespace: h.ns, Name: name, UID: uid}, Provenance: p})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return k.ID
+}
+
+// foreignKey is a ghostKey of another cluster's, made under its own install.
+func (h *harness) foreignKey(name, policy string) string {
+	h.t.Helper()
+	return h.ghostKey(name, kms.Provenance{Cluster: string(uuid.NewUUID()), Install: "0123456789abcdef", DeletionPolicy: policy, PendingDays: 7})
+}
+
 // provenanceOf reads a key's provenance straight from the KMS.
 func (h *harness) provenanceOf(keyID string) kms.Provenance {
 	h.t.Helper()
@@ -106,20 +125,11 @@ func TestOrphanSweep(t *testing.T) {
 	}
 
 	// Keys the sweep must leave, each with an owner in this namespace that does not exist.
-	ghost := func(name string, p kms.Provenance) string {
-		uid := string(uuid.NewUUID())
-		k, err := h.kms.Create(context.Background(), kms.CreateRequest{Alias: "k8s/" + h.ns + "/" + name, KeySpec: "AES_256",
-			KeyUsage: "ENCRYPT_DECRYPT", Origin: kms.OriginKMS, Token: uid, Owner: kms.Owner{Namespace: h.ns, Name: name, UID: uid}, Provenance: p})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k.ID
-	}
 	mine := h.provenanceOf(alive)
-	otherCluster := ghost("other-cluster", kms.Provenance{Cluster: string(uuid.NewUUID()), Install: mine.Install, DeletionPolicy: kms.PolicyDelete, PendingDays: 7})
-	unrecorded := ghost("unrecorded", kms.Provenance{})
-	earlierInstall := ghost("earlier-install", kms.Provenance{Cluster: mine.Cluster, Install: "0000000000000000", DeletionPolicy: kms.PolicyDelete, PendingDays: 7})
-	claimed := ghost("claimed", mine)
+	otherCluster := h.ghostKey("other-cluster", kms.Provenance{Cluster: string(uuid.NewUUID()), Install: mine.Install, DeletionPolicy: kms.PolicyDelete, PendingDays: 7})
+	unrecorded := h.ghostKey("unrecorded", kms.Provenance{})
+	earlierInstall := h.ghostKey("earlier-install", kms.Provenance{Cluster: mine.Cluster, Install: "0000000000000000", DeletionPolicy: kms.PolicyDelete, PendingDays: 7})
+	claimed := h.ghostKey("claimed", mine)
 	h.create(h.cmk("claimer", keyID(claimed)))
 	h.eventually("claimer", func(g Gomega, c *v1alpha1.CustomerMasterKey) { g.Expect(c.Status.KeyID).To(Equal(claimed)) })
 
