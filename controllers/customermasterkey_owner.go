@@ -188,9 +188,8 @@ func (r *CustomerMasterKeyReconciler) otherCluster(ctx context.Context, cmk *v1a
 	if err != nil || allowed {
 		return nil, err
 	}
-	return &denial{why: fmt.Sprintf("Key %s was made from another cluster sharing this KMS (its kube-system namespace has UID %s), "+
-		"and keys never move between clusters unless an administrator labels the namespace %s=true, as for a restore into a new cluster",
-		id, prov.Cluster, AllowAdoptionLabel),
+	return &denial{why: fmt.Sprintf("Key %s was made from another cluster sharing this KMS, and keys never move between clusters "+
+		"unless an administrator labels the namespace %s=true, as for a restore into a new cluster", id, AllowAdoptionLabel),
 		adopting: "ask for the label, or remove spec.keyID to have a new key made"}, nil
 }
 
