@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -66,6 +67,18 @@ func bindFlags(fs *flag.FlagSet) *managerConfig {
 	fs.StringVar(&cfg.kmsNamespace, "kms-namespace", defaultKMSNamespace(), "The namespace where the KMS provider keeps its state and credentials; $POD_NAMESPACE when that is set.")
 	fs.DurationVar(&cfg.syncPeriod, "sync-period", controllers.DefaultSyncPeriod, "How often a settled key is checked against the KMS, to correct changes made outside Kubernetes.")
 	fs.DurationVar(&cfg.orphanSweep, "orphan-sweep-interval", controllers.DefaultOrphanSweepInterval, "How often keys whose CustomerMasterKey vanished without its finalizer are found and given their recorded deletionPolicy (also once at start); 0 turns the sweep off.")
+	fs.Func("usage-kinds", fmt.Sprintf("The kinds, as resource.group, whose objects may declare with the annotation kms.cmk.io/uses-key the keys of their namespace they use (default %s); the operator needs get, list and watch on each.", strings.Join(controllers.DefaultUsageKinds, ",")), func(v string) error {
+		cfg.usageKinds = nil
+		for k := range strings.SplitSeq(v, ",") {
+			if k = strings.TrimSpace(k); k != "" {
+				cfg.usageKinds = append(cfg.usageKinds, k)
+			}
+		}
+		if cfg.usageKinds == nil {
+			cfg.usageKinds = []string{}
+		}
+		return nil
+	})
 	fs.IntVar(&cfg.workers, "max-concurrent-reconciles", 16, "How many keys are reconciled at once.")
 	fs.Float64Var(&cfg.apiQPS, "kube-api-qps", -1, "Most requests per second to the Kubernetes apiserver; -1 sets no limit in the client, "+
 		"leaving the pace to the apiserver's API Priority and Fairness, as controller-runtime does by default (the workers already bound the requests in flight).")
@@ -83,6 +96,7 @@ type managerConfig struct {
 	provider, kmsNamespace string
 	syncPeriod             time.Duration
 	orphanSweep            time.Duration
+	usageKinds             []string
 	workers                int
 	apiQPS                 float64
 	apiBurst               int
@@ -133,6 +147,7 @@ func run(ctx context.Context, restConfig *rest.Config, cfg managerConfig) error 
 		LeaderElectionNamespace: cfg.kmsNamespace,
 		SyncPeriod:              cfg.syncPeriod,
 		OrphanSweepInterval:     cfg.orphanSweep,
+		UsageKinds:              cfg.usageKinds,
 		Workers:                 cfg.workers,
 		SkipNameValidation:      cfg.skipNameValidation,
 	})

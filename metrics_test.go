@@ -24,6 +24,7 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/uuid"
@@ -123,7 +124,16 @@ func TestMetricsEndpoint(t *testing.T) {
 		s.Enabled, s.DeletionScheduled, s.PendingDays = false, true, 7
 	})
 	pending := waitFor(t, ns, "orders", v1alpha1.PhasePendingDeletion)
-	m = scrape(t, url, reader, func(m scraped) bool { return m.has("cmk_keys", "namespace", ns, "phase", "PendingDeletion") == 1 })
+	// A StorageClass that names the key, found after its deletion was scheduled: the alert's case.
+	sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "evs-" + ns}, Provisioner: "everest-csi-provisioner",
+		Parameters: map[string]string{"everest.io/crypt-key-id": keyID}}
+	if err := env.Client.Create(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	m = scrape(t, url, reader, func(m scraped) bool {
+		return m.has("cmk_keys", "namespace", ns, "phase", "PendingDeletion") == 1 &&
+			m.has("cmk_key_consumers", "namespace", ns, "name", "orders", "key_id", keyID, "phase", "PendingDeletion") == 1
+	})
 	date := float64(pending.Status.DeletionDate.Unix())
 	m.expect(t, date, "cmk_key_deletion_timestamp_seconds", "namespace", ns, "name", "orders", "key_id", keyID)
 	if left := time.Until(time.Unix(int64(date), 0)); left < 7*24*time.Hour-time.Hour || left > 7*24*time.Hour+time.Hour {
@@ -139,6 +149,9 @@ func TestMetricsEndpoint(t *testing.T) {
 		}
 	}
 
+	if err := env.Client.Delete(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
 	setSpec(t, ns, "orders", func(s *v1alpha1.CustomerMasterKeySpec) { s.DeletionScheduled = false })
 	waitFor(t, ns, "orders", v1alpha1.PhaseDisabled)
 	m = scrape(t, url, reader, func(m scraped) bool { return m.has("cmk_keys", "namespace", ns, "phase", "Disabled") == 2 })

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -59,6 +60,9 @@ func (r *CustomerMasterKeyReconciler) held(cmk *v1alpha1.CustomerMasterKey, key 
 	if key != nil {
 		id = key.ID
 	}
+	if reason == v1alpha1.ReasonKeyInUse {
+		return &keystatus.Blocked{Reason: reason, Message: inUseMessage(cmk, id), Hold: true}
+	}
 	msg := fmt.Sprintf("spec.deletionScheduled asks for the deletion of key %s, and spec.deletionProtection is true: "+
 		"nothing is scheduled; clear the protection first", id)
 	if !cmk.DeletionTimestamp.IsZero() {
@@ -67,6 +71,24 @@ func (r *CustomerMasterKeyReconciler) held(cmk *v1alpha1.CustomerMasterKey, key 
 			"'{\"spec\":{\"deletionProtection\":false}}'); to keep the key instead, set deletionPolicy: Retain", id, cmk.Name, cmk.Namespace)
 	}
 	return &keystatus.Blocked{Reason: reason, Message: msg, Hold: true}
+}
+
+// inUseMessage says what the spec asks of a key in use, who uses it, and how to go on.
+func inUseMessage(cmk *v1alpha1.CustomerMasterKey, id string) string {
+	var asked string
+	switch {
+	case !cmk.DeletionTimestamp.IsZero():
+		asked = "deletionPolicy Delete, on deleting the resource, asks for the deletion of"
+	case cmk.Spec.DeletionScheduled:
+		asked = "spec.deletionScheduled asks for the deletion of"
+	default:
+		asked = "spec.enabled: false asks for disabling"
+	}
+	u := cmk.Status.Usage
+	return fmt.Sprintf("%s key %s, which is in use by %d consumer(s): %s; nothing is done while it is (data they protect "+
+		"could no longer be read). Remove the consumers, or annotate the resource %s=true to go ahead anyway "+
+		"(kubectl annotate cmk %s -n %s %s=true)", asked, id, u.Consumers, strings.Join(u.Refs, ", "),
+		v1alpha1.AllowWhileInUseAnnotation, cmk.Name, cmk.Namespace, v1alpha1.AllowWhileInUseAnnotation)
 }
 
 // input is the planner's view of the resource and its key as last read.
@@ -79,6 +101,7 @@ func (r *CustomerMasterKeyReconciler) input(cmk *v1alpha1.CustomerMasterKey, key
 		PendingDays: cmk.Status.PendingDays,
 		LastPhase:   cmk.Status.Phase,
 		Adopted:     cmk.Spec.KeyID != "",
+		InUse:       inUse(cmk),
 		Now:         r.Clock.Now(),
 	}
 	if p := cmk.Status.ImportParameters; p != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/cmk-operator/cmk-operator/internal/keystatus"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/planner"
+	"github.com/cmk-operator/cmk-operator/internal/usage"
 )
 
 // Finalizer holds a resource until its deletionPolicy has been applied to its key.
@@ -41,6 +42,11 @@ type CustomerMasterKeyReconciler struct {
 	SyncPeriod time.Duration
 	// ImportRetry is how soon a refused import is tried again.
 	ImportRetry time.Duration
+	// Usage indexes what depends on each key (usage.go); nil counts nothing.
+	Usage *usage.Index
+	// UsageKinds are the kinds whose objects declare, by annotation, the keys they use (nil:
+	// DefaultUsageKinds).
+	UsageKinds []string
 
 	writes ownWrites
 	// owned remembers, by resource UID, the key whose ownership verifyOwner confirmed.
@@ -81,13 +87,16 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		}
 	}
 	if cmk.Annotations[v1alpha1.PausedAnnotation] == "true" {
-		return r.report(ctx, cmk.DeepCopy(), cmk, outcome{paused: true})
+		before := cmk.DeepCopy()
+		r.countUsage(cmk)
+		return r.report(ctx, before, cmk, outcome{paused: true})
 	}
 	if !cmk.DeletionTimestamp.IsZero() {
 		if !controllerutil.ContainsFinalizer(cmk, Finalizer) {
 			return ctrl.Result{}, nil
 		}
 		before := cmk.DeepCopy()
+		r.countUsage(cmk)
 		o, release := r.finalize(ctx, cmk)
 		if !release {
 			return r.report(ctx, before, cmk, o)
@@ -107,6 +116,7 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		return r.settle(ctx, ctrl.Result{}, client.IgnoreNotFound(err))
 	}
 	before := cmk.DeepCopy()
+	r.countUsage(cmk)
 	return r.report(ctx, before, cmk, r.sync(ctx, cmk))
 }
 

@@ -61,6 +61,9 @@ type ManagerOptions struct {
 	// start; 0 runs none. main runs it hourly (DefaultOrphanSweepInterval); tests that do not
 	// look at it leave it off.
 	OrphanSweepInterval time.Duration
+	// UsageKinds are the kinds whose objects declare, by annotation, the keys they use (nil:
+	// DefaultUsageKinds).
+	UsageKinds []string
 	// Workers is how many keys are reconciled at once; 0 for one.
 	Workers int
 	// SkipNameValidation lets a process run more than one manager, as tests do.
@@ -86,7 +89,8 @@ func NewManager(ctx context.Context, restConfig *rest.Config, opts ManagerOption
 		Scheme: scheme.Scheme,
 		// managedFields are never read here; without them the cache of thousands of keys is
 		// about half the size.
-		Cache:                   cache.Options{DefaultTransform: cache.TransformStripManagedFields(), DefaultNamespaces: namespaces},
+		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields(), DefaultNamespaces: namespaces,
+			ByObject: consumerCache()},
 		Metrics:                 metrics,
 		HealthProbeBindAddress:  opts.HealthProbeBindAddress,
 		PprofBindAddress:        opts.PprofBindAddress,
@@ -129,6 +133,7 @@ func NewManager(ctx context.Context, restConfig *rest.Config, opts ManagerOption
 		Clock:       opts.Clock,
 		SyncPeriod:  opts.SyncPeriod,
 		ImportRetry: opts.ImportRetry,
+		UsageKinds:  opts.UsageKinds,
 	}
 	if err := r.SetupWithManager(ctx, mgr, controller.Options{
 		MaxConcurrentReconciles: opts.Workers, SkipNameValidation: &opts.SkipNameValidation, Logger: opts.Logger,

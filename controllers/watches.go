@@ -40,6 +40,9 @@ func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr 
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &v1alpha1.CustomerMasterKey{}, waitingIndex, waitingFor); err != nil {
 		return fmt.Errorf("indexing the resources waiting for a key: %w", err)
 	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &v1alpha1.CustomerMasterKey{}, keyIDIndex, byKeyID); err != nil {
+		return fmt.Errorf("indexing the resources by key ID: %w", err)
+	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("customermasterkey").
 		For(&v1alpha1.CustomerMasterKey{}, builder.WithPredicates(predicate.Or(
@@ -49,14 +52,42 @@ func (r *CustomerMasterKeyReconciler) SetupWithManager(ctx context.Context, mgr 
 				CreateFunc: func(event.CreateEvent) bool { return false }, UpdateFunc: func(event.UpdateEvent) bool { return false },
 				GenericFunc: func(event.GenericEvent) bool { return false }})).
 		WithOptions(opts)
+	b, err := r.watchUsage(mgr, b)
+	if err != nil {
+		return err
+	}
 	if n, ok := kms.As[kms.Notifier](r.KMS); ok {
-		src, err := keyChangeSource(ctx, mgr, n)
+		src, err := keyChangeSource(mgr, n)
 		if err != nil {
 			return err
 		}
 		b = b.WatchesRawSource(src)
 	}
 	return b.Complete(r)
+}
+
+// keyIDIndex indexes the resources by status.keyID, to find the resource of a key the KMS
+// changed by itself, or whose consumers changed.
+const keyIDIndex = "status.keyID"
+
+func byKeyID(obj client.Object) []string {
+	if c, ok := obj.(*v1alpha1.CustomerMasterKey); ok && c.Status.KeyID != "" {
+		return []string{c.Status.KeyID}
+	}
+	return nil
+}
+
+// holdersOf are the reconciles of the resources whose status records this key.
+func holdersOf(ctx context.Context, reader client.Reader, keyID string) ([]reconcile.Request, error) {
+	var list v1alpha1.CustomerMasterKeyList
+	if err := reader.List(ctx, &list, client.MatchingFields{keyIDIndex: keyID}); err != nil {
+		return nil, err
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for i := range list.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	}
+	return reqs, nil
 }
 
 // waitingIndex indexes the resources refused a key or an alias another resource may free.

@@ -67,6 +67,10 @@ const (
 	// deleted, asks for the key's deletion while spec.deletionProtection is true; nothing is
 	// scheduled, and a resource being deleted waits, until the protection is cleared.
 	ReasonDeletionProtected = "DeletionProtected"
+	// ReasonKeyInUse: the spec, or deleting a resource whose deletionPolicy is Delete, asks to
+	// disable the key or schedule its deletion while something depends on it (status.usage);
+	// nothing is done until the last consumer is gone, or kms.cmk.io/allow-while-in-use is "true".
+	ReasonKeyInUse = "KeyInUse"
 	// ReasonObserved: managementPolicy Observe: status follows the key in the KMS, and the
 	// operator changes nothing (Ready=True).
 	ReasonObserved = "Observed"
@@ -114,6 +118,18 @@ const (
 // no KMS call and no change, its deletion included, until the annotation is removed (or the
 // CustomerMasterKey CRD itself is deleted: an uninstall never waits on a paused key).
 const PausedAnnotation = "kms.cmk.io/paused"
+
+// Key in use (docs/guardrails.md). UsesKeyAnnotation on an object of a kind the operator is
+// told to watch (--usage-kinds) names the CustomerMasterKeys of its namespace it depends on,
+// comma-separated. ProtectsAnnotation on a CustomerMasterKey says what it protects outside any
+// object the operator can see (ProtectsAPIServerSecrets: the apiserver's Secret encryption).
+// AllowWhileInUseAnnotation "true" lets a key in use be disabled or deleted all the same.
+const (
+	UsesKeyAnnotation         = "kms.cmk.io/uses-key"
+	ProtectsAnnotation        = "kms.cmk.io/protects"
+	ProtectsAPIServerSecrets  = "apiserver-secrets"
+	AllowWhileInUseAnnotation = "kms.cmk.io/allow-while-in-use"
+)
 
 // Event reasons, one per kind of change the operator makes or sees.
 const (

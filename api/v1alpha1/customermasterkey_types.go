@@ -316,6 +316,13 @@ type CustomerMasterKeyStatus struct {
 	// +optional
 	Tags map[string]string `json:"tags,omitempty"`
 
+	// Usage is what depends on the key, as the operator finds it in the cluster: StorageClasses
+	// and PersistentVolumes that name the key ID, objects annotated kms.cmk.io/uses-key with this
+	// resource's name, and this resource's own kms.cmk.io/protects annotation. While it counts
+	// any, disabling the key or scheduling its deletion is refused (docs/guardrails.md).
+	// +optional
+	Usage *Usage `json:"usage,omitempty"`
+
 	// ObservedGeneration is the spec generation this status describes; -1 until the operator
 	// first writes status, so that a health check polling before then does not take the
 	// resource as current.
@@ -330,6 +337,21 @@ type CustomerMasterKeyStatus struct {
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Usage counts the consumers of a key and names the first of them.
+type Usage struct {
+	// Consumers is how many objects depend on the key.
+	Consumers int32 `json:"consumers"`
+	// Refs are the first consumers, at most 10, as Kind/namespace/name ("-" as the namespace of
+	// a cluster-scoped object, e.g. StorageClass/-/evs-encrypted), sorted.
+	// +optional
+	// +kubebuilder:validation:MaxItems=10
+	// +kubebuilder:validation:items:MaxLength=512
+	Refs []string `json:"refs,omitempty"`
+	// LastUpdateTime is when the operator last found the consumers changed.
+	// +optional
+	LastUpdateTime *metav1.Time `json:"lastUpdateTime,omitempty"`
 }
 
 // RotationStatus is a key's automatic rotation as the KMS reports it.
@@ -357,6 +379,7 @@ type RotationStatus struct {
 // +kubebuilder:printcolumn:name="Key-ID",type=string,JSONPath=`.status.keyID`
 // +kubebuilder:printcolumn:name="Deletion-Date",type=string,format=date-time,JSONPath=`.status.deletionDate`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="In-Use",type=integer,JSONPath=`.status.usage.consumers`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:printcolumn:name="Origin",type=string,JSONPath=`.spec.origin`,priority=1
 type CustomerMasterKey struct {

@@ -27,6 +27,10 @@ var (
 	deletionDesc = prometheus.NewDesc("cmk_key_deletion_timestamp_seconds",
 		"When the KMS will delete the key, in seconds since the Unix epoch, for each key pending deletion (status.deletionDate).",
 		[]string{"namespace", "name", "key_id"}, nil)
+	consumersDesc = prometheus.NewDesc("cmk_key_consumers",
+		"Consumers of each key in use (status.usage.consumers: StorageClasses, PersistentVolumes, annotated workloads, the apiserver), with the key's phase; "+
+			"keys nothing uses have no series.",
+		[]string{"namespace", "name", "key_id", "phase"}, nil)
 	upDesc = prometheus.NewDesc("cmk_key_metrics_up",
 		"1 when this manager leads and listed the keys for this scrape; 0 when it leads and could not (the key metrics are then missing). "+
 			"A manager standing by reports no key metrics, this one included.",
@@ -61,6 +65,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- keysDesc
 	ch <- notReadyDesc
 	ch <- deletionDesc
+	ch <- consumersDesc
 	ch <- upDesc
 }
 
@@ -110,6 +115,9 @@ func tally(keys []v1alpha1.CustomerMasterKey) []prometheus.Metric {
 			notReady[namespaced{ns, unknownPhase}]++
 		} else if ready.Status != metav1.ConditionTrue {
 			notReady[namespaced{ns, ready.Reason}]++
+		}
+		if u := cmk.Status.Usage; u != nil && u.Consumers > 0 {
+			out = append(out, prometheus.MustNewConstMetric(consumersDesc, prometheus.GaugeValue, float64(u.Consumers), ns, cmk.Name, cmk.Status.KeyID, phase))
 		}
 		if cmk.Status.Phase == v1alpha1.PhasePendingDeletion && cmk.Status.DeletionDate != nil {
 			out = append(out, prometheus.MustNewConstMetric(deletionDesc, prometheus.GaugeValue,

@@ -128,6 +128,9 @@ func TestCompute(t *testing.T) {
 		"DeletionProtected": {spec: spec(true, false), keyID: "k1", key: key(kms.StateEnabled), deleting: true,
 			failure: Classify(&Blocked{Reason: v1alpha1.ReasonDeletionProtected, Message: "clear the protection", Hold: true}, ""),
 			want:    stalledBy(v1alpha1.ReasonDeletionProtected)},
+		"KeyInUse": {spec: spec(false, false), keyID: "k1", key: key(kms.StateEnabled),
+			failure: Classify(&Blocked{Reason: v1alpha1.ReasonKeyInUse, Message: "in use by StorageClass/-/evs", Hold: true}, ""),
+			want:    stalledBy(v1alpha1.ReasonKeyInUse)},
 
 		// Deleting: the facts, and failures as in a reconcile.
 		"DeletingFactsOnly": {spec: spec(true, false), keyID: "k1", key: key(kms.StateEnabled), deleting: true, want: want{}},

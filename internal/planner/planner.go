@@ -73,7 +73,11 @@ type Input struct {
 	LastPhase v1alpha1.Phase
 	// Adopted is true when the resource manages a key it did not create (spec.keyID).
 	Adopted bool
-	Now     time.Time
+	// InUse is true while something depends on the key (status.usage counts consumers) and the
+	// resource does not carry kms.cmk.io/allow-while-in-use: the key is neither disabled nor
+	// scheduled for deletion.
+	InUse bool
+	Now   time.Time
 }
 
 // Decision is the next action and, when none is due, when to look again.
@@ -83,7 +87,8 @@ type Decision struct {
 	// (a deletion date, a key being created); zero means the slow resync is enough.
 	RecheckAt time.Time
 	// Hold is the reason of a guard rail that keeps the planner from the call the spec asks for
-	// (v1alpha1.ReasonDeletionProtected); empty when none does. The key waits for a person.
+	// (v1alpha1.ReasonDeletionProtected, ReasonKeyInUse); empty when none does. The key waits
+	// for a person, or for its consumers to go.
 	Hold string
 }
 
@@ -123,6 +128,9 @@ func Next(in Input) Decision {
 			// is held here all the same.
 			return Decision{Action: None, Hold: v1alpha1.ReasonDeletionProtected}
 		}
+		if in.InUse {
+			return Decision{Action: None, Hold: v1alpha1.ReasonKeyInUse}
+		}
 		return Decision{Action: ScheduleDeletion}
 	}
 	if k.State == kms.StatePendingImport && in.Spec.Origin == v1alpha1.OriginExternal {
@@ -136,12 +144,15 @@ func Next(in Input) Decision {
 		return Decision{Action: SetRotation}
 	case Retags(in.Spec, k):
 		return Decision{Action: SetTags}
-	case k.State == kms.StateEnabled && !in.Spec.Enabled:
+	case k.State == kms.StateEnabled && !in.Spec.Enabled && !in.InUse:
 		return Decision{Action: Disable}
 	case k.State == kms.StateDisabled && in.Spec.Enabled:
 		return Decision{Action: Enable}
 	case Describes(in.Spec, k):
 		return Decision{Action: SetDescription}
+	case k.State == kms.StateEnabled && !in.Spec.Enabled:
+		// In use: the rest of the spec applied, the disable waits for the last consumer.
+		return Decision{Action: None, Hold: v1alpha1.ReasonKeyInUse}
 	case k.State == kms.StatePendingImport && !in.ImportParametersExpireAt.IsZero():
 		// Waiting for the user to bring material; the parameters are replaced before they expire.
 		return Decision{Action: None, RecheckAt: in.ImportParametersExpireAt.Add(-ImportParametersRefresh)}
@@ -332,6 +343,9 @@ func nextOnDelete(in Input) Decision {
 		// deletionPolicy Delete asks for the key's deletion, and the protection forbids it:
 		// the resource waits, Terminating, until the protection is cleared.
 		return Decision{Action: None, Hold: v1alpha1.ReasonDeletionProtected}
+	case in.InUse && wantsDeletion(in.Spec) && in.Key.State != kms.StatePendingDeletion:
+		// The same for a key in use: the resource waits until the last consumer is gone.
+		return Decision{Action: None, Hold: v1alpha1.ReasonKeyInUse}
 	}
 	if in.Key.State == kms.StatePendingDeletion {
 		if !pendingAsAsked(in, wantsDeletion(in.Spec)) {

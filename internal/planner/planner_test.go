@@ -151,6 +151,41 @@ func TestNext(t *testing.T) {
 			in:     Input{Spec: protected(spec(true, false)), KeyID: "k1", Key: key(kms.StateEnabled), Deleting: true},
 			want:   Decision{Action: Release},
 		},
+		"InUseNotDisabled": {
+			reason: "A key in use is not disabled: the rest of the spec is applied, the disable waits.",
+			in:     Input{Spec: spec(false, false), KeyID: "k1", Key: key(kms.StateEnabled), InUse: true},
+			want:   Decision{Action: None, Hold: v1alpha1.ReasonKeyInUse},
+		},
+		"InUseDescribedFirst": {
+			reason: "What the spec asks besides the disable is carried out on a key in use.",
+			in:     Input{Spec: withDescription(spec(false, false), "new"), KeyID: "k1", Key: key(kms.StateEnabled), InUse: true},
+			want:   Decision{Action: SetDescription},
+		},
+		"InUseNotScheduled": {
+			reason: "A key in use is not scheduled for deletion.",
+			in:     Input{Spec: spec(false, true), KeyID: "k1", Key: key(kms.StateDisabled), InUse: true},
+			want:   Decision{Action: None, Hold: v1alpha1.ReasonKeyInUse},
+		},
+		"InUseStillEnabled": {
+			reason: "A key in use may be enabled: the guard holds only what would stop its consumers.",
+			in:     Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateDisabled), InUse: true},
+			want:   Decision{Action: Enable},
+		},
+		"InUseDeletionCanceled": {
+			reason: "A deletion the spec no longer asks for is canceled on a key in use, as on any other.",
+			in:     Input{Spec: spec(false, false), KeyID: "k1", Key: key(kms.StatePendingDeletion), InUse: true},
+			want:   Decision{Action: CancelDeletion},
+		},
+		"InUseDeleteOnDelete": {
+			reason: "deletionPolicy Delete on a resource being deleted whose key is in use: the resource waits, nothing is scheduled.",
+			in:     Input{Spec: withPolicy(spec(true, false), v1alpha1.DeletionPolicyDelete), KeyID: "k1", Key: key(kms.StateEnabled), Deleting: true, InUse: true},
+			want:   Decision{Action: None, Hold: v1alpha1.ReasonKeyInUse},
+		},
+		"InUseRetainOnDelete": {
+			reason: "deletionPolicy Retain asks nothing of the key: a resource whose key is in use goes as any other.",
+			in:     Input{Spec: spec(true, false), KeyID: "k1", Key: key(kms.StateEnabled), Deleting: true, InUse: true},
+			want:   Decision{Action: Release},
+		},
 		"ObserveNeverActs": {
 			reason: "managementPolicy Observe makes no call, whatever the spec and the key say.",
 			in:     Input{Spec: observed(spec(false, true)), KeyID: "k1", Key: key(kms.StateEnabled)},

@@ -178,7 +178,11 @@ func (o *options) patch(ctx context.Context, v verb, f *verbFlags, r *result, c 
 		r.outcome, r.note = skipped, st.skip
 		return nil
 	}
-	patch := map[string]any{"metadata": map[string]any{"resourceVersion": c.ResourceVersion}}
+	meta := map[string]any{"resourceVersion": c.ResourceVersion}
+	if st.annotate != nil {
+		meta["annotations"] = st.annotate
+	}
+	patch := map[string]any{"metadata": meta}
 	for k, val := range st.patch {
 		patch[k] = val
 	}

@@ -65,7 +65,7 @@ and can wait until the operator has moved each key. Every verb takes NAME..., or
 	for _, v := range verbs {
 		root.AddCommand(o.verbCommand(v))
 	}
-	root.AddCommand(o.statusCommand(), o.importCommand())
+	root.AddCommand(o.statusCommand(), o.importCommand(), o.usageCommand())
 	return root
 }
 

@@ -13,6 +13,7 @@ import (
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -353,5 +354,54 @@ func TestGuardRailsInTables(t *testing.T) {
 	out, err = kubectlCmk(t, "-n", ns, "status", "-l", "rails=yes")
 	if err != nil || !strings.Contains(out, "POLICY") || !strings.Contains(out, "Manage,protected") || !strings.Contains(out, "Observe") {
 		t.Errorf("status: %v\n%s", err, out)
+	}
+}
+
+// TestKeysInUse: a bulk disable skips the keys in use, naming their consumers; asked
+// --allow-while-in-use, it goes ahead with the override annotation set; usage lists the
+// consumers.
+func TestKeysInUse(t *testing.T) {
+	ns := namespace(t)
+	team := testenv.Labels(map[string]string{"team": "db"})
+	create(t, testenv.Key(ns, "used", team), testenv.Key(ns, "idle", team))
+	settled(t, ns)
+	used := &v1alpha1.CustomerMasterKey{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "used"}, used); err != nil {
+		t.Fatal(err)
+	}
+	sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "evs-" + ns}, Provisioner: "everest-csi-provisioner",
+		Parameters: map[string]string{"everest.io/crypt-key-id": used.Status.KeyID}}
+	if err := env.Client.Create(context.Background(), sc); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), sc) })
+	NewWithT(t).Eventually(func(g Gomega) {
+		g.Expect(env.Client.Get(context.Background(), client.ObjectKeyFromObject(used), used)).To(Succeed())
+		g.Expect(used.Status.Usage).NotTo(BeNil())
+		g.Expect(used.Status.Usage.Consumers).To(BeEquivalentTo(1))
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+
+	out, err := kubectlCmk(t, "-n", ns, "usage", "used")
+	if err != nil || !strings.Contains(out, "is in use by 1 consumer(s)") || !strings.Contains(out, "StorageClass/-/evs-"+ns) {
+		t.Errorf("usage: %v\n%s", err, out)
+	}
+	out, err = kubectlCmk(t, "-n", ns, "disable", "-l", "team=db")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{ns + "/used  SKIPPED (Enabled): in use by StorageClass/-/evs-" + ns + ": remove them first, or --allow-while-in-use", "1 skipped"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("disable table lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = kubectlCmk(t, "-n", ns, "disable", "used", "--allow-while-in-use", "--wait")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(used), used); err != nil {
+		t.Fatal(err)
+	}
+	if used.Annotations[v1alpha1.AllowWhileInUseAnnotation] != "true" || used.Status.Phase != v1alpha1.PhaseDisabled {
+		t.Errorf("disable --allow-while-in-use: annotations %v, phase %s\n%s", used.Annotations, used.Status.Phase, out)
 	}
 }

@@ -1,6 +1,9 @@
 package plugin
 
 import (
+	"fmt"
+	"strings"
+
 	"github.com/spf13/cobra"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
@@ -15,16 +18,41 @@ type verb struct {
 	plan func(c *v1alpha1.CustomerMasterKey, o *verbFlags) step
 }
 
-// step is what a verb does to one key.
+// step is what a verb does to one key: a spec patch, and annotations to set with it.
 type step struct {
-	patch map[string]any
-	skip  string
-	want  []v1alpha1.Phase
+	patch    map[string]any
+	annotate map[string]any
+	skip     string
+	want     []v1alpha1.Phase
 }
 
 // verbFlags are the flags of one verb beyond the shared ones.
 type verbFlags struct {
 	pendingDays int32
+	// allowInUse goes ahead with keys in use, setting the override annotation in the same patch.
+	allowInUse bool
+}
+
+// inUse is why a key in use is skipped, or "" when it is not in use, the resource carries the
+// override, or the override was asked for (then set in the patch).
+func inUse(c *v1alpha1.CustomerMasterKey, f *verbFlags) (string, map[string]any) {
+	u := c.Status.Usage
+	switch {
+	case u == nil || u.Consumers == 0 || c.Annotations[v1alpha1.AllowWhileInUseAnnotation] == "true":
+		return "", nil
+	case f.allowInUse:
+		return "", map[string]any{v1alpha1.AllowWhileInUseAnnotation: "true"}
+	}
+	return fmt.Sprintf("in use by %s: remove them first, or --allow-while-in-use", consumers(u)), nil
+}
+
+// consumers names the consumers of a key as status.usage lists them.
+func consumers(u *v1alpha1.Usage) string {
+	s := strings.Join(u.Refs, ", ")
+	if more := int(u.Consumers) - len(u.Refs); more > 0 {
+		s += fmt.Sprintf(" and %d more", more)
+	}
+	return s
 }
 
 var (
@@ -57,12 +85,16 @@ var verbs = []verb{
 			case c.Spec.DeletionProtection:
 				return step{skip: "deletionProtection: clear spec.deletionProtection first"}
 			}
+			why, annotate := inUse(c, f)
+			if why != "" {
+				return step{skip: why}
+			}
 			// One patch, as the CRD requires: a key pending deletion is never enabled.
 			p := map[string]any{"enabled": false, "deletionScheduled": true}
 			if f.pendingDays > 0 {
 				p["pendingDays"] = f.pendingDays
 			}
-			return step{patch: map[string]any{"spec": p}, want: []v1alpha1.Phase{v1alpha1.PhasePendingDeletion}}
+			return step{patch: map[string]any{"spec": p}, annotate: annotate, want: []v1alpha1.Phase{v1alpha1.PhasePendingDeletion}}
 		},
 	},
 	{
@@ -87,12 +119,15 @@ var verbs = []verb{
 		name:    "disable",
 		short:   "Disable keys",
 		example: `  kubectl cmk disable app-key other-key`,
-		plan: func(c *v1alpha1.CustomerMasterKey, _ *verbFlags) step {
-			switch {
-			case !c.Spec.Enabled:
+		plan: func(c *v1alpha1.CustomerMasterKey, f *verbFlags) step {
+			if !c.Spec.Enabled {
 				return step{skip: "already disabled"}
 			}
-			return step{patch: spec("enabled", false), want: settledAfterCancel}
+			why, annotate := inUse(c, f)
+			if why != "" {
+				return step{skip: why}
+			}
+			return step{patch: spec("enabled", false), annotate: annotate, want: settledAfterCancel}
 		},
 	},
 }
@@ -121,6 +156,11 @@ func (o *options) verbCommand(v verb) *cobra.Command {
 	o.addChangeFlags(cmd)
 	if v.name == "schedule-deletion" {
 		cmd.Flags().Int32Var(&f.pendingDays, "pending-days", 0, "Days until the KMS deletes the keys, 7 to 1096 (default: each key's spec.pendingDays).")
+	}
+	if v.name == "schedule-deletion" || v.name == "disable" {
+		cmd.Flags().BoolVar(&f.allowInUse, "allow-while-in-use", false,
+			"Change keys in use too (status.usage counts consumers), annotating each "+v1alpha1.AllowWhileInUseAnnotation+"=true; "+
+				"data they protect may become unreadable. Without it such keys are skipped.")
 	}
 	return cmd
 }

@@ -47,7 +47,7 @@ func TestPrometheusRules(t *testing.T) {
 			alerts = append(alerts, r.Alert)
 		}
 	}
-	want := []string{"CMKKeyDeletionSoon", "CMKKeysNotReady", "CMKKMSErrors", "CMKKeyMetricsAbsent"}
+	want := []string{"CMKKeyDeletionSoon", "CMKKeysNotReady", "CMKKeyInUseStopped", "CMKKMSErrors", "CMKKeyMetricsAbsent"}
 	if !slices.Equal(alerts, want) {
 		t.Errorf("alerts %v, want %v", alerts, want)
 	}
