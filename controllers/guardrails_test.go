@@ -222,6 +222,22 @@ func TestDeletionProtectionAtAdmission(t *testing.T) {
 	}
 	h.delete("kept") // Retain: deleting it deletes no key, so protection does not stand in the way
 	h.waitGone("kept")
+	removeManifests(t, filepath.Join("..", "config", "admission", "deletion_protection_policy.yaml"), func() error {
+		return env.Client.Delete(context.Background(), vault, client.DryRunAll)
+	})
+}
+
+// removeManifests deletes the policies of path before the tests that run after this one, which
+// expect none. The apiserver lets go of a deleted policy after a moment: refused, which the
+// policy refuses, is asked until it passes.
+func removeManifests(t *testing.T, path string, refused func() error) {
+	t.Helper()
+	for _, obj := range readManifests(t, path) {
+		if err := env.Client.Delete(context.Background(), obj); client.IgnoreNotFound(err) != nil {
+			t.Fatal(err)
+		}
+	}
+	NewWithT(t).Eventually(refused).WithTimeout(timeout).Should(Succeed(), "the policies of %s still hold", path)
 }
 
 // TestObserveOnly observes a key made outside the operator: status follows the KMS (state,
