@@ -68,7 +68,7 @@ BENCH_ROUNDS ?= 3
 BENCH_RESTART_KEYS ?= 10000
 
 .PHONY: bench
-bench: envtest-assets ## Benchmark bulk work against the apiserver's floor, a restart over 10,000 keys, and Huawei KMS calls per transition.
+bench: envtest-assets ## Benchmark bulk work against the apiserver's floor, a restart over 10,000 keys, the key-in-use index over 10,000 volumes, and Huawei KMS calls per transition.
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./test/bench/ -run '^$$' -bench . -benchtime 1x -count 1 -timeout 90m \
 		-args -keys $(BENCH_KEYS) -rounds $(BENCH_ROUNDS) -restart-keys $(BENCH_RESTART_KEYS)
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./internal/kms/huaweicloud/ -run '^$$' -bench ProviderCalls -benchtime 200x -count 1
