@@ -147,11 +147,17 @@ func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.Cus
 		}
 		r.event(cmk, "Normal", v1alpha1.EventEnabled, "EnableKey", "Enabled key %s", id)
 	case planner.Disable:
+		if err := r.stillUnused(ctx, cmk, key, id); err != nil {
+			return nil, err
+		}
 		if err := r.KMS.Disable(ctx, id); err != nil {
 			return nil, err
 		}
 		r.event(cmk, "Normal", v1alpha1.EventDisabled, "DisableKey", "Disabled key %s", id)
 	case planner.ScheduleDeletion:
+		if err := r.stillUnused(ctx, cmk, key, id); err != nil {
+			return nil, err
+		}
 		return r.scheduleDeletion(ctx, cmk, id)
 	case planner.CancelDeletion:
 		again := cmk.Spec.DeletionScheduled // canceled only to schedule again with another window

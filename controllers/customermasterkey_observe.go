@@ -47,6 +47,7 @@ func (r *CustomerMasterKeyReconciler) observeOnly(ctx context.Context, cmk *v1al
 			r.observing.Store(cmk.UID, id)
 		}
 	}
+	r.countUsage(ctx, cmk, id)
 	key, extrasErr := r.withExtras(ctx, cmk, key)
 	cmk.Status.KeyID = id
 	if extrasErr != nil {

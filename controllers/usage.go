@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -22,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
+	"github.com/cmk-operator/cmk-operator/internal/kms"
 	"github.com/cmk-operator/cmk-operator/internal/usage"
 )
 
@@ -66,9 +68,13 @@ func (r *CustomerMasterKeyReconciler) watchUsage(mgr ctrl.Manager, b *builder.Bu
 		}
 		obj := &metav1.PartialObjectMetadata{}
 		obj.SetGroupVersionKind(gvk)
+		kind := gvk.Kind
+		if gvk.Group != "apps" && gvk.Group != "batch" && gvk.Group != "" {
+			kind += "." + gvk.Group // a kind of another API group may share a name with one of these
+		}
 		b = b.Watches(obj, r.consumers(func(o client.Object) usage.Uses {
 			return usage.Uses{CMKs: usage.Named(o.GetNamespace(), o.GetAnnotations()[v1alpha1.UsesKeyAnnotation])}
-		}, gvk.Kind), builder.OnlyMetadata)
+		}, kind), builder.OnlyMetadata)
 	}
 	return b, nil
 }
@@ -83,7 +89,7 @@ func consumerCache() map[client.Object]cache.ByObject {
 			if !ok {
 				return o, nil
 			}
-			return &storagev1.StorageClass{ObjectMeta: consumerMeta(sc.ObjectMeta), Parameters: sc.Parameters}, nil
+			return &storagev1.StorageClass{ObjectMeta: consumerMeta(sc.ObjectMeta), Parameters: keyValues(sc.Parameters)}, nil
 		}},
 		&corev1.PersistentVolume{}: {Transform: func(o any) (any, error) {
 			pv, ok := o.(*corev1.PersistentVolume)
@@ -92,7 +98,9 @@ func consumerCache() map[client.Object]cache.ByObject {
 			}
 			kept := &corev1.PersistentVolume{ObjectMeta: consumerMeta(pv.ObjectMeta)}
 			if csi := pv.Spec.CSI; csi != nil {
-				kept.Spec.CSI = &corev1.CSIPersistentVolumeSource{Driver: csi.Driver, VolumeHandle: csi.VolumeHandle, VolumeAttributes: csi.VolumeAttributes}
+				if ids := keyValues(csi.VolumeAttributes); ids != nil {
+					kept.Spec.CSI = &corev1.CSIPersistentVolumeSource{VolumeAttributes: ids}
+				}
 			}
 			return kept, nil
 		}},
@@ -100,7 +108,23 @@ func consumerCache() map[client.Object]cache.ByObject {
 }
 
 func consumerMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion}
+	return metav1.ObjectMeta{Name: m.Name, ResourceVersion: m.ResourceVersion}
+}
+
+// keyValues keeps, of a map of parameters or attributes, the entries whose value is a key ID:
+// nil when none is.
+func keyValues(m map[string]string) map[string]string {
+	ids := usage.KeyIDs(m)
+	if len(ids) == 0 {
+		return nil
+	}
+	kept := make(map[string]string, len(ids))
+	for k, v := range m {
+		if slices.Contains(ids, strings.TrimSpace(v)) {
+			kept[k] = v
+		}
+	}
+	return kept
 }
 
 // usageKind is the kind of a --usage-kinds entry, resource.group as kubectl names it.
@@ -141,13 +165,18 @@ func (r *CustomerMasterKeyReconciler) consumers(uses func(client.Object) usage.U
 }
 
 // usersOf are the resources whose consumers changed: those of the keys, found by status.keyID,
-// and those named.
+// those named, and the other resources of the keys those hold (see countUsage).
 func (r *CustomerMasterKeyReconciler) usersOf(ctx context.Context, changed usage.Uses) []reconcile.Request {
 	reqs := make([]reconcile.Request, 0, len(changed.CMKs))
+	keys := slices.Clone(changed.KeyIDs)
 	for _, n := range changed.CMKs {
 		reqs = append(reqs, reconcile.Request{NamespacedName: n})
+		c := &v1alpha1.CustomerMasterKey{}
+		if err := r.Get(ctx, n, c); err == nil && c.Status.KeyID != "" && !slices.Contains(keys, c.Status.KeyID) {
+			keys = append(keys, c.Status.KeyID)
+		}
 	}
-	for _, id := range changed.KeyIDs {
+	for _, id := range keys {
 		holders, err := holdersOf(ctx, r, id)
 		if err != nil {
 			log.FromContext(ctx).Error(err, "Listing the resources of a key whose consumers changed", "keyID", id)
@@ -157,17 +186,33 @@ func (r *CustomerMasterKeyReconciler) usersOf(ctx context.Context, changed usage
 	return reqs
 }
 
-// countUsage records in status what depends on the resource's key now: the consumers the
-// index has, and the resource's own kms.cmk.io/protects annotation.
-func (r *CustomerMasterKeyReconciler) countUsage(cmk *v1alpha1.CustomerMasterKey) {
+// countUsage records in status what depends on the resource's key now: the consumers of the
+// key, found by its ID, those declared by name on this resource or on another of its namespace
+// that holds the same key (one observing it, say), and its own kms.cmk.io/protects annotation.
+// keyID is the key the resource's ownership was verified for in this process ("" when none
+// was): a key ID anyone wrote into status reads nothing.
+func (r *CustomerMasterKeyReconciler) countUsage(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, keyID string) {
 	if r.Usage == nil {
 		return
 	}
-	refs := r.Usage.Consumers(types.NamespacedName{Namespace: cmk.Namespace, Name: cmk.Name}, cmk.Status.KeyID)
+	self := types.NamespacedName{Namespace: cmk.Namespace, Name: cmk.Name}
+	refs := r.Usage.Consumers(self, keyID)
+	if keyID != "" {
+		holders, err := holdersOf(ctx, r, keyID)
+		if err != nil {
+			log.FromContext(ctx).Error(err, "Listing the other resources of the key", "keyID", keyID)
+		}
+		for _, h := range holders {
+			if h.Namespace == cmk.Namespace && h.Name != cmk.Name {
+				refs = append(refs, r.Usage.Consumers(h.NamespacedName, "")...)
+			}
+		}
+	}
 	if p := cmk.Annotations[v1alpha1.ProtectsAnnotation]; p != "" {
 		refs = append(refs, protectsRef(p))
-		slices.Sort(refs)
 	}
+	slices.Sort(refs)
+	refs = slices.Compact(refs)
 	u, shown := cmk.Status.Usage, refs[:min(len(refs), maxUsageRefs)]
 	if u == nil && len(refs) == 0 || u != nil && int(u.Consumers) == len(refs) && slices.Equal(u.Refs, shown) {
 		return // unchanged; a key whose consumers all went keeps saying 0
@@ -179,14 +224,42 @@ func (r *CustomerMasterKeyReconciler) countUsage(cmk *v1alpha1.CustomerMasterKey
 	}
 }
 
+// verifiedKey is the key this process verified the resource's ownership (or right to observe)
+// of, when status names it; "" otherwise.
+func (r *CustomerMasterKeyReconciler) verifiedKey(cmk *v1alpha1.CustomerMasterKey) string {
+	for _, m := range []*sync.Map{&r.owned, &r.observing} {
+		if id, ok := m.Load(cmk.UID); ok && id == cmk.Status.KeyID {
+			return cmk.Status.KeyID
+		}
+	}
+	return ""
+}
+
+// stillUnused counts the key's consumers again right before a call that would stop the key:
+// one that appeared since the reconcile began holds the call too.
+func (r *CustomerMasterKeyReconciler) stillUnused(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, key *kms.Key, keyID string) error {
+	r.countUsage(ctx, cmk, keyID)
+	if inUse(cmk) {
+		return r.held(cmk, key, v1alpha1.ReasonKeyInUse)
+	}
+	return nil
+}
+
 // protectsRef is the consumer a kms.cmk.io/protects value declares: APIServer/-/secrets for the
-// apiserver's Secret encryption (see kubectl cmk kms-plugin), else Protects/-/<value>.
+// apiserver's Secret encryption (see kubectl cmk kms-plugin), else Protects/-/<value>, cut to
+// fit a name's 253 characters (status refs hold 512 at most).
 func protectsRef(value string) string {
 	if value == v1alpha1.ProtectsAPIServerSecrets {
 		return "APIServer/-/secrets"
 	}
+	if r := []rune(value); len(r) > maxProtects {
+		value = string(r[:maxProtects])
+	}
 	return usage.Ref{Kind: "Protects", Name: value}.String()
 }
+
+// maxProtects is the longest kms.cmk.io/protects value a ref carries.
+const maxProtects = 253
 
 // inUse reports whether the guard holds the key: something depends on it, and the resource
 // does not carry the override.

@@ -46,6 +46,15 @@ func inUse(c *v1alpha1.CustomerMasterKey, f *verbFlags) (string, map[string]any)
 	return fmt.Sprintf("in use by %s: remove them first, or --allow-while-in-use", consumers(u)), nil
 }
 
+// dropOverride takes the override off a key being enabled again or kept: it was for the change
+// those undo, and left on, a later bulk change would stop the key in use without a word.
+func dropOverride(c *v1alpha1.CustomerMasterKey) map[string]any {
+	if _, ok := c.Annotations[v1alpha1.AllowWhileInUseAnnotation]; !ok {
+		return nil
+	}
+	return map[string]any{v1alpha1.AllowWhileInUseAnnotation: nil}
+}
+
 // consumers names the consumers of a key as status.usage lists them.
 func consumers(u *v1alpha1.Usage) string {
 	s := strings.Join(u.Refs, ", ")
@@ -70,7 +79,7 @@ var verbs = []verb{
 			case !c.Spec.DeletionScheduled:
 				return step{skip: "not pending deletion"}
 			}
-			return step{patch: spec("deletionScheduled", false), want: settledAfterCancel}
+			return step{patch: spec("deletionScheduled", false), annotate: dropOverride(c), want: settledAfterCancel}
 		},
 	},
 	{
@@ -112,7 +121,7 @@ var verbs = []verb{
 			if c.Status.Phase == v1alpha1.PhasePendingImport {
 				want = []v1alpha1.Phase{v1alpha1.PhasePendingImport}
 			}
-			return step{patch: spec("enabled", true), want: want}
+			return step{patch: spec("enabled", true), annotate: dropOverride(c), want: want}
 		},
 	},
 	{

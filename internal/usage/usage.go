@@ -35,17 +35,18 @@ type Uses struct {
 
 func (u Uses) empty() bool { return len(u.KeyIDs) == 0 && len(u.CMKs) == 0 }
 
-// Index holds the consumers of every key.
+// Index holds the consumers of every key. A key has few consumers, so each one's are a slice:
+// 10,000 keys of one volume each cost no map apiece.
 type Index struct {
 	mu     sync.RWMutex
 	uses   map[Ref]Uses
-	byKey  map[string]map[Ref]struct{}
-	byName map[types.NamespacedName]map[Ref]struct{}
+	byKey  map[string][]Ref
+	byName map[types.NamespacedName][]Ref
 }
 
 // NewIndex returns an empty index.
 func NewIndex() *Index {
-	return &Index{uses: map[Ref]Uses{}, byKey: map[string]map[Ref]struct{}{}, byName: map[types.NamespacedName]map[Ref]struct{}{}}
+	return &Index{uses: map[Ref]Uses{}, byKey: map[string][]Ref{}, byName: map[types.NamespacedName][]Ref{}}
 }
 
 // Set records what ref depends on now (nothing: it is gone, or names no key), and returns what
@@ -79,33 +80,28 @@ func (ix *Index) Set(ref Ref, now Uses) (changed Uses) {
 func (ix *Index) Consumers(cmk types.NamespacedName, keyID string) []string {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
-	refs := map[Ref]struct{}{}
-	for r := range ix.byName[cmk] {
-		refs[r] = struct{}{}
-	}
+	refs := ix.byName[cmk]
 	if keyID != "" {
-		for r := range ix.byKey[keyID] {
-			refs[r] = struct{}{}
-		}
+		refs = append(slices.Clone(refs), ix.byKey[keyID]...)
 	}
 	out := make([]string, 0, len(refs))
-	for r := range refs {
+	for _, r := range refs {
 		out = append(out, r.String())
 	}
 	slices.Sort(out)
-	return out
+	return slices.Compact(out)
 }
 
-func add[K comparable](m map[K]map[Ref]struct{}, k K, r Ref) {
-	if m[k] == nil {
-		m[k] = map[Ref]struct{}{}
+func add[K comparable](m map[K][]Ref, k K, r Ref) {
+	if !slices.Contains(m[k], r) {
+		m[k] = append(m[k], r)
 	}
-	m[k][r] = struct{}{}
 }
 
-func drop[K comparable](m map[K]map[Ref]struct{}, k K, r Ref) {
-	delete(m[k], r)
-	if len(m[k]) == 0 {
+func drop[K comparable](m map[K][]Ref, k K, r Ref) {
+	if refs := slices.DeleteFunc(m[k], func(x Ref) bool { return x == r }); len(refs) > 0 {
+		m[k] = refs
+	} else {
 		delete(m, k)
 	}
 }
