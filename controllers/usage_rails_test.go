@@ -24,7 +24,7 @@ func TestAdoptedKeyInUseHeld(t *testing.T) {
 		name   string
 		mutate func(*v1alpha1.CustomerMasterKey)
 	}{
-		{"enabled", func(c *v1alpha1.CustomerMasterKey) {}},
+		{"enabled", func(*v1alpha1.CustomerMasterKey) {}},
 		{"disabled", func(c *v1alpha1.CustomerMasterKey) { c.Spec.Enabled = false }},
 		{"scheduled", func(c *v1alpha1.CustomerMasterKey) { c.Spec.Enabled, c.Spec.DeletionScheduled = false, true }},
 	} {
@@ -42,12 +42,12 @@ func TestAdoptedKeyInUseHeld(t *testing.T) {
 			h.waitGone("old")
 
 			h.create(h.cmk("new", adopting(id), tc.mutate))
-			c := h.eventually("new", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
+			h.eventually("new", func(g Gomega, c *v1alpha1.CustomerMasterKey) {
 				g.Expect(c.Status.KeyID).To(Equal(id))
 				g.Expect(c.Status.ObservedGeneration).To(Equal(c.Generation))
 			})
 			time.Sleep(2 * time.Second)
-			c = h.get("new")
+			c := h.get("new")
 			if c.Status.Usage == nil || c.Status.Usage.Consumers != 1 {
 				t.Errorf("2s after adopting a key a PV uses, status.usage is %+v: the admission policy and kubectl cmk see no consumer", c.Status.Usage)
 			}

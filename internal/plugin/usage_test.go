@@ -30,14 +30,12 @@ func TestOverrideDoesNotOutliveTheEmergency(t *testing.T) {
 		}
 		return c
 	}
-	var scs []*storagev1.StorageClass
 	for _, n := range []string{"used", "used2"} {
 		sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "evs-" + n + "-" + ns}, Provisioner: "p",
 			Parameters: map[string]string{"k": " " + get(n).Status.KeyID + " "}} // spaces around: still counted
 		if err := env.Client.Create(ctx, sc); err != nil {
 			t.Fatal(err)
 		}
-		scs = append(scs, sc)
 		t.Cleanup(func() { _ = env.Client.Delete(ctx, sc) })
 	}
 	NewWithT(t).Eventually(func(g Gomega) {
