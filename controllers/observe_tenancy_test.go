@@ -17,7 +17,7 @@ import (
 // TestObserveWithForgedStatusKeyID: a tenant with rights on the status of their own namespace
 // writes into status.keyID the key of another namespace that their Observe resource was refused.
 // The operator checks the rules once per process and key whatever status says, so the resource
-// stays AdoptionRefused and nothing of the key is read into it.
+// stays AdoptionRefused and nothing of the key is read into it, not even what uses it.
 func TestObserveWithForgedStatusKeyID(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, managerOptions{syncPeriod: time.Second})
@@ -37,6 +37,10 @@ func TestObserveWithForgedStatusKeyID(t *testing.T) {
 		g.Expect(c.Status.Phase).To(Equal(v1alpha1.PhaseEnabled))
 		g.Expect(c.Status.Tags).To(HaveKey("cost-center"))
 	}).Status.KeyID
+	pv := encryptedVolume("pv-alice-payroll-"+w.a.ns, id)
+	createAll(t, pv)
+	t.Cleanup(func() { deleteAll(t, pv) })
+	w.a.eventually("orders", func(g Gomega, c *v1alpha1.CustomerMasterKey) { g.Expect(c.Status.Usage).NotTo(BeNil()) })
 
 	w.b.create("peek", func(c *v1alpha1.CustomerMasterKey) {
 		c.Spec.ManagementPolicy, c.Spec.KeyID = v1alpha1.ManagementPolicyObserve, id
@@ -54,9 +58,10 @@ func TestObserveWithForgedStatusKeyID(t *testing.T) {
 	if err := w.b.c.Get(context.Background(), client.ObjectKey{Namespace: w.b.ns, Name: "peek"}, c); err != nil {
 		t.Fatal(err)
 	}
-	if c.Status.Phase != "" || len(c.Status.Tags) != 0 || c.Status.Rotation != nil || cond(c, v1alpha1.ConditionReady).Reason == v1alpha1.ReasonObserved {
-		t.Errorf("bob reads alice's key through a forged status.keyID: phase %q, tags %v, rotation %+v, Ready %s",
-			c.Status.Phase, c.Status.Tags, c.Status.Rotation, cond(c, v1alpha1.ConditionReady).Reason)
+	if c.Status.Phase != "" || len(c.Status.Tags) != 0 || c.Status.Rotation != nil || cond(c, v1alpha1.ConditionReady).Reason == v1alpha1.ReasonObserved ||
+		c.Status.Usage != nil && c.Status.Usage.Consumers > 0 {
+		t.Errorf("bob reads alice's key through a forged status.keyID: phase %q, tags %v, rotation %+v, usage %+v, Ready %s",
+			c.Status.Phase, c.Status.Tags, c.Status.Rotation, c.Status.Usage, cond(c, v1alpha1.ConditionReady).Reason)
 	}
 	if s := w.b.seen("peek"); strings.Contains(s, "payroll-7731") {
 		t.Errorf("alice's tag value is visible to bob: %s", s)
