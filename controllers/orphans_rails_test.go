@@ -91,12 +91,8 @@ func TestSweepLeavesKeyToRecreatedResource(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
-	h.create(h.cmk("control", deletePolicy), h.cmk("orders", deletePolicy))
-	control := h.waitPhase("control", v1alpha1.PhaseEnabled).Status.KeyID
-	orders := h.waitPhase("orders", v1alpha1.PhaseEnabled).Status.KeyID
-	h.stopManager()
-	h.orphan("control")
-	h.orphan("orders")
+	ids := h.orphaned("control", "orders")
+	control, orders := ids[0], ids[1]
 
 	// Control: re-created, the reconciler first: the key is taken back.
 	h.create(h.cmk("control", deletePolicy))
@@ -177,10 +173,7 @@ func TestSweepSchedulesOrphanWhoseNameHasAnotherKey(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
-	h.create(h.cmk("orders", deletePolicy))
-	old := h.waitPhase("orders", v1alpha1.PhaseEnabled).Status.KeyID
-	h.stopManager()
-	h.orphan("orders")
+	old := h.orphaned("orders")[0]
 	h.create(h.cmk("orders", deletePolicy, func(c *v1alpha1.CustomerMasterKey) { c.Spec.Alias = "orders-v2-" + h.ns }))
 	h.start(managerOptions{})
 	if c := h.waitPhase("orders", v1alpha1.PhaseEnabled); c.Status.KeyID == old {

@@ -97,6 +97,24 @@ func (h *harness) foreignKey(name, policy string) string {
 	return h.ghostKey(name, kms.Provenance{Cluster: string(uuid.NewUUID()), Install: "0123456789abcdef", DeletionPolicy: policy, PendingDays: 7})
 }
 
+// orphaned makes resources with deletionPolicy Delete, waits for their keys, then, the manager
+// stopped, orphans them; it returns their key IDs.
+func (h *harness) orphaned(names ...string) []string {
+	h.t.Helper()
+	for _, n := range names {
+		h.create(h.cmk(n, deletePolicy))
+	}
+	ids := make([]string, len(names))
+	for i, n := range names {
+		ids[i] = h.waitPhase(n, v1alpha1.PhaseEnabled).Status.KeyID
+	}
+	h.stopManager()
+	for _, n := range names {
+		h.orphan(n)
+	}
+	return ids
+}
+
 // provenanceOf reads a key's provenance straight from the KMS.
 func (h *harness) provenanceOf(keyID string) kms.Provenance {
 	h.t.Helper()
@@ -189,12 +207,8 @@ func TestOrphanSweepRefuses(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	h.start(managerOptions{})
-	h.create(h.cmk("doomed", deletePolicy), h.cmk("frozen", deletePolicy))
-	doomed := h.waitPhase("doomed", v1alpha1.PhaseEnabled).Status.KeyID
-	frozen := h.waitPhase("frozen", v1alpha1.PhaseEnabled).Status.KeyID
-	h.stopManager()
-	h.orphan("doomed")
-	h.orphan("frozen")
+	ids := h.orphaned("doomed", "frozen")
+	doomed, frozen := ids[0], ids[1]
 
 	terminating := interceptor.NewClient(env.Client, interceptor.Funcs{
 		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
