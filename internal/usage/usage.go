@@ -50,11 +50,15 @@ func NewIndex() *Index {
 }
 
 // Set records what ref depends on now (nothing: it is gone, or names no key), and returns what
-// it depended on before or depends on now: the keys and resources whose usage changed.
+// it depended on before or depends on now: the keys and resources whose usage changed; nothing
+// when it depends on the same as before (a Deployment's status changing, say, every few seconds).
 func (ix *Index) Set(ref Ref, now Uses) (changed Uses) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	before := ix.uses[ref]
+	if slices.Equal(before.KeyIDs, now.KeyIDs) && slices.Equal(before.CMKs, now.CMKs) {
+		return Uses{}
+	}
 	for _, id := range before.KeyIDs {
 		drop(ix.byKey, id, ref)
 	}

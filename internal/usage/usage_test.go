@@ -36,6 +36,9 @@ func TestIndex(t *testing.T) {
 		t.Errorf("another namespace's orders with key B: %v (the annotation names only its own namespace's)", got)
 	}
 
+	if again := ix.Set(app, Uses{CMKs: []types.NamespacedName{orders}}); !again.empty() {
+		t.Errorf("a consumer that depends on the same as before changes %+v, want nothing (no reconcile)", again)
+	}
 	changed := ix.Set(pv, Uses{KeyIDs: []string{keyB}})
 	if !slices.Equal(changed.KeyIDs, []string{keyA, keyB}) {
 		t.Errorf("a volume moved from A and B to B changes %v, want both", changed.KeyIDs)
