@@ -81,6 +81,9 @@ func (p *Provider) ReapDue(ctx context.Context) (time.Time, error) {
 			if ctx.Err() != nil {
 				return next, ctx.Err()
 			}
+			if kms.IsNotFound(err) {
+				continue // deleted since (a write of this process's the store never held)
+			}
 			p.log.Error(err, "Key is due but could not be updated; trying the others", "keyID", r.ID)
 			failed = append(failed, err)
 			// Looked at again soon, not only at the next interval.

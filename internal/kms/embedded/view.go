@@ -332,12 +332,24 @@ func (v *view) byIndex(index, value string) ([]*corev1.Secret, error) {
 // the others are known by their time in the index alone.
 func (v *view) dueBy(now time.Time) ([]*corev1.Secret, time.Time, error) {
 	times := v.informer.GetIndexer().ListIndexFuncValues(byDue)
+	// This process's writes the store does not hold yet (unsure): due ones are reaped all the
+	// same, the reap reading them afresh from the apiserver, so that a key scheduled a moment
+	// ago is not left for the next pass (or found gone, and skipped).
+	var unstored []*corev1.Secret
 	v.mu.Lock()
 	for _, mine := range v.own {
-		if v.passed(mine) || v.unsure(mine) {
-			continue // dropped, or waited for, as byIndex does
+		if v.passed(mine) {
+			continue
 		}
 		values, _ := indexers[byDue](mine)
+		if v.unsure(mine) {
+			for _, value := range values {
+				if sec, err := strconv.ParseInt(value, 10, 64); err == nil && !time.Unix(sec, 0).After(now) {
+					unstored = append(unstored, mine.DeepCopy())
+				}
+			}
+			continue
+		}
 		times = append(times, values...)
 	}
 	v.mu.Unlock()
@@ -361,6 +373,11 @@ func (v *view) dueBy(now time.Time) ([]*corev1.Secret, time.Time, error) {
 			return nil, time.Time{}, err
 		}
 		due = append(due, secrets...)
+	}
+	for _, s := range unstored {
+		if !slices.ContainsFunc(due, func(d *corev1.Secret) bool { return d.Name == s.Name }) {
+			due = append(due, s)
+		}
 	}
 	slices.SortFunc(due, func(a, b *corev1.Secret) int { return strings.Compare(a.Name, b.Name) })
 	return due, next, nil
