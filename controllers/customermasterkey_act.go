@@ -147,7 +147,7 @@ func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.Cus
 		}
 		r.event(cmk, "Normal", v1alpha1.EventEnabled, "EnableKey", "Enabled key %s", id)
 	case planner.Disable:
-		if err := r.stillUnused(ctx, cmk, key, id); err != nil {
+		if err := r.stillUnused(ctx, cmk, key); err != nil {
 			return nil, err
 		}
 		if err := r.KMS.Disable(ctx, id); err != nil {
@@ -155,7 +155,7 @@ func (r *CustomerMasterKeyReconciler) act(ctx context.Context, cmk *v1alpha1.Cus
 		}
 		r.event(cmk, "Normal", v1alpha1.EventDisabled, "DisableKey", "Disabled key %s", id)
 	case planner.ScheduleDeletion:
-		if err := r.stillUnused(ctx, cmk, key, id); err != nil {
+		if err := r.stillUnused(ctx, cmk, key); err != nil {
 			return nil, err
 		}
 		return r.scheduleDeletion(ctx, cmk, id)

@@ -88,7 +88,7 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 	}
 	if cmk.Annotations[v1alpha1.PausedAnnotation] == "true" {
 		before := cmk.DeepCopy()
-		r.countUsage(ctx, cmk, r.verifiedKey(cmk))
+		r.countUsage(ctx, cmk)
 		return r.report(ctx, before, cmk, outcome{paused: true})
 	}
 	if !cmk.DeletionTimestamp.IsZero() {
@@ -96,7 +96,6 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 			return ctrl.Result{}, nil
 		}
 		before := cmk.DeepCopy()
-		r.countUsage(ctx, cmk, r.verifiedKey(cmk))
 		o, release := r.finalize(ctx, cmk)
 		if !release {
 			return r.report(ctx, before, cmk, o)
@@ -116,7 +115,6 @@ func (r *CustomerMasterKeyReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		return r.settle(ctx, ctrl.Result{}, client.IgnoreNotFound(err))
 	}
 	before := cmk.DeepCopy()
-	r.countUsage(ctx, cmk, r.verifiedKey(cmk))
 	return r.report(ctx, before, cmk, r.sync(ctx, cmk))
 }
 
@@ -149,10 +147,8 @@ func (r *CustomerMasterKeyReconciler) sync(ctx context.Context, cmk *v1alpha1.Cu
 	if err != nil {
 		return failed(nil, "Observing", err)
 	}
-	if key != nil {
-		// The key found: adopted or taken back in this reconcile, its consumers count now.
-		r.countUsage(ctx, cmk, key.ID)
-	}
+	// Counted for the key found, also one adopted or taken back in this very reconcile.
+	r.countUsage(ctx, cmk)
 	if msg := mismatch(cmk, key); msg != "" {
 		return failed(key, "", &keystatus.Blocked{Reason: v1alpha1.ReasonSpecMismatch, Message: msg})
 	}

@@ -48,7 +48,7 @@ func (r *CustomerMasterKeyReconciler) finalize(ctx context.Context, cmk *v1alpha
 		case err != nil:
 			return failed(nil, "Observing", err), false
 		}
-		r.countUsage(ctx, cmk, key.ID)
+		r.countUsage(ctx, cmk)
 		// Recorded before the resource goes: Retain lets it go with its key recorded as retained.
 		if err := r.keepPolicy(ctx, cmk, key); err != nil {
 			return failed(key, "Recording the deletion policy of", err), false

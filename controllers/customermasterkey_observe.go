@@ -47,9 +47,9 @@ func (r *CustomerMasterKeyReconciler) observeOnly(ctx context.Context, cmk *v1al
 			r.observing.Store(cmk.UID, id)
 		}
 	}
-	r.countUsage(ctx, cmk, id)
 	key, extrasErr := r.withExtras(ctx, cmk, key)
 	cmk.Status.KeyID = id
+	r.countUsage(ctx, cmk)
 	if extrasErr != nil {
 		return failed(key, "Reading rotation and tags of", extrasErr)
 	}
@@ -59,13 +59,10 @@ func (r *CustomerMasterKeyReconciler) observeOnly(ctx context.Context, cmk *v1al
 // mayObserve applies the adoption rules to a key a resource asks to observe: a key recorded as
 // this namespace's may be, whoever manages it; any other as mayTake says.
 func (r *CustomerMasterKeyReconciler) mayObserve(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, id string, o kms.Owner, prov kms.Provenance) (*denial, error) {
-	if no, err := r.otherCluster(ctx, cmk, id, prov); no != nil || err != nil {
-		return no, err
-	}
 	if !o.IsZero() && o.Namespace != "" && o.In(cmk.Namespace) {
-		return nil, nil
+		return r.otherCluster(ctx, cmk, id, prov)
 	}
-	return r.mayTake(ctx, cmk, id, o, prov)
+	return r.mayTake(ctx, cmk, id, o, prov) // the cluster rule included
 }
 
 // retainOwn records Retain on a key this resource itself made under Manage before it switched

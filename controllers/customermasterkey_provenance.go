@@ -111,6 +111,15 @@ func (r *CustomerMasterKeyReconciler) keepPolicy(ctx context.Context, cmk *v1alp
 	}
 	want := last.Provenance
 	want.DeletionPolicy, want.PendingDays = policy, days
+	if want.Install == "" {
+		// A record that lost its install (a Huawei retag that died halfway): the resource lives,
+		// so the install is this one.
+		current, err := r.provenance(ctx, cmk)
+		if err != nil {
+			return err
+		}
+		want.Install = current.Install
+	}
 	if err := rec.SetPolicy(ctx, key.ID, want); err != nil {
 		return fmt.Errorf("recording deletionPolicy %s in the KMS: %w", policy, err)
 	}

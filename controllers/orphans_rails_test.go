@@ -6,23 +6,10 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/cmk-operator/cmk-operator/api/v1alpha1"
 	"github.com/cmk-operator/cmk-operator/internal/kms"
 )
-
-// stripFinalizers takes the finalizer off a resource by hand, as an operator "unsticking" a
-// Terminating resource or a namespace would.
-func (h *harness) stripFinalizers(name string) {
-	h.t.Helper()
-	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: name}}
-	if err := env.Client.Patch(context.Background(), c, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`))); err != nil {
-		h.t.Fatal(err)
-	}
-}
 
 // TestSweepKeepsProtectedKey: a protected resource with deletionPolicy Delete, deleted on a
 // cluster without the admission policy, stays Terminating with DeletionProtected; an operator

@@ -71,11 +71,18 @@ func TestJudge(t *testing.T) {
 func (h *harness) orphan(name string) {
 	h.t.Helper()
 	h.delete(name)
+	h.stripFinalizers(name)
+	h.waitGone(name)
+}
+
+// stripFinalizers takes the finalizer off a resource by hand, as an operator "unsticking" a
+// Terminating resource or a namespace would.
+func (h *harness) stripFinalizers(name string) {
+	h.t.Helper()
 	c := &v1alpha1.CustomerMasterKey{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: name}}
 	if err := env.Client.Patch(context.Background(), c, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`))); err != nil {
 		h.t.Fatal(err)
 	}
-	h.waitGone(name)
 }
 
 // ghostKey makes a key as the operator makes one, for a resource of the harness's namespace

@@ -189,12 +189,13 @@ func (r *CustomerMasterKeyReconciler) usersOf(ctx context.Context, changed usage
 // countUsage records in status what depends on the resource's key now: the consumers of the
 // key, found by its ID, those declared by name on this resource or on another of its namespace
 // that holds the same key (one observing it, say), and its own kms.cmk.io/protects annotation.
-// keyID is the key the resource's ownership was verified for in this process ("" when none
-// was): a key ID anyone wrote into status reads nothing.
-func (r *CustomerMasterKeyReconciler) countUsage(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, keyID string) {
+// Consumers of the key count only once this process verified the resource's ownership of it,
+// or right to observe it (verifiedKey): a key ID anyone wrote into status reads nothing.
+func (r *CustomerMasterKeyReconciler) countUsage(ctx context.Context, cmk *v1alpha1.CustomerMasterKey) {
 	if r.Usage == nil {
 		return
 	}
+	keyID := r.verifiedKey(cmk)
 	self := types.NamespacedName{Namespace: cmk.Namespace, Name: cmk.Name}
 	refs := r.Usage.Consumers(self, keyID)
 	if keyID != "" {
@@ -237,8 +238,8 @@ func (r *CustomerMasterKeyReconciler) verifiedKey(cmk *v1alpha1.CustomerMasterKe
 
 // stillUnused counts the key's consumers again right before a call that would stop the key:
 // one that appeared since the reconcile began holds the call too.
-func (r *CustomerMasterKeyReconciler) stillUnused(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, key *kms.Key, keyID string) error {
-	r.countUsage(ctx, cmk, keyID)
+func (r *CustomerMasterKeyReconciler) stillUnused(ctx context.Context, cmk *v1alpha1.CustomerMasterKey, key *kms.Key) error {
+	r.countUsage(ctx, cmk)
 	if inUse(cmk) {
 		return r.held(cmk, key, v1alpha1.ReasonKeyInUse)
 	}
